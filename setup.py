@@ -1,0 +1,35 @@
+"""ament_python package definition for pose_node (also a plain pip-installable package)."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "pose_node"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz") + glob("config/*.xml")),
+        (f"share/{PACKAGE}/models", glob("models/*.json") + glob("models/*.pt") + glob("models/*.onnx")),
+    ],
+    package_data={PACKAGE: ["ros/fastdds_shm_only.xml"]},
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="pose_node maintainers",
+    maintainer_email="maintainers@pose-node.dev",
+    description="Multi-camera 6D object pose estimation with calibrated covariance for ROS 2.",
+    license="Apache-2.0",
+    tests_require=["pytest"],
+    entry_points={
+        "console_scripts": [
+            "pose_scene = pose_node.scene.cli:main",
+            "pose_eval = pose_node.evaluation.cli:main",
+            "pose_render_bench = pose_node.render.bench:main",
+            "pose_demo = pose_node.demo:main",
+        ],
+    },
+)
