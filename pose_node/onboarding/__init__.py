@@ -1,0 +1,1 @@
+"""Onboarding: load CAD meshes (or generate procedural objects) into ObjectModel; later, templates."""
