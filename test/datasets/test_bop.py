@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import trimesh
 
 from pose_node.core import InvalidInputError, ObjectModel
@@ -29,11 +30,8 @@ K = np.array([[80.0, 0.0, 31.5], [0.0, 80.0, 23.5], [0.0, 0.0, 1.0]])
 
 
 def _random_T(rng, scale=0.5):
-    q = rng.normal(size=4)
-    T = Pose.from_quaternion_xyzw(
-        __import__("torch").as_tensor(q), __import__("torch").as_tensor(rng.normal(size=3) * scale)
-    ).matrix().numpy()
-    return T
+    q = torch.as_tensor(rng.normal(size=4))
+    return Pose.from_quaternion_xyzw(q, torch.as_tensor(rng.normal(size=3) * scale)).matrix().numpy()
 
 
 def _rect_mask(x0, y0, x1, y1):

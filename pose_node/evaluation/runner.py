@@ -1,0 +1,466 @@
+"""Run "the pipeline" over BOP targets and score it (what ``pose_eval`` does).
+
+Pipeline contract
+-----------------
+The runner talks to the pipeline through one small protocol, :class:`Estimator`: given the views
+of one frame (one image for BOP19 targets, the synchronized group for multi-view targets) and the
+models of the target objects, it returns world-frame :class:`PoseEstimate` s and the latency of
+each stage in milliseconds. Views carry ``camera.T_world_camera = inv(T_camera_world)`` from
+``scene_camera.json`` (identity when absent, so for classic BOP datasets world = camera frame).
+
+Stages register themselves with :func:`register_stage` (importing ``STAGE_MODULES[name]`` is
+expected to do it). The factory registered for the *last* requested stage builds an estimator
+that runs the pipeline up to and including that stage. A stage that is not registered is
+reported as ``"missing"``; then no estimator runs, there are zero estimates and every recall is
+0. Nothing is ever faked.
+
+Multi-view protocol
+-------------------
+A multi-view target ``{scene_id, im_ids, obj_id, inst_count}`` is scored per image, as AlignPose
+does: the world-frame estimates are mapped into each camera (``T_camera_world @ T_world_object``)
+and every image of the group is scored with the BOP19 single-image protocol, with the per-image
+``inst_count`` = number of GT instances of the object with ``visib_fract >= 0.1`` in that image
+(the rule BOP used to build ``test_targets_bop19.json``; capped by the group's ``inst_count``);
+images where no instance is that visible contribute no target. Covariance coverage and the
+rotation / translation error statistics are computed once per estimate, in the world frame.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from pose_node.core.errors import InvalidInputError, PoseNodeError, StageUnavailableError
+from pose_node.core.types import ObjectModel, PoseEstimate, View
+from pose_node.datasets.bop import BopDataset, BopEstimate, Target, write_estimates_csv
+from pose_node.evaluation import metrics
+from pose_node.evaluation.calibration import closest_symmetric_pose, coverage_from_mahalanobis, mahalanobis_sq, pose_error_6d
+from pose_node.evaluation.scoring import BopScorer, GtInstance, ImageEstimate, ObjectEvalInfo, ScoringConfig
+
+logger = logging.getLogger(__name__)
+
+MODES = ("rgb", "rgbd")
+KNOWN_STAGES: tuple[str, ...] = ("detection", "correspondence", "refinement")
+STAGE_ALIASES: Mapping[str, tuple[str, ...]] = {"full": KNOWN_STAGES}
+#: Module expected to provide (and, on import, register) each stage.
+STAGE_MODULES: Mapping[str, str] = {
+    "detection": "pose_node.detection",
+    "correspondence": "pose_node.correspondence",
+    "refinement": "pose_node.refinement",
+}
+MULTIVIEW_PROTOCOL = (
+    "per-image: world estimates mapped into every view of the group; each image scored with the "
+    "BOP19 protocol, inst_count = GT instances with visib_fract >= {visib:g} in that image"
+)
+
+
+@runtime_checkable
+class Estimator(Protocol):
+    """What the runner needs from the pipeline."""
+
+    def estimate(self, views: list[View], object_models: Sequence[ObjectModel]) -> tuple[list[PoseEstimate], dict[str, float]]:
+        """Estimate the poses of the given objects.
+
+        Args:
+            views: one frame; ``views[k].camera.T_world_camera`` is the camera's world pose.
+            object_models: the models of the objects to find (the targets' objects).
+        Returns:
+            World-frame estimates (``T_world_object``, 6x6 covariance in the world frame) and
+            stage name -> latency in milliseconds.
+        """
+        ...
+
+
+#: ``factory(stages, config, models) -> Estimator`` running the pipeline through ``stages[-1]``.
+EstimatorFactory = Callable[[tuple[str, ...], "EvalConfig", Sequence[ObjectModel]], Estimator]
+_REGISTRY: dict[str, EstimatorFactory] = {}
+
+
+def register_stage(name: str, factory: EstimatorFactory) -> None:
+    """Declare a pipeline stage available. ``factory`` builds an estimator that runs every stage
+    up to and including ``name`` (it receives the requested stage tuple)."""
+    if name not in KNOWN_STAGES:
+        raise InvalidInputError(f"register_stage: unknown stage {name!r}; expected one of {KNOWN_STAGES}")
+    _REGISTRY[name] = factory
+
+
+def unregister_stage(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def expand_stages(names: Sequence[str]) -> tuple[str, ...]:
+    """``full`` -> every stage; keeps pipeline order; rejects unknown names."""
+    out: list[str] = []
+    for n in names:
+        for s in STAGE_ALIASES.get(n, (n,)):
+            if s not in KNOWN_STAGES:
+                raise InvalidInputError(f"unknown stage {s!r}; expected one of {(*KNOWN_STAGES, *STAGE_ALIASES)}")
+            if s not in out:
+                out.append(s)
+    return tuple(s for s in KNOWN_STAGES if s in out)
+
+
+def stage_status(stages: Sequence[str]) -> dict[str, str]:
+    """stage -> ``"available"`` or ``"missing"`` (tries importing the stage's module first)."""
+    status = {}
+    for s in stages:
+        if s not in _REGISTRY:
+            try:
+                importlib.import_module(STAGE_MODULES[s])
+            except ModuleNotFoundError as exc:
+                logger.debug("stage %s: %s", s, exc)
+            except ImportError as exc:  # present but broken: still missing, say why
+                logger.warning("stage %s: module %s failed to import: %s", s, STAGE_MODULES[s], exc)
+        status[s] = "available" if s in _REGISTRY else "missing"
+    return status
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation settings.
+
+    Attributes:
+        mode: ``rgbd`` passes depth to the pipeline, ``rgb`` does not (scoring always uses the
+            dataset depth for VSD, as BOP does).
+        stages: requested pipeline stages (after :func:`expand_stages`).
+        max_targets: evaluate only the first N targets (None = all).
+        multiview_visib_min: per-image visibility rule of the multi-view protocol.
+        models_subdir: models given to the pipeline.
+        eval_models_subdir: models used for the errors (BOP: ``models_eval``); default: that
+            folder when present, else ``models_subdir``.
+        scoring: thresholds.
+    """
+
+    mode: str = "rgbd"
+    stages: tuple[str, ...] = KNOWN_STAGES
+    max_targets: int | None = None
+    multiview_visib_min: float = 0.1
+    models_subdir: str = "models"
+    eval_models_subdir: str | None = None
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise InvalidInputError(f"EvalConfig.mode: expected one of {MODES}, got {self.mode!r}")
+        if self.max_targets is not None and self.max_targets < 0:
+            raise InvalidInputError(f"EvalConfig.max_targets: must be >= 0, got {self.max_targets}")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One estimator call: the images of a group and the targets defined on them."""
+
+    scene_id: int
+    im_ids: tuple[int, ...]
+    targets: tuple[Target, ...]
+
+
+def group_targets(targets: Sequence[Target]) -> list[Frame]:
+    """Targets sharing (scene_id, im_ids) become one frame, in order of first appearance."""
+    groups: dict[tuple[int, tuple[int, ...]], list[Target]] = {}
+    for t in targets:
+        groups.setdefault((t.scene_id, t.im_ids), []).append(t)
+    return [Frame(s, ims, tuple(ts)) for (s, ims), ts in groups.items()]
+
+
+class RendererDepthAdapter:
+    """Adapts ``pose_node.render.renderer.Renderer`` to :data:`metrics.DepthRenderer`.
+
+    One renderer per image size, created on first use; each object is uploaded once. Construction
+    failures (no GL) surface as :class:`StageUnavailableError`.
+    """
+
+    def __init__(self, models: Sequence[ObjectModel], renderer_cls=None):
+        self._models = {m.object_id: m for m in models}
+        self._renderer_cls = renderer_cls
+        self._renderers: dict[tuple[int, int], tuple[object, dict[int, object]]] = {}
+
+    def __call__(self, obj_id: int, K: np.ndarray, T_camera_object: np.ndarray, width: int, height: int) -> np.ndarray:
+        key = (int(width), int(height))
+        if key not in self._renderers:
+            try:
+                cls = self._renderer_cls
+                if cls is None:
+                    from pose_node.render.renderer import Renderer as cls  # noqa: N813
+                self._renderers[key] = (cls(key[0], key[1]), {})
+            except Exception as exc:  # GL/EGL failures come in many types
+                raise StageUnavailableError(f"depth renderer unavailable: {type(exc).__name__}: {exc}") from exc
+        renderer, handles = self._renderers[key]
+        if obj_id not in handles:
+            handles[obj_id] = renderer.add_object(self._models[obj_id])
+        out = renderer.render(np.asarray(K, np.float64)[None], np.asarray(T_camera_object, np.float64)[None, None],
+                              [handles[obj_id]], outputs=("depth",))
+        depth = out.depth[0]
+        if hasattr(depth, "detach"):
+            depth = depth.detach().cpu().numpy()
+        return np.asarray(depth, dtype=np.float32).reshape(key[1], key[0])
+
+
+def default_depth_renderer(models: Sequence[ObjectModel]) -> metrics.DepthRenderer | None:
+    """The GL renderer when ``pose_node.render.renderer`` imports, else None (VSD unavailable)."""
+    try:
+        from pose_node.render.renderer import Renderer
+    except ImportError as exc:
+        logger.warning("no depth renderer for VSD (%s)", exc)
+        return None
+    return RendererDepthAdapter(models, Renderer)
+
+
+def eval_models_subdir(dataset: BopDataset, config: EvalConfig) -> str:
+    """Models used for the errors: ``config.eval_models_subdir``, else ``models_eval`` when the
+    dataset has it (as bop_toolkit), else ``config.models_subdir``."""
+    if config.eval_models_subdir:
+        return config.eval_models_subdir
+    if (dataset.models_dir("models_eval") / "models_info.json").is_file():
+        return "models_eval"
+    return config.models_subdir
+
+
+def _stats(values: Sequence[float]) -> dict[str, float | None]:
+    if len(values) == 0:
+        return {"median": None, "p95": None}
+    v = np.asarray(values, dtype=np.float64)
+    return {"median": float(np.median(v)), "p95": float(np.percentile(v, 95))}
+
+
+def _frame_gt_world(dataset: BopDataset, frame: Frame, obj_ids: set[int]) -> list[tuple[int, np.ndarray]]:
+    """GT instances of the target objects in the world frame, merged over the group's images
+    (poses whose matrix entries agree within 1e-3, i.e. 1 mm and ~0.06 degrees, are one instance)."""
+    out: list[tuple[int, np.ndarray]] = []
+    for im_id in frame.im_ids:
+        T_world_camera = dataset.camera(frame.scene_id, im_id).T_world_camera
+        for gt in dataset.gts(frame.scene_id, im_id):
+            if gt.obj_id not in obj_ids:
+                continue
+            T = T_world_camera @ gt.T_camera_object
+            dup = any(o == gt.obj_id and np.abs(T - T2).max() < 1e-3 for o, T2 in out)
+            if not dup:
+                out.append((gt.obj_id, T))
+    return out
+
+
+@dataclass
+class _WorldMatches:
+    T_est: list[np.ndarray] = field(default_factory=list)
+    covariance: list[np.ndarray] = field(default_factory=list)
+    T_gt: list[np.ndarray] = field(default_factory=list)  # closest symmetric equivalent
+
+
+def _assign_world(estimates: Sequence[PoseEstimate], gts: list[tuple[int, np.ndarray]],
+                  objects: Mapping[int, ObjectEvalInfo], out: _WorldMatches) -> None:
+    """Greedy by score: each estimate takes the unassigned GT of its object with the smallest
+    symmetry-aware max vertex displacement (MSSD); the closest equivalent is kept."""
+    taken: set[int] = set()
+    for est in sorted(estimates, key=lambda e: e.score, reverse=True):
+        info = objects.get(est.object_id)
+        if info is None:
+            continue
+        best = None
+        for g, (obj_id, T_gt) in enumerate(gts):
+            if obj_id != est.object_id or g in taken:
+                continue
+            T_sym, cost = closest_symmetric_pose(est.T_world_object, T_gt, info.symmetries, info.hull)
+            if best is None or cost < best[1]:
+                best = (g, cost, T_sym)
+        if best is not None:
+            taken.add(best[0])
+            out.T_est.append(np.asarray(est.T_world_object, dtype=np.float64))
+            out.covariance.append(np.asarray(est.covariance, dtype=np.float64))
+            out.T_gt.append(best[2])
+
+
+def evaluate(
+    dataset: BopDataset,
+    targets: Sequence[Target],
+    estimator: Estimator | None,
+    config: EvalConfig = EvalConfig(),
+    depth_renderer: metrics.DepthRenderer | None = None,
+    stages: Mapping[str, str] | None = None,
+    csv_path: str | Path | None = None,
+) -> dict:
+    """Run ``estimator`` over the targets and score it.
+
+    Args:
+        dataset: the BOP dataset.
+        targets: BOP19 and/or multi-view targets.
+        estimator: the pipeline, or None when a stage is missing (zero estimates).
+        config: settings.
+        depth_renderer: for VSD (None: VSD and AR are null when there are estimates to score).
+        stages: stage -> status, reported as is.
+        csv_path: where to write the BOP CSV of the estimates (None: not written).
+    Returns:
+        The results dictionary (JSON-serializable; see :func:`pose_node.evaluation.cli.main`).
+    """
+    targets = list(targets)[: config.max_targets] if config.max_targets is not None else list(targets)
+    frames = group_targets(targets)
+    pipeline_models = {m.object_id: m for m in dataset.models(config.models_subdir)}
+    eval_subdir = eval_models_subdir(dataset, config)
+    eval_models = {m.object_id: m for m in dataset.models(eval_subdir)}
+    models_info = dataset.models_info(eval_subdir)
+    objects = {
+        o: ObjectEvalInfo.from_model(m, diameter_m=float(models_info[o]["diameter"]) / 1000.0 if o in models_info else None)
+        for o, m in eval_models.items()
+    }
+    scorer = BopScorer(objects, depth_renderer, config.scoring)
+    world = _WorldMatches()
+    latency_total: list[float] = []
+    latency_stage: dict[str, list[float]] = {}
+    csv_rows: list[BopEstimate] = []
+    frame_errors: list[str] = []
+    n_estimates = 0
+
+    for frame in frames:
+        obj_ids = sorted({t.obj_id for t in frame.targets})
+        missing = [o for o in obj_ids if o not in pipeline_models or o not in objects]
+        if missing:
+            raise InvalidInputError(f"targets of scene {frame.scene_id} images {frame.im_ids} name objects without models: {missing}")
+        cams = {im: dataset.camera(frame.scene_id, im) for im in frame.im_ids}
+        estimates: list[PoseEstimate] = []
+        if estimator is not None:
+            views = [dataset.view(frame.scene_id, im, with_depth=config.mode == "rgbd") for im in frame.im_ids]
+            t0 = time.perf_counter()
+            try:
+                estimates, stage_ms = estimator.estimate(views, [pipeline_models[o] for o in obj_ids])
+            except PoseNodeError as exc:
+                frame_errors.append(f"scene {frame.scene_id} images {list(frame.im_ids)}: {type(exc).__name__}: {exc}")
+                logger.error("%s", frame_errors[-1])
+                estimates, stage_ms = [], {}
+            total_ms = (time.perf_counter() - t0) * 1000.0
+            latency_total.append(total_ms)
+            for name, ms in stage_ms.items():
+                latency_stage.setdefault(name, []).append(float(ms))
+            for e in estimates:
+                if not isinstance(e, PoseEstimate):
+                    raise InvalidInputError(f"Estimator.estimate must return PoseEstimate objects, got {type(e).__name__}")
+            n_estimates += len(estimates)
+            for im in frame.im_ids:
+                for e in estimates:
+                    csv_rows.append(BopEstimate(frame.scene_id, im, e.object_id, float(e.score),
+                                                cams[im].T_camera_world @ e.T_world_object, total_ms / 1000.0))
+
+        target_counts: dict[int, int] = {}
+        for t in frame.targets:
+            target_counts[t.obj_id] = target_counts.get(t.obj_id, 0) + t.inst_count
+        for im in frame.im_ids:
+            cam = cams[im]
+            gts = dataset.gts(frame.scene_id, im)
+            infos = dataset.gt_infos(frame.scene_id, im)
+            if len(infos) != len(gts):
+                raise InvalidInputError(f"scene {frame.scene_id} image {im}: {len(gts)} GT but {len(infos)} GT infos")
+            gt_inst = [GtInstance(g.obj_id, g.T_camera_object, i.visib_fract) for g, i in zip(gts, infos)]
+            if len(frame.im_ids) == 1:
+                im_targets = dict(target_counts)
+            else:
+                im_targets = {}
+                for o, n in target_counts.items():
+                    k = sum(1 for g in gt_inst if g.obj_id == o and g.visib_fract >= config.multiview_visib_min)
+                    if min(k, n) > 0:
+                        im_targets[o] = min(k, n)
+                if not im_targets:
+                    continue
+            depth_test = dataset.depth_m(frame.scene_id, im) if dataset.has_depth(frame.scene_id, im) else None
+            im_ests = [ImageEstimate(e.object_id, float(e.score), cam.T_camera_world @ e.T_world_object) for e in estimates]
+            scorer.add_image(cam.K, cam.width, cam.height, gt_inst, im_targets, im_ests, depth_test,
+                             key=(frame.scene_id, im))
+        if estimates:
+            _assign_world(estimates, _frame_gt_world(dataset, frame, set(obj_ids)), objects, world)
+
+    summary = scorer.summary()
+    if csv_path is not None:
+        write_estimates_csv(csv_path, csv_rows)
+    if world.T_est:
+        T_est, T_gt = np.stack(world.T_est), np.stack(world.T_gt)
+        d2 = mahalanobis_sq(pose_error_6d(T_est, T_gt), np.stack(world.covariance))
+        coverage = coverage_from_mahalanobis(d2)
+        pose_errors = {
+            "rotation_deg": _stats(metrics.rotation_error_deg(T_est, T_gt)),
+            "translation_m": _stats(metrics.translation_error_m(T_est, T_gt)),
+            "n": len(T_est),
+        }
+    else:
+        coverage = None
+        pose_errors = {"rotation_deg": _stats([]), "translation_m": _stats([]), "n": 0}
+
+    return {
+        "AR": summary.AR,
+        "AR_VSD": summary.AR_VSD,
+        "AR_MSSD": summary.AR_MSSD,
+        "AR_MSPD": summary.AR_MSPD,
+        "recall_vsd": None if summary.recall_vsd is None else summary.recall_vsd.tolist(),
+        "recall_mssd": summary.recall_mssd.tolist(),
+        "recall_mspd": summary.recall_mspd.tolist(),
+        "ADD_S_recall_0.1d": summary.ADD_S_recall,
+        "ADD(-S)_recall_0.1d": summary.ADD_or_S_recall,
+        "n_targets": len(targets),
+        "n_frames": len(frames),
+        "n_images_scored": summary.n_images,
+        "n_gt": summary.n_gt,
+        "n_estimates": n_estimates,
+        "n_estimates_scored": summary.n_estimates_evaluated,
+        "latency_ms": {"total": _stats(latency_total), "per_stage": {k: _stats(v) for k, v in latency_stage.items()}},
+        "covariance_coverage": coverage,
+        "covariance_coverage_n": len(world.T_est),
+        "pose_errors": pose_errors,
+        "per_object": {str(k): v for k, v in summary.per_object.items()},
+        "stages": dict(stages or {}),
+        "mode": config.mode,
+        "vsd_unavailable_reason": summary.vsd_unavailable_reason,
+        "frame_errors": frame_errors,
+        "multiview_protocol": MULTIVIEW_PROTOCOL.format(visib=config.multiview_visib_min)
+        if any(len(f.im_ids) > 1 for f in frames) else None,
+        "config": {
+            "dataset": str(dataset.root), "split": dataset.split, "mode": config.mode,
+            "stages_requested": list(config.stages), "max_targets": config.max_targets,
+            "models": config.models_subdir, "eval_models": eval_subdir,
+            "multiview_visib_min": config.multiview_visib_min, **{k: list(v) if isinstance(v, tuple) else v
+                                                                  for k, v in asdict(config.scoring).items()},
+        },
+        "estimates_csv": None if csv_path is None else str(csv_path),
+    }
+
+
+def run(
+    dataset_dir: str | Path,
+    targets_path: str | Path,
+    config: EvalConfig = EvalConfig(),
+    *,
+    split: str = "test",
+    estimator: Estimator | None = None,
+    depth_renderer: metrics.DepthRenderer | None = None,
+    csv_path: str | Path | None = None,
+) -> dict:
+    """Load the dataset and targets, build the pipeline from the registered stages (unless an
+    ``estimator`` is given), and :func:`evaluate`.
+
+    Args:
+        estimator: use this instead of the registered stages (tests, external pipelines); the
+            stages are then reported as ``"external"``.
+        depth_renderer: default: the GL renderer when available.
+    """
+    dataset = BopDataset(dataset_dir, split)
+    targets = dataset.targets(targets_path)
+    if estimator is None:
+        status = stage_status(config.stages)
+        if config.stages and all(v == "available" for v in status.values()):
+            estimator = _REGISTRY[config.stages[-1]](config.stages, config, dataset.models(config.models_subdir))
+        else:
+            logger.warning("pipeline stages missing: %s -> no estimates",
+                           ", ".join(s for s, v in status.items() if v != "available") or "(none requested)")
+    else:
+        status = {s: "external" for s in config.stages}
+    if depth_renderer is None:
+        depth_renderer = default_depth_renderer(dataset.models(eval_models_subdir(dataset, config)))
+    return evaluate(dataset, targets, estimator, config, depth_renderer, status, csv_path)
+
+
+__all__ = [
+    "EvalConfig", "Estimator", "EstimatorFactory", "Frame", "KNOWN_STAGES", "RendererDepthAdapter", "STAGE_MODULES",
+    "default_depth_renderer", "eval_models_subdir", "evaluate", "expand_stages", "group_targets", "register_stage", "run", "stage_status",
+    "unregister_stage",
+]
