@@ -1,0 +1,409 @@
+"""Synthetic multi-camera workcell: a BOP dataset, a rosbag2 and the world-frame ground truth.
+
+One call of :func:`generate_workcell` builds one workcell (a table and ``C`` calibrated cameras,
+fixed for the whole run, as in a real cell) and records ``S`` scenes of ``F`` frames each. A scene
+is one static arrangement of objects on the table; its frames differ by a slightly moving light
+and by sensor noise. Between scenes the objects are re-arranged, and the light, the backgrounds
+and the table texture (one of a pool of eight) are drawn anew.
+
+Output (``DIR``)::
+
+    models/                      obj_XXXXXX.ply (mm) + texture + models_info.json
+    test/<scene_id:06d>/         rgb/ depth/ mask/ mask_visib/ scene_camera.json scene_gt.json scene_gt_info.json
+    test_targets_bop19.json      per image and obj_id: instances with visib_fract >= 0.1
+    test_targets_multiview.json  per frame and obj_id: im_ids of all cameras of the frame,
+                                 instances with visib_fract >= 0.1 in at least one of them
+    scene_world.json             cameras, objects, per scene T_world_object and per frame stamps
+    bag/                         rosbag2 (MCAP), topics in :mod:`pose_node.scene.bag_writer`
+
+Image ids: ``im_id = frame_index * C + camera_index`` within each scene (``C`` cameras), so the
+images of one synchronized frame are ``frame_index * C .. frame_index * C + C - 1``.
+
+Stamps: frame ``f`` of scene ``s`` is taken at ``start_stamp_ns + (s * (F + gap) + f) / rate``
+(``gap`` = ``scene_gap_s * rate`` frames), every camera of a frame at the same stamp unless
+``camera_stamp_jitter_ms`` > 0 (then each camera's stamp moves by U(-j, j) ms, for sync tests).
+
+Masks: ``mask/`` is the unoccluded silhouette (the instance rendered alone), ``mask_visib/``
+the visible part in the full render; ``visib_fract`` = visible / unoccluded pixels, where the
+unoccluded count includes the part outside the image (rendered on a canvas three times the image
+size, as the BOP toolkit does), so objects cut by the image border get a lower visib_fract.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pose_node.core.errors import InvalidInputError
+from pose_node.core.types import Camera, ObjectModel
+from pose_node.datasets.bop import BopGt, BopImageCamera, BopSceneWriter, invert_rigid, write_bop_models
+from pose_node.datasets.bop import write_targets_bop19, write_targets_multiview
+from pose_node.scene.appearance import (
+    AppearanceConfig, Lighting, add_depth_noise, add_rgb_noise, background_image, jitter_lighting, procedural_texture,
+    sample_lighting,
+)
+from pose_node.scene.bag_writer import DEPTH_ENCODINGS, WorkcellBagWriter
+from pose_node.scene.layout import LayoutConfig, WorkcellLayout, make_table_model, sample_layout
+from pose_node.scene.placement import PlacedInstance, PlacementConfig, compute_rest_poses, place_objects
+
+logger = logging.getLogger(__name__)
+
+PROCEDURAL = "procedural"
+# Generated paths under the output directory (only these are replaced with overwrite=True).
+_OUTPUTS = ("models", "test", "bag", "scene_world.json", "test_targets_bop19.json", "test_targets_multiview.json")
+
+
+@dataclass(frozen=True)
+class WorkcellConfig:
+    """Everything :func:`generate_workcell` needs.
+
+    Attributes:
+        out_dir: output directory (created; must be empty or absent unless ``overwrite``).
+        objects: ``"procedural"`` or a BOP ``models/`` directory (PLY in mm + models_info.json).
+        num_objects: distinct object models per scene (procedural: generated; BOP: drawn from the
+            directory without replacement).
+        max_instances_per_object: each model appears 1..this many times in a scene.
+        num_scenes, frames_per_scene: recording length.
+        frame_rate_hz: frame rate of the recording (bag stamps).
+        start_stamp_ns: stamp of the first frame.
+        scene_gap_s: time between the last frame of a scene and the first of the next.
+        camera_stamp_jitter_ms: per camera stamp offset U(-j, j) ms (0: perfectly synchronized).
+        clock_rate_hz: /clock publication rate.
+        depth_encoding: depth image encoding in the bag (``32FC1`` metres, ``16UC1`` millimetres).
+        write_bag: also write the rosbag2.
+        depth_scale_mm: BOP depth PNG unit.
+        visib_fract_threshold: minimum visible fraction for an instance to be a target.
+        seed: the single source of randomness.
+        overwrite: replace earlier outputs in ``out_dir``.
+    """
+
+    out_dir: Path
+    objects: str = PROCEDURAL
+    num_objects: int = 4
+    max_instances_per_object: int = 1
+    num_scenes: int = 1
+    frames_per_scene: int = 5
+    frame_rate_hz: float = 10.0
+    start_stamp_ns: int = 1_700_000_000_000_000_000
+    scene_gap_s: float = 1.0
+    camera_stamp_jitter_ms: float = 0.0
+    clock_rate_hz: float = 100.0
+    depth_encoding: str = "32FC1"
+    write_bag: bool = True
+    depth_scale_mm: float = 0.1
+    visib_fract_threshold: float = 0.1
+    seed: int = 0
+    overwrite: bool = False
+    layout: LayoutConfig = field(default_factory=LayoutConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    appearance: AppearanceConfig = field(default_factory=AppearanceConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out_dir", Path(self.out_dir))
+        checks = [
+            ("num_objects", self.num_objects >= 1), ("max_instances_per_object", self.max_instances_per_object >= 1),
+            ("num_scenes", self.num_scenes >= 1), ("frames_per_scene", self.frames_per_scene >= 1),
+            ("frame_rate_hz", self.frame_rate_hz > 0), ("clock_rate_hz", self.clock_rate_hz > 0),
+            ("scene_gap_s", self.scene_gap_s >= 0), ("camera_stamp_jitter_ms", self.camera_stamp_jitter_ms >= 0),
+            ("depth_scale_mm", self.depth_scale_mm > 0), ("visib_fract_threshold", 0 <= self.visib_fract_threshold <= 1),
+            ("depth_encoding", self.depth_encoding in DEPTH_ENCODINGS),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise InvalidInputError(f"WorkcellConfig.{name}: invalid value {getattr(self, name)!r}")
+        if self.camera_stamp_jitter_ms * 2e-3 >= 1.0 / self.frame_rate_hz:
+            raise InvalidInputError(
+                f"WorkcellConfig.camera_stamp_jitter_ms ({self.camera_stamp_jitter_ms}) must stay below half the frame "
+                f"period ({500.0 / self.frame_rate_hz} ms at frame_rate_hz={self.frame_rate_hz})"
+            )
+
+
+def load_objects(config: WorkcellConfig, rng: np.random.Generator) -> tuple[list[ObjectModel], dict[int, dict] | None]:
+    """The scene's object models and, for BOP sources, their symmetry entries (mm) to copy over."""
+    if config.objects == PROCEDURAL:
+        from pose_node.onboarding.procedural import make_procedural_objects
+
+        return make_procedural_objects(config.num_objects, config.seed), None
+    from pose_node.onboarding.mesh_loading import load_bop_models
+
+    models_dir = Path(config.objects)
+    info_path = models_dir / "models_info.json"
+    if not info_path.is_file():
+        raise InvalidInputError(
+            f"WorkcellConfig.objects: {models_dir} is neither 'procedural' nor a BOP models directory (no models_info.json)"
+        )
+    info = {int(k): v for k, v in json.loads(info_path.read_text()).items()}
+    if config.num_objects > len(info):
+        raise InvalidInputError(f"WorkcellConfig.num_objects: {config.num_objects} requested but {models_dir} has {len(info)} models")
+    ids = sorted(int(i) for i in rng.choice(sorted(info), size=config.num_objects, replace=False))
+    symmetries = {i: {k: v for k, v in info[i].items() if k.startswith("symmetries_")} for i in ids}
+    return load_bop_models(models_dir, object_ids=ids), symmetries
+
+
+def frame_stamp_ns(config: WorkcellConfig, scene_index: int, frame_index: int) -> int:
+    """Nominal stamp of a frame (see the module docstring)."""
+    gap_frames = config.scene_gap_s * config.frame_rate_hz
+    slot = scene_index * (config.frames_per_scene + gap_frames) + frame_index
+    return int(config.start_stamp_ns + round(slot * 1e9 / config.frame_rate_hz))
+
+
+def _prepare_out_dir(config: WorkcellConfig) -> Path:
+    out = config.out_dir
+    if out.exists() and any(out.iterdir()):
+        if not config.overwrite:
+            raise InvalidInputError(f"WorkcellConfig.out_dir: {out} is not empty (set overwrite to replace earlier outputs)")
+        for name in _OUTPUTS:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@dataclass(frozen=True)
+class _StaticScene:
+    """What stays the same over the frames of a scene (V views, M instances; the table is last).
+
+    Attributes:
+        placed: the M instances.
+        T_camera_object: (V, M + 1, 4, 4) metres, the table last.
+        handles: M + 1 renderer handles.
+        depth: (V, H, W) float32 metres, exact (0 = nothing: beyond the table).
+        masks: (V, M, H, W) bool unoccluded silhouettes (each instance rendered alone).
+        masks_visib: (V, M, H, W) bool visible parts.
+        px_counts_all: (V, M) silhouette sizes including the parts outside the image.
+        backgrounds: (V, H, W, 3) uint8 seen beyond the table.
+    """
+
+    placed: list[PlacedInstance]
+    T_camera_object: np.ndarray
+    handles: list[int]
+    depth: np.ndarray
+    masks: np.ndarray
+    masks_visib: np.ndarray
+    px_counts_all: np.ndarray
+    backgrounds: np.ndarray
+
+
+class _WorkcellRenderer:
+    """Renders the workcell views.
+
+    Owns two renderers: one at the image size, and one on a canvas three times larger (the image
+    in its centre) for the full silhouettes of objects cut by the image border. The table is one
+    of a small pool of textured tables (the renderer keeps every uploaded mesh, so a new texture
+    per scene would grow its memory with the number of scenes).
+    """
+
+    TABLE_POOL_SIZE = 8
+
+    def __init__(self, layout: WorkcellLayout, models: list[ObjectModel], texture_size_px: int):
+        from pose_node.render.renderer import Renderer
+
+        self.layout = layout
+        camera = layout.cameras[0]
+        self.width, self.height = camera.width, camera.height
+        self.renderer = Renderer(self.width, self.height)
+        self.canvas = Renderer(3 * self.width, 3 * self.height)
+        self.handles = [self.renderer.add_object(m) for m in models]
+        self.canvas_handles = [self.canvas.add_object(m) for m in models]
+        self.tables: list[int] = []
+        self.K = np.stack([c.K for c in layout.cameras])
+        self.K_canvas = self.K.copy()
+        self.K_canvas[:, 0, 2] += self.width
+        self.K_canvas[:, 1, 2] += self.height
+        self.T_camera_world = np.stack([invert_rigid(c.T_world_camera) for c in layout.cameras])
+        self._texture_size_px = texture_size_px
+
+    def release(self) -> None:
+        self.renderer.release()
+        self.canvas.release()
+
+    def _table(self, rng: np.random.Generator) -> int:
+        index = int(rng.integers(self.TABLE_POOL_SIZE))
+        while len(self.tables) <= index:
+            size = self._texture_size_px
+            table = make_table_model(self.layout.table_size_m, self.layout.table_thickness_m, procedural_texture(rng, size, size))
+            self.tables.append(self.renderer.add_object(table))
+        return self.tables[index]
+
+    def static_scene(self, placed: list[PlacedInstance], rng: np.random.Generator) -> _StaticScene:
+        """Render geometry, masks and backgrounds of one arrangement."""
+        V, M = len(self.layout.cameras), len(placed)
+        T_world_objects = np.stack([p.T_world_object for p in placed] + [np.eye(4)])
+        T_camera_object = self.T_camera_world[:, None] @ T_world_objects[None]
+        handles = [self.handles[p.model_index] for p in placed] + [self._table(rng)]
+        geometry = self.renderer.render(self.K, T_camera_object, handles, outputs=("depth", "instance"))
+        masks = np.zeros((V, M, self.height, self.width), bool)
+        px_counts_all = np.zeros((V, M), np.int64)
+        for m, p in enumerate(placed):
+            alone = self.canvas.render(
+                self.K_canvas, T_camera_object[:, m : m + 1], [self.canvas_handles[p.model_index]], outputs=("instance",)
+            )
+            full = alone.instance > 0
+            px_counts_all[:, m] = full.reshape(V, -1).sum(1)
+            masks[:, m] = full[:, self.height : 2 * self.height, self.width : 2 * self.width]
+        masks_visib = geometry.instance[:, None] == (np.arange(M) + 1)[None, :, None, None]
+        backgrounds = np.stack([background_image(rng, self.height, self.width) for _ in range(V)])
+        return _StaticScene(placed, T_camera_object, handles, geometry.depth, masks, masks_visib, px_counts_all, backgrounds)
+
+    def rgb(self, scene: _StaticScene, light: Lighting) -> np.ndarray:
+        """(V, H, W, 3) uint8 colour images of a scene under one light."""
+        V = len(self.layout.cameras)
+        return self.renderer.render(
+            self.K, scene.T_camera_object, scene.handles, outputs=("rgb",),
+            light_dir_cam=np.stack([light.travel_direction_in_camera(c.T_world_camera) for c in self.layout.cameras]),
+            ambient=np.full(V, light.ambient), diffuse=np.full(V, light.diffuse), background=scene.backgrounds,
+        ).rgb
+
+
+def _instance_counts(placed: list[PlacedInstance], selected: np.ndarray) -> dict[int, int]:
+    """obj_id -> number of selected instances (objects with none are left out), sorted by obj_id."""
+    counts: dict[int, int] = {}
+    for p, chosen in zip(placed, selected):
+        if chosen:
+            counts[p.object_id] = counts.get(p.object_id, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def generate_workcell(config: WorkcellConfig) -> Path:
+    """Generate the dataset described in the module docstring. Returns the output directory.
+
+    Raises:
+        InvalidInputError: bad configuration, non-empty output directory without ``overwrite``.
+        PlacementError: the objects do not fit on the table.
+    """
+    started = time.perf_counter()
+    out = _prepare_out_dir(config)
+    rng_objects, rng_layout, rng_place, rng_look, rng_noise = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(5)
+    )
+    models, symmetries = load_objects(config, rng_objects)
+    write_bop_models(out / "models", models, symmetries)
+    rest_poses = [compute_rest_poses(m) for m in models]
+    layout = sample_layout(rng_layout, config.layout)
+    C = len(layout.cameras)
+    app = config.appearance
+    workcell = _WorkcellRenderer(layout, models, app.table_texture_size_px)
+    targets_bop19, targets_multiview, world_scenes = [], [], []
+    bag = None
+    if config.write_bag:
+        bag = WorkcellBagWriter(out / "bag", layout.cameras, layout.camera_names, depth_encoding=config.depth_encoding)
+    clock_period_ns = int(round(1e9 / config.clock_rate_hz))
+    next_clock_ns = config.start_stamp_ns
+    try:
+        for scene_id in range(config.num_scenes):
+            counts = rng_place.integers(1, config.max_instances_per_object + 1, len(models))
+            instance_models = [i for i, n in enumerate(counts) for _ in range(int(n))]
+            placed = place_objects(
+                models, instance_models, rng_place, table_size_m=layout.table_size_m, config=config.placement, rest_poses=rest_poses
+            )
+            scene = workcell.static_scene(placed, rng_look)
+            lighting = sample_lighting(rng_look, app)
+            frames = []
+            with BopSceneWriter(out / "test", scene_id, depth_scale=config.depth_scale_mm) as writer:
+                for frame_index in range(config.frames_per_scene):
+                    light = lighting if frame_index == 0 else jitter_lighting(lighting, rng_look, app)
+                    rgb = workcell.rgb(scene, light)
+                    nominal = frame_stamp_ns(config, scene_id, frame_index)
+                    jitter_ns = np.rint(rng_noise.uniform(-1, 1, C) * config.camera_stamp_jitter_ms * 1e6).astype(np.int64)
+                    stamps = [int(nominal + j) for j in jitter_ns]
+                    im_ids = [frame_index * C + v for v in range(C)]
+                    rgbs, depths = [], []
+                    seen_in_frame = np.zeros(len(placed), bool)
+                    for v, (camera, im_id) in enumerate(zip(layout.cameras, im_ids)):
+                        rgbs.append(add_rgb_noise(rgb[v], rng_noise, app.rgb_noise_sigma))
+                        depths.append(add_depth_noise(scene.depth[v], rng_noise, app) if app.depth_noise else scene.depth[v])
+                        bop_camera = BopImageCamera(
+                            camera.K, workcell.T_camera_world[v], config.depth_scale_mm, camera.width, camera.height
+                        )
+                        gts = [BopGt(p.object_id, scene.T_camera_object[v, m]) for m, p in enumerate(placed)]
+                        infos = writer.add_image(im_id, rgbs[v], depths[v], bop_camera, gts, list(scene.masks[v]),
+                                                 list(scene.masks_visib[v]), px_counts_all=list(scene.px_counts_all[v]))
+                        seen = np.array([info.visib_fract >= config.visib_fract_threshold for info in infos])
+                        seen_in_frame |= seen
+                        targets_bop19 += [{"scene_id": scene_id, "im_id": im_id, "obj_id": o, "inst_count": n}
+                                          for o, n in _instance_counts(placed, seen).items()]
+                    targets_multiview += [{"scene_id": scene_id, "im_ids": im_ids, "obj_id": o, "inst_count": n}
+                                          for o, n in _instance_counts(placed, seen_in_frame).items()]
+                    if bag is not None:
+                        while next_clock_ns < min(stamps):
+                            bag.write_clock(next_clock_ns)
+                            next_clock_ns += clock_period_ns
+                        bag.write_frame(stamps, rgbs, depths)
+                    frames.append({"frame_index": frame_index, "im_ids": im_ids, "stamp_ns": nominal, "camera_stamps_ns": stamps})
+            world_scenes.append({
+                "scene_id": scene_id,
+                "first_stamp_ns": frames[0]["stamp_ns"],
+                "last_stamp_ns": frames[-1]["stamp_ns"],
+                "instances": [
+                    {"instance_index": m, "obj_id": p.object_id, "name": models[p.model_index].name,
+                     "T_world_object": p.T_world_object.tolist()}
+                    for m, p in enumerate(placed)
+                ],
+                "frames": frames,
+            })
+            logger.info("scene %d: %d instances, %d frames x %d cameras", scene_id, len(placed), config.frames_per_scene, C)
+    finally:
+        workcell.release()
+        if bag is not None:
+            bag.close()
+    write_targets_bop19(out / "test_targets_bop19.json", targets_bop19)
+    write_targets_multiview(out / "test_targets_multiview.json", targets_multiview)
+    _write_scene_world(out / "scene_world.json", config, layout, models, world_scenes)
+    logger.info("wrote %s in %.1f s", out, time.perf_counter() - started)
+    return out
+
+
+def _write_scene_world(path: Path, config: WorkcellConfig, layout: WorkcellLayout, models: list[ObjectModel], scenes: list[dict]) -> None:
+    cameras = [
+        {"name": name, "frame_id": c.frame_id, "width": c.width, "height": c.height, "K": c.K.tolist(),
+         "T_world_camera": c.T_world_camera.tolist()}
+        for name, c in zip(layout.camera_names, layout.cameras)
+    ]
+    data = {
+        "description": "Ground truth of a pose_scene workcell. Poses are row-major 4x4 T_a_b (metres) mapping frame b into a.",
+        "world_frame": "world",
+        "frame_rate_hz": config.frame_rate_hz,
+        "im_id_rule": "im_id = frame_index * num_cameras + camera_index",
+        "depth_encoding": config.depth_encoding,
+        "table": {"size_m": list(layout.table_size_m), "top_z_m": 0.0},
+        "cameras": cameras,
+        "objects": [{"obj_id": m.object_id, "name": m.name, "diameter_m": m.diameter_m, "source": m.source_path} for m in models],
+        "scenes": scenes,
+        "config": _config_json(config),
+    }
+    path.write_text(json.dumps(data, indent=1))
+
+
+def _config_json(config: WorkcellConfig) -> dict:
+    raw = asdict(config)
+    raw["out_dir"] = str(config.out_dir)
+    return raw
+
+
+def read_scene_world(path: str | Path) -> dict:
+    """Read ``scene_world.json`` with the 4x4 lists converted to (4, 4) float64 arrays."""
+    data = json.loads(Path(path).read_text())
+    for camera in data["cameras"]:
+        camera["K"] = np.asarray(camera["K"], float)
+        camera["T_world_camera"] = np.asarray(camera["T_world_camera"], float)
+    for scene in data["scenes"]:
+        for instance in scene["instances"]:
+            instance["T_world_object"] = np.asarray(instance["T_world_object"], float)
+    return data
+
+
+def cameras_from_scene_world(data: dict) -> list[Camera]:
+    """The workcell cameras (core :class:`Camera`) from :func:`read_scene_world` output."""
+    return [
+        Camera(K=c["K"], width=c["width"], height=c["height"], T_world_camera=c["T_world_camera"], distortion=np.zeros(5),
+               frame_id=c["frame_id"])
+        for c in data["cameras"]
+    ]
