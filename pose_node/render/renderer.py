@@ -24,7 +24,6 @@ import logging
 import threading
 import weakref
 from collections.abc import Sequence
-from ctypes.util import find_library
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +31,16 @@ import trimesh
 
 from pose_node.core.errors import InvalidInputError, StageUnavailableError
 from pose_node.core.types import ObjectModel
+from pose_node.render.context import create_egl_context
+from pose_node.render.shaders import (
+    FRAGMENT_SHADER,
+    INSTANCE_ATTRIBUTES,
+    INSTANCE_FLOATS,
+    INSTANCE_FORMAT,
+    VERTEX_ATTRIBUTES,
+    VERTEX_FORMAT,
+    VERTEX_SHADER,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,94 +50,6 @@ OUTPUT_NAMES: tuple[str, ...] = ("rgb", "depth", "xyz", "instance")
 MAX_OBJECTS_PER_RENDER = 255
 
 _GL_CLIP_DISTANCE0 = 0x3000
-_VERTEX_FORMAT = "3f 3f 2f 4f1"  # position, normal, uv, colour (normalized uint8 RGBA)
-_VERTEX_ATTRIBUTES = ("in_position", "in_normal", "in_uv", "in_color")
-_INSTANCE_FORMAT = "4f 4f 4f 4f 4f 4f/i"
-_INSTANCE_ATTRIBUTES = ("in_cam_x", "in_cam_y", "in_cam_z", "in_proj_a", "in_proj_b", "in_light")
-_INSTANCE_FLOATS = 24
-
-# Colour target: 0 none, 1 RGBA8 (rgb + instance in alpha), 2 R8 (instance only).
-# Geometry target: 0 none, 1 R32F (depth), 2 RGBA32F (xyz + depth).
-_VERTEX_SHADER = """
-in vec3 in_position;   // object frame, metres
-in vec3 in_normal;
-in vec2 in_uv;
-in vec4 in_color;
-in vec4 in_cam_x;      // rows of T_camera_object (one instance per view)
-in vec4 in_cam_y;
-in vec4 in_cam_z;
-in vec4 in_proj_a;     // P00 P01 P02 P11 of opengl_projection_from_K
-in vec4 in_proj_b;     // P12 P22 P23, diffuse
-in vec4 in_light;      // unit direction the light travels (camera frame), ambient
-uniform float u_tiles; // views stacked vertically in the framebuffer
-
-out vec3 v_xyz;
-out vec3 v_pos_cam;
-out vec3 v_normal_cam;
-out vec2 v_uv;
-out vec4 v_color;
-flat out vec4 v_light;
-flat out float v_diffuse;
-
-void main() {
-    vec4 p = vec4(in_position, 1.0);
-    vec3 pc = vec3(dot(in_cam_x, p), dot(in_cam_y, p), dot(in_cam_z, p));
-    vec4 clip = vec4(in_proj_a.x * pc.x + in_proj_a.y * pc.y + in_proj_a.z * pc.z,
-                     in_proj_a.w * pc.y + in_proj_b.x * pc.z,
-                     in_proj_b.y * pc.z + in_proj_b.z,
-                     pc.z);
-    // Keep the view inside its own rows, then move it there.
-    gl_ClipDistance[0] = clip.w + clip.y;
-    gl_ClipDistance[1] = clip.w - clip.y;
-    float row = float(gl_InstanceID);
-    gl_Position = vec4(clip.x, (clip.y + clip.w * (1.0 + 2.0 * row - u_tiles)) / u_tiles, clip.z, clip.w);
-    v_xyz = in_position;
-    v_pos_cam = pc;
-    v_normal_cam = vec3(dot(in_cam_x.xyz, in_normal), dot(in_cam_y.xyz, in_normal), dot(in_cam_z.xyz, in_normal));
-    v_uv = in_uv;
-    v_color = in_color;
-    v_light = in_light;
-    v_diffuse = in_proj_b.w;
-}
-"""
-
-_FRAGMENT_SHADER = """
-in vec3 v_xyz;
-in vec3 v_pos_cam;
-in vec3 v_normal_cam;
-in vec2 v_uv;
-in vec4 v_color;
-flat in vec4 v_light;
-flat in float v_diffuse;
-uniform sampler2D u_texture;
-uniform bool u_textured;
-uniform float u_instance;  // (index + 1) / 255
-
-#if COLOR_TARGET
-layout(location = 0) out vec4 out_color;
-#endif
-#if GEOM_TARGET
-layout(location = GEOM_LOCATION) out vec4 out_geom;
-#endif
-
-void main() {
-#if COLOR_TARGET == 1
-    vec3 albedo = u_textured ? texture(u_texture, v_uv).rgb : v_color.rgb;
-    float len = length(v_normal_cam);
-    vec3 n = len > 1e-12 ? v_normal_cam / len : -normalize(v_pos_cam);
-    if (dot(n, v_pos_cam) > 0.0) n = -n;  // two-sided: light the side the camera sees
-    float shade = v_light.w + v_diffuse * max(dot(n, -v_light.xyz), 0.0);
-    out_color = vec4(clamp(albedo * shade, 0.0, 1.0), u_instance);
-#elif COLOR_TARGET == 2
-    out_color = vec4(u_instance, 0.0, 0.0, 0.0);
-#endif
-#if GEOM_TARGET == 1
-    out_geom = vec4(v_pos_cam.z, 0.0, 0.0, 0.0);
-#elif GEOM_TARGET == 2
-    out_geom = vec4(v_xyz, v_pos_cam.z);
-#endif
-}
-"""
 
 
 @dataclass(frozen=True)
@@ -355,7 +276,7 @@ class Renderer:
         if self._released:
             raise StageUnavailableError("Renderer: used after release()")
         if self._ctx is None:
-            ctx = _create_egl_context(self.settings.egl_device_index)
+            ctx = create_egl_context(self.settings.egl_device_index)
             info = ctx.info
             max_rows = int(min(info["GL_MAX_RENDERBUFFER_SIZE"], info["GL_MAX_VIEWPORT_DIMS"][1]))
             max_width = int(min(info["GL_MAX_RENDERBUFFER_SIZE"], info["GL_MAX_VIEWPORT_DIMS"][0]))
@@ -426,7 +347,7 @@ class Renderer:
                         ibo=ctx.buffer(indices.tobytes()),
                         texture=texture,
                         n_indices=len(indices),
-                        instance_buffer=ctx.buffer(reserve=_INSTANCE_FLOATS * 4),
+                        instance_buffer=ctx.buffer(reserve=INSTANCE_FLOATS * 4),
                         instance_capacity=1,
                         cull=cull,
                     )
@@ -458,7 +379,8 @@ class Renderer:
             outputs: which of ``rgb``, ``depth``, ``xyz``, ``instance`` to render.
             light_dir_cam: (V, 3) direction the light travels, camera frame (default: settings).
             ambient, diffuse: (V,) light intensities (default: settings).
-            background: (V, H, W, 3) uint8 image behind the objects (default: background_rgb).
+            background: (V, H, W, 3) uint8 image behind the objects in ``rgb`` (default:
+                ``settings.background_rgb``).
         Returns:
             :class:`RenderOutput`; outputs not requested are None.
         Raises:
@@ -481,13 +403,13 @@ class Renderer:
                 raise InvalidInputError(f"background: expected ({n_views}, {H}, {W}, 3) uint8, got {background.shape} {background.dtype}")
 
         want_rgb = "rgb" in requested
-        color_mode = 1 if want_rgb else (2 if "instance" in requested or background is not None else 0)
+        color_mode = 1 if want_rgb else (2 if "instance" in requested else 0)
         geom_mode = 2 if "xyz" in requested else (1 if "depth" in requested else 0)
         color = np.empty((n_views, H, W, 4 if color_mode == 1 else 1), np.uint8) if color_mode else None
         geom = np.empty((n_views, H, W, 4 if geom_mode == 2 else 1), np.float32) if geom_mode else None
         if n_views:
             P = opengl_projection_from_K(K, W, H, s.near_m, s.far_m)
-            instance_data = np.empty((len(handles), n_views, _INSTANCE_FLOATS), np.float32)
+            instance_data = np.empty((len(handles), n_views, INSTANCE_FLOATS), np.float32)
             instance_data[:, :, 0:12] = T[:, :, :3, :].transpose(1, 0, 2, 3).reshape(len(handles), n_views, 12)
             instance_data[:, :, 12:20] = np.stack(
                 [P[:, 0, 0], P[:, 0, 1], P[:, 0, 2], P[:, 1, 1], P[:, 1, 2], P[:, 2, 2], P[:, 2, 3], dif[:, 0]], -1
@@ -508,8 +430,6 @@ class Renderer:
             xyz = geom[..., :3].copy()
         if "depth" in requested:
             depth = geom[..., 3].copy() if geom_mode == 2 else geom[..., 0]
-        if background is not None and not want_rgb:
-            logger.debug("background given without 'rgb' in outputs; it is ignored")
         return RenderOutput(rgb=rgb, depth=depth, xyz=xyz, instance=instance)
 
     def _render_passes(self, ctx, handles, instance_data, color_mode, geom_mode, color, geom) -> None:
@@ -540,7 +460,7 @@ class Renderer:
             for m, handle in enumerate(handles):
                 obj = self._objects[handle]
                 vao = self._get_vao(ctx, obj, program, (color_mode, geom_mode), v1 - v0)
-                obj.instance_buffer.orphan(obj.instance_capacity * _INSTANCE_FLOATS * 4)
+                obj.instance_buffer.orphan(obj.instance_capacity * INSTANCE_FLOATS * 4)
                 obj.instance_buffer.write(instance_data[m, v0:v1].tobytes())
                 if "u_instance" in program:
                     program["u_instance"].value = (m + 1) / 255.0
@@ -570,7 +490,7 @@ class Renderer:
                 f"#version 330\n#define COLOR_TARGET {color_mode}\n#define GEOM_TARGET {geom_mode}\n"
                 f"#define GEOM_LOCATION {1 if color_mode else 0}\n"
             )
-            program = ctx.program(vertex_shader=defines + _VERTEX_SHADER, fragment_shader=defines + _FRAGMENT_SHADER)
+            program = ctx.program(vertex_shader=defines + VERTEX_SHADER, fragment_shader=defines + FRAGMENT_SHADER)
             if "u_texture" in program:
                 program["u_texture"].value = 0
             self._programs[key] = program
@@ -583,11 +503,11 @@ class Renderer:
                 vao.release()
             obj.vaos.clear()
             obj.instance_capacity = max(n_instances, 2 * obj.instance_capacity)
-            obj.instance_buffer = ctx.buffer(reserve=obj.instance_capacity * _INSTANCE_FLOATS * 4)
+            obj.instance_buffer = ctx.buffer(reserve=obj.instance_capacity * INSTANCE_FLOATS * 4)
         if key not in obj.vaos:
             obj.vaos[key] = ctx.vertex_array(
                 program,
-                [(obj.vbo, _VERTEX_FORMAT, *_VERTEX_ATTRIBUTES), (obj.instance_buffer, _INSTANCE_FORMAT, *_INSTANCE_ATTRIBUTES)],
+                [(obj.vbo, VERTEX_FORMAT, *VERTEX_ATTRIBUTES), (obj.instance_buffer, INSTANCE_FORMAT, *INSTANCE_ATTRIBUTES)],
                 index_buffer=obj.ibo,
                 index_element_size=4,
                 skip_errors=True,  # attributes a variant does not use are optimized out
@@ -650,30 +570,3 @@ class Renderer:
         if bad:
             raise InvalidInputError(f"objects: unknown handles {bad} (have {len(self._objects)} objects)")
         return K, T, handles
-
-
-def _create_egl_context(device_index: int | None):
-    """A standalone EGL OpenGL >= 3.3 core context, or a StageUnavailableError naming what is missing."""
-    libs = {"libEGL": find_library("EGL"), "libGL": find_library("GL")}
-    missing = [name for name, path in libs.items() if path is None]
-    if missing:
-        raise StageUnavailableError(
-            f"headless rendering needs EGL and OpenGL, but {', '.join(n + '.so.1' for n in missing)} "
-            "cannot be found (Debian/Ubuntu: apt-get install libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri; "
-            "on NVIDIA machines the driver provides them)"
-        )
-    try:
-        import moderngl
-    except ImportError as exc:
-        raise StageUnavailableError(f"headless rendering needs moderngl (pip install moderngl): {exc}") from exc
-    kwargs = {"libegl": libs["libEGL"], "libgl": libs["libGL"]}
-    if device_index is not None:
-        kwargs["device_index"] = int(device_index)
-    try:
-        return moderngl.create_context(standalone=True, backend="egl", require=330, **kwargs)
-    except Exception as exc:  # glcontext raises bare Exception subclasses with the EGL error text
-        raise StageUnavailableError(
-            f"could not create a headless EGL OpenGL 3.3 context ({libs['libEGL']}, {libs['libGL']}): {exc}. "
-            "Is an EGL vendor installed (Mesa: libegl-mesa0 and libgl1-mesa-dri, /usr/share/glvnd/egl_vendor.d/50_mesa.json; "
-            "or the NVIDIA driver)? Set EGL_LOG_LEVEL=debug for details."
-        ) from exc

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from render_scenes import K_matrix, box_model, quad_model, rotation, sphere_model, translation, unproject
 
-import pose_node.render.renderer as renderer_module
+import pose_node.render.context as context_module
 from pose_node.core.errors import InvalidInputError, StageUnavailableError
 from pose_node.render import OUTPUT_NAMES, Renderer, opengl_projection_from_K
 from pose_node.render.renderer import RenderSettings, _cull_side
@@ -343,7 +343,7 @@ def test_bad_settings_and_models_raise():
 
 
 def test_missing_egl_gives_a_clear_error(monkeypatch):
-    monkeypatch.setattr(renderer_module, "find_library", lambda name: None)
+    monkeypatch.setattr(context_module, "find_library", lambda name: None)
     renderer = Renderer(8, 8)  # the context is created lazily
     with pytest.raises(StageUnavailableError, match=r"libEGL\.so\.1.*libGL\.so\.1.*apt-get install libegl1"):
         renderer.render(**_valid_args(M=0) | {"objects": []})
