@@ -31,7 +31,8 @@ FRAME_SIZE_PX = (640, 480)
 FRAME_FILL = 0.4  # object diameter / image width
 
 
-def _median_seconds(fn, warmup: int, repeats: int) -> float:
+def _timings_s(fn, warmup: int, repeats: int) -> tuple[float, float]:
+    """(median, min) wall-clock seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -39,7 +40,7 @@ def _median_seconds(fn, warmup: int, repeats: int) -> float:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return float(np.median(times)), float(np.min(times))
 
 
 def _K(width: int, height: int, f_px: float) -> np.ndarray:
@@ -49,6 +50,7 @@ def _K(width: int, height: int, f_px: float) -> np.ndarray:
 def run_benchmark(*, shape: str = "ellipsoid", target_faces: int = 16000, repeats: int = 7, warmup: int = 2,
                   settings: RenderSettings = RenderSettings()) -> dict:
     """Run both measurements; returns a JSON-serializable dict of the numbers and the setup."""
+    load_before = os.getloadavg()[0]  # other processes on the machine slow the numbers down
     model = make_procedural_object(1, seed=0, target_faces=target_faces, shape=shape)
     center = (model.vertices.min(0) + model.vertices.max(0)) / 2
     result: dict = {
@@ -69,11 +71,11 @@ def run_benchmark(*, shape: str = "ellipsoid", target_faces: int = 16000, repeat
         for subdivisions in (1, 2):
             T = sphere_viewpoints(subdivisions, distance_m, center)[:, None]
             K = np.repeat(_K(TEMPLATE_SIZE_PX, TEMPLATE_SIZE_PX, f_px)[None], len(T), 0)
-            seconds = _median_seconds(lambda: renderer.render(K, T, [handle]), warmup, repeats)
+            seconds, fastest = _timings_s(lambda: renderer.render(K, T, [handle]), warmup, repeats)
             result["templates"].append({
                 "views": len(T), "size_px": [TEMPLATE_SIZE_PX, TEMPLATE_SIZE_PX],
                 "outputs": ["rgb", "depth", "xyz", "instance"],
-                "median_s_per_batch": seconds, "templates_per_s": len(T) / seconds,
+                "median_s_per_batch": seconds, "min_s_per_batch": fastest, "templates_per_s": len(T) / seconds,
             })
 
     width, height = FRAME_SIZE_PX
@@ -86,11 +88,12 @@ def run_benchmark(*, shape: str = "ellipsoid", target_faces: int = 16000, repeat
     with Renderer(width, height, settings) as renderer:
         handle = renderer.add_object(model)
         coverage = float((renderer.render(K, T, [handle], outputs=("instance",)).instance > 0).mean())
-        seconds = _median_seconds(lambda: renderer.render(K, T, [handle], outputs=outputs), warmup + 1, 4 * repeats)
+        seconds, fastest = _timings_s(lambda: renderer.render(K, T, [handle], outputs=outputs), warmup + 1, 4 * repeats)
     result["frames"] = {
         "size_px": [width, height], "outputs": list(outputs), "object_pixel_fraction": coverage,
-        "median_s_per_frame": seconds, "frames_per_s": 1.0 / seconds,
+        "median_s_per_frame": seconds, "min_s_per_frame": fastest, "frames_per_s": 1.0 / seconds,
     }
+    result["load_average_1min"] = {"before": load_before, "after": os.getloadavg()[0]}
     return result
 
 
@@ -112,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     obj = result["object"]
     print(f"renderer: {result['gl_renderer']}, {result['cpu_count']} CPUs; object {obj['name']}: "
           f"{obj['faces']} faces, {obj['texture_px'][1]}x{obj['texture_px'][0]} texture; "
-          f"back-face culling {args.cull}")
+          f"back-face culling {args.cull}; 1-min load average {result['load_average_1min']['before']:.2f} before, "
+          f"{result['load_average_1min']['after']:.2f} after")
     for t in result["templates"]:
         print(f"templates {t['size_px'][0]}x{t['size_px'][1]} rgb+depth+xyz+instance, batch {t['views']:4d}: "
               f"{t['templates_per_s']:8.1f} templates/s ({1e3 * t['median_s_per_batch']:.1f} ms/batch)")
