@@ -12,6 +12,8 @@ import numpy as np
 
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.types import Camera, ObjectModel
+from pose_node.datasets.bop import invert_rigid
+from pose_node.render.viewpoints import look_at_T_camera_object
 
 # The focal-length range below is specified for this image width; other widths scale it.
 REFERENCE_WIDTH_PX = 640
@@ -86,18 +88,15 @@ def look_at(eye_world: np.ndarray, target_world: np.ndarray, up_world: np.ndarra
         eye_world, target_world: (3,) metres. up_world: (3,) not parallel to the viewing ray.
     Returns:
         (4, 4) rigid transform.
+    Raises:
+        InvalidInputError: the viewing direction is parallel to ``up_world`` (the camera roll
+            would be arbitrary; a workcell layout never needs it).
     """
-    z = np.asarray(target_world, float) - np.asarray(eye_world, float)
-    z /= np.linalg.norm(z)
-    x = np.cross(z, up_world)
-    if np.linalg.norm(x) < 1e-9:
+    eye = np.asarray(eye_world, float)
+    direction = np.asarray(target_world, float) - eye
+    if np.linalg.norm(np.cross(direction, up_world)) < 1e-9 * max(np.linalg.norm(direction), 1e-12):
         raise InvalidInputError("look_at: viewing direction is parallel to the up vector")
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    T = np.eye(4)
-    T[:3, :3] = np.stack([x, y, z], 1)
-    T[:3, 3] = eye_world
-    return T
+    return invert_rigid(look_at_T_camera_object(eye[None], target_world, up_world)[0])
 
 
 def _rot_z(angle_rad: float) -> np.ndarray:
