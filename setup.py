@@ -29,7 +29,10 @@ setup(
             "pose_scene = pose_node.scene.cli:main",
             "pose_eval = pose_node.evaluation.cli:main",
             "pose_render_bench = pose_node.render.bench:main",
+            "pose_metrics_bench = pose_node.evaluation.bench:main",
+            "pose_onboard = pose_node.onboarding.cli:main",
             "pose_demo = pose_node.demo:main",
+            "pose_replay = pose_node.ros.replay:main",
         ],
     },
 )
