@@ -1,0 +1,129 @@
+"""Keep pose_node's own ROS 2 processes (tests, demo, benchmarks) on this machine.
+
+Kilted ignores ``ROS_LOCALHOST_ONLY`` and, by default, sends DDS discovery as multicast out of
+every network interface. The environment built here confines discovery to localhost, puts
+every run on its own domain, and selects a Fast DDS profile whose only transport is shared
+memory (``fastdds_shm_only.xml``), so no DDS packet leaves the machine.
+
+The variables are read when rclpy creates its context, so apply them before ``rclpy.init()``
+(ideally before importing rclpy). The node itself never calls this: a deployed node follows
+the robot's environment.
+
+Command line (used by the Makefile)::
+
+    python -m pose_node.ros.local_env                 # print ``export NAME=value`` lines
+    python -m pose_node.ros.local_env -- CMD [ARGS]   # run CMD inside that environment
+"""
+from __future__ import annotations
+
+import os
+import random
+import shlex
+import sys
+from pathlib import Path
+
+PROFILE_FILE = Path(__file__).resolve().with_name("fastdds_shm_only.xml")
+
+# Domain ids that are safe on every host: Fast DDS maps domain d to UDP ports 7400 + 250 d, and
+# ids above 101 collide with the Linux ephemeral port range (32768+). 0 is the default domain
+# every stray ROS process uses, so it is never picked.
+MIN_DOMAIN_ID = 1
+MAX_DOMAIN_ID = 101
+
+
+def random_domain_id(rng: random.Random | None = None) -> int:
+    """Return a domain id drawn uniformly from [MIN_DOMAIN_ID, MAX_DOMAIN_ID]."""
+    return (rng or random.SystemRandom()).randint(MIN_DOMAIN_ID, MAX_DOMAIN_ID)
+
+
+def local_ros_environment(domain_id: int | None = None) -> dict[str, str]:
+    """Return the environment variables that keep ROS 2 traffic on this machine.
+
+    Args:
+        domain_id: ROS_DOMAIN_ID to use, in [1, 101]; ``None`` draws a random one.
+
+    Returns:
+        ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``, ``ROS_STATIC_PEERS`` empty,
+        ``ROS_DOMAIN_ID``, ``RMW_IMPLEMENTATION=rmw_fastrtps_cpp`` and
+        ``FASTDDS_DEFAULT_PROFILES_FILE`` (the shared-memory-only profile).
+
+    Raises:
+        ValueError: if ``domain_id`` is outside [1, 101].
+    """
+    if domain_id is None:
+        domain_id = random_domain_id()
+    elif not MIN_DOMAIN_ID <= int(domain_id) <= MAX_DOMAIN_ID:
+        raise ValueError(
+            f"domain_id must be in [{MIN_DOMAIN_ID}, {MAX_DOMAIN_ID}], got {domain_id!r}"
+        )
+    return {
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+        "ROS_STATIC_PEERS": "",
+        "ROS_DOMAIN_ID": str(int(domain_id)),
+        "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
+        "FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE_FILE),
+    }
+
+
+def _ament_prefix_path(environ: dict[str, str] | os._Environ) -> str | None:
+    """AMENT_PREFIX_PATH with this venv prepended when the ROS wheels live in it."""
+    prefix = sys.prefix
+    if not Path(prefix, "share", "ament_index").is_dir():
+        return None
+    parts = [p for p in environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    if prefix in parts:
+        return None
+    return os.pathsep.join([prefix, *parts])
+
+
+def apply_local_ros_environment(
+    domain_id: int | None = None, environ: dict[str, str] | os._Environ | None = None
+) -> dict[str, str]:
+    """Put the local-only ROS environment into ``environ`` (default ``os.environ``).
+
+    A ``ROS_DOMAIN_ID`` that is already set and valid is kept, so that a caller (the Makefile,
+    a test session, a user watching the demo from another terminal) decides the domain;
+    otherwise ``domain_id`` or a random one is used. Discovery range, static peers, RMW and the
+    Fast DDS profile are always overwritten. With the PyPI ROS wheels, the venv prefix is also
+    added to ``AMENT_PREFIX_PATH`` so that ament_index finds the interface packages.
+
+    Args:
+        domain_id: domain to use when none is set in ``environ``.
+        environ: mapping to update; ``os.environ`` when ``None``.
+
+    Returns:
+        The variables that were written.
+    """
+    target = os.environ if environ is None else environ
+    existing = target.get("ROS_DOMAIN_ID", "")
+    if domain_id is None and existing.isdigit() and MIN_DOMAIN_ID <= int(existing) <= MAX_DOMAIN_ID:
+        domain_id = int(existing)
+    values = local_ros_environment(domain_id)
+    ament = _ament_prefix_path(target)
+    if ament is not None:
+        values["AMENT_PREFIX_PATH"] = ament
+    target.update(values)
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the environment as shell exports, or run ``-- CMD ...`` inside it."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "--":
+        command = args[1:]
+        if not command:
+            print("usage: python -m pose_node.ros.local_env [-- CMD [ARGS...]]", file=sys.stderr)
+            return 2
+        apply_local_ros_environment()
+        os.execvp(command[0], command)
+    if args:
+        print("usage: python -m pose_node.ros.local_env [-- CMD [ARGS...]]", file=sys.stderr)
+        return 2
+    environ = dict(os.environ)
+    for name, value in apply_local_ros_environment(environ=environ).items():
+        print(f"export {name}={shlex.quote(value)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

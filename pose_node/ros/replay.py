@@ -1,0 +1,359 @@
+"""``pose_replay``: play a rosbag2 (mcap or sqlite3) into the ROS graph.
+
+rosbag2_py and ``ros2 bag`` are not available with the PyPI ROS 2 wheels, so this reads bags
+with ``rosbags`` and republishes each record's serialized CDR bytes unchanged: header stamps,
+frame ids and payloads are exactly what was recorded. ``/clock`` (rosgraph_msgs/Clock) carries
+the bag's receive time, so nodes started with ``use_sim_time:=true`` see the recorded timeline.
+
+QoS: ``/tf_static`` is reliable + transient local (late joiners still get every static
+transform of the bag); every other topic and ``/clock`` are reliable with depth 10.
+
+Examples::
+
+    pose_replay demo.mcap
+    pose_replay demo_bag/ --rate 0.5 --loop --topics /cam0/image_raw /cam0/camera_info /tf_static
+    pose_replay demo.mcap --wait-for-subscribers 1 --ros-args -r /cam0/image_raw:=/image
+
+Exit status: 0 after the last message (or on Ctrl-C), 1 on a bad bag or argument, 2 on a
+``--wait-timeout`` that expired before the subscribers matched.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+TF_STATIC_TOPIC = "/tf_static"
+CLOCK_TOPIC = "/clock"
+DEFAULT_DEPTH = 10
+TF_STATIC_MIN_DEPTH = 100
+# Longest single sleep while pacing, so Ctrl-C and /clock publishing stay responsive.
+MAX_SLEEP_S = 0.05
+
+
+class ReplayError(RuntimeError):
+    """A bag or argument problem that stops the replay (message names the cause)."""
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """What to play and how.
+
+    Attributes:
+        bag: rosbag2 directory, or a single ``.mcap`` / ``.db3`` file.
+        rate: playback speed factor; 0 plays as fast as possible.
+        loop: start over after the last message.
+        topics: topics to play; empty plays every topic of the bag.
+        wait_for_subscribers: before playing, wait until every publisher (``/clock`` included
+            unless disabled) has this many matched subscriptions.
+        wait_timeout_s: give up waiting after this many seconds; 0 waits forever.
+        clock: publish ``/clock`` from bag time.
+        clock_hz: how often ``/clock`` advances while waiting between messages (0: only
+            with each message).
+        ack_timeout_s: after the last message, wait up to this long for subscribers to
+            acknowledge everything published.
+    """
+
+    bag: Path
+    rate: float = 1.0
+    loop: bool = False
+    topics: tuple[str, ...] = ()
+    wait_for_subscribers: int = 0
+    wait_timeout_s: float = 0.0
+    clock: bool = True
+    clock_hz: float = 100.0
+    ack_timeout_s: float = 5.0
+
+
+def parse_args(argv: Sequence[str]) -> ReplayOptions:
+    """Parse command-line arguments (ROS arguments already removed)."""
+    parser = argparse.ArgumentParser(
+        prog="pose_replay", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("bag", type=Path, help="rosbag2 directory or .mcap/.db3 file")
+    parser.add_argument("--rate", type=float, default=1.0,
+                        help="playback speed factor (default 1.0; 0 = as fast as possible)")
+    parser.add_argument("--loop", action="store_true", help="play the bag over and over")
+    parser.add_argument("--topics", nargs="+", default=[], metavar="TOPIC",
+                        help="play only these topics (default: all)")
+    parser.add_argument("--wait-for-subscribers", type=int, default=0, metavar="N",
+                        help="wait until each publisher has N matched subscriptions")
+    parser.add_argument("--wait-timeout", type=float, default=0.0, metavar="S",
+                        help="fail if subscribers have not matched after S seconds "
+                             "(0 = wait forever)")
+    parser.add_argument("--no-clock", action="store_true", help="do not publish /clock")
+    parser.add_argument("--clock-hz", type=float, default=100.0,
+                        help="/clock rate between messages (default 100; 0 = only with messages)")
+    parser.add_argument("--ack-timeout", type=float, default=5.0, metavar="S",
+                        help="at the end, wait up to S seconds for subscribers to acknowledge")
+    args = parser.parse_args(list(argv))
+    for name in ("rate", "wait_timeout", "clock_hz", "ack_timeout"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.wait_for_subscribers < 0:
+        parser.error(f"--wait-for-subscribers must be >= 0, got {args.wait_for_subscribers}")
+    return ReplayOptions(
+        bag=args.bag, rate=args.rate, loop=args.loop, topics=tuple(args.topics),
+        wait_for_subscribers=args.wait_for_subscribers, wait_timeout_s=args.wait_timeout,
+        clock=not args.no_clock, clock_hz=args.clock_hz, ack_timeout_s=args.ack_timeout,
+    )
+
+
+def message_class(msgtype: str) -> type:
+    """Import the Python class of a ROS type name such as ``sensor_msgs/msg/Image``.
+
+    Raises:
+        ReplayError: if the type name is malformed or its package is not installed.
+    """
+    parts = msgtype.split("/")
+    if len(parts) == 2:  # ROS 1 style "pkg/Type"
+        parts = [parts[0], "msg", parts[1]]
+    if len(parts) != 3 or not all(parts):
+        raise ReplayError(f"cannot interpret message type {msgtype!r}")
+    package, kind, name = parts
+    try:
+        return getattr(importlib.import_module(f"{package}.{kind}"), name)
+    except (ImportError, AttributeError) as exc:
+        raise ReplayError(f"message type {msgtype} is not installed ({exc})") from exc
+
+
+def _open_reader(bag: Path):
+    from rosbags.rosbag2 import Reader
+
+    if not bag.exists():
+        raise ReplayError(f"bag not found: {bag}")
+    try:
+        reader = Reader(bag)
+        reader.open()
+    except Exception as exc:  # rosbags raises several unrelated types for unreadable bags
+        raise ReplayError(f"cannot open bag {bag}: {exc}") from exc
+    return reader
+
+
+class BagPlayer:
+    """Publishes a bag's records on ``node`` with the bag's timing.
+
+    Args:
+        node: rclpy node that owns the publishers.
+        options: what to play.
+    """
+
+    def __init__(self, node, options: ReplayOptions) -> None:
+        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from rosgraph_msgs.msg import Clock
+
+        self._node = node
+        self._options = options
+        self._reader = _open_reader(options.bag)
+        wanted = set(options.topics)
+        connections = [c for c in self._reader.connections if not wanted or c.topic in wanted]
+        missing = wanted - {c.topic for c in connections}
+        if missing:
+            available = ", ".join(sorted({c.topic for c in self._reader.connections}))
+            raise ReplayError(f"topics not in {options.bag}: {', '.join(sorted(missing))} "
+                              f"(bag has: {available})")
+        if not connections:
+            raise ReplayError(f"{options.bag} has no topics to play")
+        non_cdr = sorted({c.topic for c in connections
+                          if getattr(c.ext, "serialization_format", "cdr") != "cdr"})
+        if non_cdr:
+            raise ReplayError(f"only CDR-serialized topics can be replayed, not: {non_cdr}")
+        self._connections = connections
+
+        self._publishers = {}
+        for topic in sorted({c.topic for c in connections}):
+            types = {c.msgtype for c in connections if c.topic == topic}
+            if len(types) != 1:
+                raise ReplayError(f"topic {topic} has several types in the bag: {sorted(types)}")
+            if topic == TF_STATIC_TOPIC:
+                count = sum(c.msgcount for c in connections if c.topic == topic)
+                qos = QoSProfile(
+                    history=HistoryPolicy.KEEP_LAST, depth=max(TF_STATIC_MIN_DEPTH, count),
+                    reliability=ReliabilityPolicy.RELIABLE,
+                    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                )
+            else:
+                qos = QoSProfile(
+                    history=HistoryPolicy.KEEP_LAST, depth=DEFAULT_DEPTH,
+                    reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
+                )
+            self._publishers[topic] = node.create_publisher(message_class(types.pop()), topic, qos)
+        self._clock_type = Clock
+        self._clock_publisher = (
+            node.create_publisher(Clock, CLOCK_TOPIC, DEFAULT_DEPTH) if options.clock else None
+        )
+
+    @property
+    def message_count(self) -> int:
+        return sum(c.msgcount for c in self._connections)
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def wait_for_subscribers(self) -> bool:
+        """Block until each publisher has enough matched subscriptions.
+
+        Returns:
+            True when matched, False when ``wait_timeout_s`` expired or the context shut down.
+        """
+        import rclpy
+
+        needed = self._options.wait_for_subscribers
+        if needed <= 0:
+            return True
+        publishers = dict(self._publishers)
+        if self._clock_publisher is not None:
+            publishers[CLOCK_TOPIC] = self._clock_publisher
+        deadline = (time.monotonic() + self._options.wait_timeout_s
+                    if self._options.wait_timeout_s > 0 else None)
+        self._node.get_logger().info(
+            f"waiting for {needed} subscriber(s) on {', '.join(sorted(publishers))}")
+        while rclpy.ok(context=self._node.context):
+            unmatched = sorted(
+                t for t, p in publishers.items() if p.get_subscription_count() < needed)
+            if not unmatched:
+                return True
+            if deadline is not None and time.monotonic() > deadline:
+                self._node.get_logger().error(
+                    f"no {needed} subscriber(s) after {self._options.wait_timeout_s} s on: "
+                    f"{', '.join(unmatched)}")
+                return False
+            time.sleep(0.01)
+        return False
+
+    def _records(self) -> Iterator[tuple[str, int, bytes]]:
+        for connection, timestamp_ns, data in self._reader.messages(connections=self._connections):
+            yield connection.topic, timestamp_ns, bytes(data)
+
+    def _publish_clock(self, bag_time_ns: int) -> None:
+        if self._clock_publisher is None:
+            return
+        msg = self._clock_type()
+        msg.clock.sec, msg.clock.nanosec = divmod(int(bag_time_ns), 1_000_000_000)
+        self._clock_publisher.publish(msg)
+
+    def _sleep_until(self, wall_deadline: float, bag_start_ns: int, wall_start: float) -> bool:
+        """Sleep until ``wall_deadline``, advancing /clock; False if shut down meanwhile."""
+        import rclpy
+
+        clock_period = 1.0 / self._options.clock_hz if self._options.clock_hz > 0 else None
+        next_clock = time.monotonic() + clock_period if clock_period else float("inf")
+        while True:
+            if not rclpy.ok(context=self._node.context):
+                return False
+            now = time.monotonic()
+            if now >= wall_deadline:
+                return True
+            if now >= next_clock:
+                elapsed_bag_ns = (now - wall_start) * self._options.rate * 1e9
+                self._publish_clock(bag_start_ns + int(elapsed_bag_ns))
+                next_clock = now + clock_period
+            time.sleep(min(MAX_SLEEP_S, wall_deadline - now, max(0.0, next_clock - now)))
+
+    def play_once(self) -> int:
+        """Play every selected record once with the bag's timing.
+
+        Returns:
+            Number of records published (fewer than the bag holds if shut down early).
+        """
+        import rclpy
+
+        published = 0
+        wall_start = None
+        bag_start_ns = 0
+        for topic, timestamp_ns, data in self._records():
+            if wall_start is None:
+                wall_start, bag_start_ns = time.monotonic(), timestamp_ns
+            elif self._options.rate > 0:
+                offset_s = (timestamp_ns - bag_start_ns) / 1e9 / self._options.rate
+                if not self._sleep_until(wall_start + offset_s, bag_start_ns, wall_start):
+                    break
+            if not rclpy.ok(context=self._node.context):
+                break
+            self._publish_clock(timestamp_ns)
+            self._publishers[topic].publish(data)
+            published += 1
+        return published
+
+    def wait_for_acks(self) -> bool:
+        """Wait until reliable subscribers acknowledged what was published."""
+        from rclpy.duration import Duration
+
+        timeout = Duration(seconds=self._options.ack_timeout_s)
+        publishers = list(self._publishers.values())
+        if self._clock_publisher is not None:
+            publishers.append(self._clock_publisher)
+        return all(p.wait_for_all_acked(timeout) for p in publishers)
+
+
+def run(options: ReplayOptions, ros_args: Sequence[str] | None = None) -> int:
+    """Initialize rclpy, play the bag as configured, and shut down.
+
+    Args:
+        options: what to play.
+        ros_args: full argv including ``--ros-args ...`` (for remaps, node name, logging).
+
+    Returns:
+        Process exit status (see module docstring).
+    """
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    rclpy.init(args=list(ros_args) if ros_args is not None else None)
+    node = None
+    player = None
+    try:
+        node = rclpy.create_node("pose_replay")
+        player = BagPlayer(node, options)
+        node.get_logger().info(
+            f"playing {player.message_count} messages from {options.bag} "
+            f"at rate {options.rate if options.rate > 0 else 'max'}"
+            f"{' (looping)' if options.loop else ''}")
+        if not player.wait_for_subscribers():
+            return 2 if rclpy.ok(context=node.context) else 0
+        while True:
+            count = player.play_once()
+            if not rclpy.ok(context=node.context):
+                break
+            node.get_logger().info(f"published {count} messages")
+            if not options.loop:
+                if not player.wait_for_acks():
+                    node.get_logger().warning(
+                        f"not every subscriber acknowledged within {options.ack_timeout_s} s")
+                break
+        return 0
+    except ReplayError as exc:
+        if node is not None:
+            node.get_logger().error(str(exc))
+        else:
+            print(f"pose_replay: {exc}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, ExternalShutdownException):
+        return 0
+    finally:
+        if player is not None:
+            player.close()
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point of ``pose_replay``."""
+    from rclpy.utilities import remove_ros_args
+
+    full_argv = list(sys.argv if argv is None else argv)
+    try:
+        options = parse_args(remove_ros_args(full_argv)[1:])
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0) if exc.code in (0, None) else 1
+    return run(options, full_argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
