@@ -27,6 +27,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pose_node.ros.local_env import apply_local_ros_environment
+
 TF_STATIC_TOPIC = "/tf_static"
 CLOCK_TOPIC = "/clock"
 DEFAULT_DEPTH = 10
@@ -56,6 +58,8 @@ class ReplayOptions:
             with each message).
         ack_timeout_s: after the last message, wait up to this long for subscribers to
             acknowledge everything published.
+        local_only: apply :func:`pose_node.ros.local_env.apply_local_ros_environment` before
+            joining the graph (the default; ``--network`` turns it off).
     """
 
     bag: Path
@@ -67,6 +71,7 @@ class ReplayOptions:
     clock: bool = True
     clock_hz: float = 100.0
     ack_timeout_s: float = 5.0
+    local_only: bool = True
 
 
 def parse_args(argv: Sequence[str]) -> ReplayOptions:
@@ -89,6 +94,9 @@ def parse_args(argv: Sequence[str]) -> ReplayOptions:
     parser.add_argument("--no-clock", action="store_true", help="do not publish /clock")
     parser.add_argument("--clock-hz", type=float, default=100.0,
                         help="/clock rate between messages (default 100; 0 = only with messages)")
+    parser.add_argument("--network", action="store_true",
+                        help="use the ROS environment as it is (default: localhost discovery and the "
+                             "shared-memory profile, see pose_node.ros.local_env; a set ROS_DOMAIN_ID is kept)")
     parser.add_argument("--ack-timeout", type=float, default=5.0, metavar="S",
                         help="at the end, wait up to S seconds for subscribers to acknowledge")
     args = parser.parse_args(list(argv))
@@ -100,7 +108,7 @@ def parse_args(argv: Sequence[str]) -> ReplayOptions:
     return ReplayOptions(
         bag=args.bag, rate=args.rate, loop=args.loop, topics=tuple(args.topics),
         wait_for_subscribers=args.wait_for_subscribers, wait_timeout_s=args.wait_timeout,
-        clock=not args.no_clock, clock_hz=args.clock_hz, ack_timeout_s=args.ack_timeout,
+        clock=not args.no_clock, clock_hz=args.clock_hz, ack_timeout_s=args.ack_timeout, local_only=not args.network,
     )
 
 
@@ -352,6 +360,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = parse_args(remove_ros_args(full_argv)[1:])
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0) if exc.code in (0, None) else 1
+    if options.local_only:
+        # Safe by default: a replay must not flood a shared network with camera traffic unless
+        # asked to. Applied before rclpy.init(), which is when the RMW reads these variables.
+        apply_local_ros_environment()
     return run(options, full_argv)
 
 

@@ -1,6 +1,7 @@
 """pose_replay: a rosbag2 written with rosbags is replayed into the graph unchanged."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,3 +223,21 @@ def test_sigint_while_waiting_for_subscribers_exits_0(ros, tmp_path):
     process = ros.start("pose_replay", str(bag.path), "--wait-for-subscribers", "3")
     process.wait_for_output("waiting for 3 subscriber(s)")
     process.assert_clean_exit()
+
+
+def test_replay_defaults_to_the_local_only_environment(monkeypatch):
+    from pose_node.ros import replay
+
+    seen = {}
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "SUBNET")
+    monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE", raising=False)
+    monkeypatch.setattr(replay, "run", lambda options, argv: seen.update(env=dict(os.environ), options=options) or 0)
+    assert replay.main(["pose_replay", "some_bag"]) == 0
+    assert seen["options"].local_only
+    assert seen["env"]["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+    assert seen["env"]["FASTDDS_DEFAULT_PROFILES_FILE"].endswith("fastdds_shm_only.xml")
+
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "SUBNET")
+    assert replay.main(["pose_replay", "some_bag", "--network"]) == 0
+    assert not seen["options"].local_only
+    assert seen["env"]["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SUBNET"
