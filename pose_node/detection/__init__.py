@@ -1,0 +1,1 @@
+"""Detection stage: class-agnostic proposals and their matching to known objects."""
