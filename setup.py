@@ -18,7 +18,7 @@ setup(
     ],
     package_data={PACKAGE: ["ros/fastdds_shm_only.xml"]},
     install_requires=["setuptools"],
-    zip_safe=True,
+    zip_safe=False,  # local_env reads its Fast DDS profile through __file__
     maintainer="pose_node maintainers",
     maintainer_email="maintainers@pose-node.dev",
     description="Multi-camera 6D object pose estimation with calibrated covariance for ROS 2.",

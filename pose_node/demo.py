@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pose_node.datasets.bop import BopDataset, invert_rigid, read_estimates_csv
+from pose_node.datasets.bop import BopDataset, read_estimates_csv
 from pose_node.evaluation.runner import EvalConfig, run
 from pose_node.ros.local_env import apply_local_ros_environment
 from pose_node.scene.generator import WorkcellConfig, generate_workcell, read_scene_world
@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--regenerate", action="store_true", help="generate a new workcell even if one exists")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # The demo's ROS parts (bag replay into the node) must stay on this machine.
+    # Every process the demo starts inherits a local-only ROS environment on a domain of its own
+    # (today it starts none; bag replay into the node joins it once the node exists).
     apply_local_ros_environment()
 
     config = DemoConfig(out_dir=args.out, num_cameras=args.cameras, num_objects=args.objects, frames=args.frames,

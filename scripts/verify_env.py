@@ -14,7 +14,9 @@ from pathlib import Path
 # Equal to rosbags' Jazzy/Kilted typestores and to upstream's generated type description.
 OFFICIAL_TFMESSAGE_HASH = "RIHS01_e369d0f05a23ae52508854b66f6aa0437f3449d652e8cbf22d5abe85d020f087"
 
-CONSOLE_SCRIPTS = ("pose_scene", "pose_eval", "pose_render_bench", "pose_demo", "pose_replay")
+CONSOLE_SCRIPTS = (
+    "pose_scene", "pose_eval", "pose_render_bench", "pose_metrics_bench", "pose_onboard", "pose_demo", "pose_replay",
+)
 
 
 def type_hash_from_share(package: str, interface: str) -> str | None:

@@ -305,17 +305,23 @@ class RosHarness:
     def close(self) -> None:
         """Stop every process with SIGINT, then fail if any did not exit 0."""
         failures = []
-        for process in self.processes:
-            if process.running() or not process.checked:
-                code = process.stop()
-                if code != 0:
-                    failures.append(f"{' '.join(process.argv)} exited with {code}:\n"
-                                    f"{process.output()}")
-        if self._node is not None:
-            self.executor.remove_node(self._node)
-            self._node.destroy_node()
-        self.executor.shutdown()
-        self._rclpy.try_shutdown(context=self.context)
+        try:
+            for process in self.processes:
+                if process.running() or not process.checked:
+                    try:
+                        code = process.stop()
+                    except AssertionError as exc:  # ignored SIGINT: killed; keep stopping the rest
+                        failures.append(str(exc))
+                        continue
+                    if code != 0:
+                        failures.append(f"{' '.join(process.argv)} exited with {code}:\n"
+                                        f"{process.output()}")
+        finally:
+            if self._node is not None:
+                self.executor.remove_node(self._node)
+                self._node.destroy_node()
+            self.executor.shutdown()
+            self._rclpy.try_shutdown(context=self.context)
         if failures:
             pytest.fail("node(s) did not exit cleanly:\n" + "\n".join(failures))
 

@@ -58,8 +58,12 @@ def so3_exp(omega: torch.Tensor) -> torch.Tensor:
     return eye + a * K + b * (K @ K)
 
 
+_LOG_SERIES_BELOW_RAD = 1e-4  # below this angle so3_log uses its Taylor series
+_LOG_NEAR_PI_ABOVE_RAD = np.pi - 1e-3  # above this the axis comes from the symmetric part
+
+
 def so3_log(R: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`so3_exp`, robust near 0 and pi.
+    """Inverse of :func:`so3_exp`, robust near 0 and pi, with finite gradients at the identity.
 
     Args:
         R: (..., 3, 3) rotation matrices.
@@ -67,19 +71,23 @@ def so3_log(R: torch.Tensor) -> torch.Tensor:
         (..., 3) rotation vectors with norm in [0, pi].
     """
     trace = R[..., 0, 0] + R[..., 1, 1] + R[..., 2, 2]
-    cos = ((trace - 1.0) / 2.0).clamp(-1.0, 1.0)
-    theta = torch.acos(cos)
     vee = torch.stack(
         [R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1
     )
-    sin = torch.sin(theta)
-    near_zero = theta < 1e-4
-    near_pi = theta > np.pi - 1e-3
-    scale = torch.where(near_zero, 0.5 + theta**2 / 12.0, theta / (2.0 * sin.clamp_min(1e-12)))
+    # atan2(sin, cos) instead of acos(cos): acos has an infinite derivative at the identity.
+    sin = vee.norm(dim=-1) / 2.0
+    cos = (trace - 1.0) / 2.0
+    theta = torch.atan2(sin, cos)
+    near_zero = theta < _LOG_SERIES_BELOW_RAD
+    near_pi = theta > _LOG_NEAR_PI_ABOVE_RAD
+    # theta / (2 sin theta) ~ 1/2 + theta^2 / 12, with theta^2 ~ (3 - trace) / 2 (no sqrt, no acos).
+    series = 0.5 + (3.0 - trace) / 24.0
+    safe_sin = torch.where(near_zero, torch.ones_like(sin), sin)
+    scale = torch.where(near_zero, series, theta / (2.0 * safe_sin))
     omega = vee * scale[..., None]
     if bool(near_pi.any()):
         # Near pi the antisymmetric part vanishes; take the axis from the symmetric part.
-        sym = (R + R.transpose(-1, -2)) / 2.0 - cos[..., None, None] * torch.eye(
+        sym = (R + R.transpose(-1, -2)) / 2.0 - cos.clamp(-1.0, 1.0)[..., None, None] * torch.eye(
             3, dtype=R.dtype, device=R.device
         )
         diag = torch.diagonal(sym, dim1=-2, dim2=-1)
@@ -114,7 +122,7 @@ class Pose:
     @classmethod
     def from_matrix(cls, T: torch.Tensor | np.ndarray) -> "Pose":
         """Args: T (..., 4, 4) homogeneous matrix (numpy input becomes float64 tensors)."""
-        T = torch.as_tensor(T)
+        T = torch.tensor(T) if isinstance(T, np.ndarray) else T  # copy: a frozen Pose owns its data
         if T.shape[-2:] != (4, 4):
             raise ValueError(f"expected (..., 4, 4) matrices, got shape {tuple(T.shape)}")
         return cls(T[..., :3, :3], T[..., :3, 3])
@@ -179,6 +187,23 @@ class Pose:
         q = torch.stack([x, y, z, w], -1).gather(-2, k[..., None, None].expand(*k.shape, 1, 4))[..., 0, :]
         q = torch.where(q[..., 3:4] < 0, -q, q)
         return q / q.norm(dim=-1, keepdim=True)
+
+
+def invert_rigid(T: np.ndarray) -> np.ndarray:
+    """Inverse of rigid transforms without a general matrix inverse.
+
+    Args:
+        T: (..., 4, 4) ``T_a_b``.
+    Returns:
+        (..., 4, 4) ``T_b_a``.
+    """
+    T = np.asarray(T, dtype=np.float64)
+    R_inv = np.swapaxes(T[..., :3, :3], -1, -2)
+    out = np.zeros_like(T)
+    out[..., :3, :3] = R_inv
+    out[..., :3, 3] = -np.einsum("...ij,...j->...i", R_inv, T[..., :3, 3])
+    out[..., 3, 3] = 1.0
+    return out
 
 
 def perturb_pose(pose: Pose, delta: torch.Tensor) -> Pose:

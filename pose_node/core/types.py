@@ -19,13 +19,24 @@ def _check_shape(name: str, array: np.ndarray, shape: tuple[int | None, ...]) ->
         raise InvalidInputError(f"{name}: expected shape {shape} (None = any), got {array.shape}")
 
 
-def _check_rigid(name: str, T: np.ndarray, tol: float = 1e-4) -> None:
+def as_rigid_transform(name: str, T, tol: float = 1e-4) -> np.ndarray:
+    """Validate a (4, 4) rigid transform and return it as float64.
+
+    Args:
+        name: the field name used in the error message.
+        T: array-like (4, 4).
+        tol: tolerance on orthonormality and on the last row (unit-free).
+    Raises:
+        InvalidInputError: wrong shape, NaN/inf, not a rotation (or a reflection), bad last row.
+    """
+    T = np.asarray(T, dtype=np.float64)
     _check_shape(name, T, (4, 4))
     if not np.all(np.isfinite(T)):
         raise InvalidInputError(f"{name}: contains NaN or inf")
     R = T[:3, :3]
     if np.abs(R @ R.T - np.eye(3)).max() > tol or np.linalg.det(R) < 0 or np.abs(T[3] - [0, 0, 0, 1]).max() > tol:
         raise InvalidInputError(f"{name}: not a rigid transform (rotation not orthonormal or last row != [0 0 0 1])")
+    return T
 
 
 @dataclass(frozen=True)
@@ -49,13 +60,12 @@ class Camera:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "K", np.asarray(self.K, dtype=np.float64))
-        object.__setattr__(self, "T_world_camera", np.asarray(self.T_world_camera, dtype=np.float64))
+        object.__setattr__(self, "T_world_camera", as_rigid_transform("Camera.T_world_camera", self.T_world_camera))
         _check_shape("Camera.K", self.K, (3, 3))
         if self.K[0, 0] <= 0 or self.K[1, 1] <= 0:
             raise InvalidInputError(f"Camera.K: focal lengths must be positive, got fx={self.K[0, 0]}, fy={self.K[1, 1]}")
         if self.width <= 0 or self.height <= 0:
             raise InvalidInputError(f"Camera: image size must be positive, got {self.width}x{self.height}")
-        _check_rigid("Camera.T_world_camera", self.T_world_camera)
         if self.distortion is not None:
             object.__setattr__(self, "distortion", np.asarray(self.distortion, dtype=np.float64).reshape(-1))
 
@@ -204,7 +214,7 @@ class PoseEstimate:
     view_indices: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_rigid("PoseEstimate.T_world_object", np.asarray(self.T_world_object))
+        as_rigid_transform("PoseEstimate.T_world_object", self.T_world_object)
         cov = np.asarray(self.covariance)
         _check_shape("PoseEstimate.covariance", cov, (6, 6))
         if not np.allclose(cov, cov.T, atol=1e-12 + 1e-9 * np.abs(cov).max()):

@@ -32,7 +32,8 @@ import cv2
 import numpy as np
 
 from pose_node.core.errors import InvalidInputError, PoseNodeError
-from pose_node.core.types import Camera, ObjectModel, View
+from pose_node.core.geometry import invert_rigid
+from pose_node.core.types import Camera, ObjectModel, View, as_rigid_transform
 
 logger = logging.getLogger(__name__)
 
@@ -48,18 +49,6 @@ class BopFormatError(PoseNodeError):
 # --------------------------------------------------------------------------------------------
 # Record types (metres)
 # --------------------------------------------------------------------------------------------
-
-
-def _as_rigid(name: str, T, tol: float = 1e-4) -> np.ndarray:
-    T = np.asarray(T, dtype=np.float64)
-    if T.shape != (4, 4):
-        raise InvalidInputError(f"{name}: expected shape (4, 4), got {T.shape}")
-    if not np.all(np.isfinite(T)):
-        raise InvalidInputError(f"{name}: contains NaN or inf")
-    R = T[:3, :3]
-    if np.abs(R @ R.T - np.eye(3)).max() > tol or np.linalg.det(R) < 0 or np.abs(T[3] - [0, 0, 0, 1]).max() > tol:
-        raise InvalidInputError(f"{name}: not a rigid transform")
-    return T
 
 
 @dataclass(frozen=True)
@@ -85,7 +74,7 @@ class BopImageCamera:
         if K.shape != (3, 3):
             raise InvalidInputError(f"BopImageCamera.K: expected shape (3, 3), got {K.shape}")
         object.__setattr__(self, "K", K)
-        object.__setattr__(self, "T_camera_world", _as_rigid("BopImageCamera.T_camera_world", self.T_camera_world))
+        object.__setattr__(self, "T_camera_world", as_rigid_transform("BopImageCamera.T_camera_world", self.T_camera_world))
         if not self.depth_scale > 0:
             raise InvalidInputError(f"BopImageCamera.depth_scale: must be > 0, got {self.depth_scale}")
         if int(self.width) <= 0 or int(self.height) <= 0:
@@ -112,7 +101,7 @@ class BopGt:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "obj_id", int(self.obj_id))
-        object.__setattr__(self, "T_camera_object", _as_rigid("BopGt.T_camera_object", self.T_camera_object))
+        object.__setattr__(self, "T_camera_object", as_rigid_transform("BopGt.T_camera_object", self.T_camera_object))
 
 
 @dataclass(frozen=True)
@@ -196,17 +185,6 @@ class BopEstimate:
     time_s: float = -1.0
 
 
-def invert_rigid(T: np.ndarray) -> np.ndarray:
-    """Inverse of a (..., 4, 4) rigid transform."""
-    T = np.asarray(T, dtype=np.float64)
-    out = np.zeros_like(T)
-    Rt = np.swapaxes(T[..., :3, :3], -1, -2)
-    out[..., :3, :3] = Rt
-    out[..., :3, 3] = -(Rt @ T[..., :3, 3:4])[..., 0]
-    out[..., 3, 3] = 1.0
-    return out
-
-
 def _T_from_Rt_mm(R_flat, t_mm) -> np.ndarray:
     T = np.eye(4)
     T[:3, :3] = np.asarray(R_flat, dtype=np.float64).reshape(3, 3)
@@ -219,8 +197,10 @@ def _Rt_mm_from_T(T: np.ndarray) -> tuple[list[float], list[float]]:
     return [float(v) for v in T[:3, :3].reshape(-1)], [float(v) for v in (T[:3, 3] * MM_PER_M)]
 
 
-def _bbox_xywh(mask: np.ndarray) -> np.ndarray:
-    """BOP ``calc_2d_bbox``: (x_min, y_min, x_max - x_min, y_max - y_min); -1s when empty."""
+def bbox_xywh_from_mask(mask: np.ndarray) -> np.ndarray:
+    """BOP ``calc_2d_bbox``: (x_min, y_min, x_max - x_min, y_max - y_min) with INCLUSIVE max, so
+    ``w`` is one less than the pixel span (core boxes, ``Detection.box_xyxy``, use an exclusive
+    max instead); -1s when empty."""
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
         return np.full(4, -1, dtype=np.int64)
@@ -281,6 +261,7 @@ def compute_gt_info(
     mask_visib: np.ndarray | None,
     depth_valid: np.ndarray | None,
     px_count_all: int | None = None,
+    bbox_obj: np.ndarray | None = None,
 ) -> BopGtInfo:
     """BOP ``scene_gt_info`` fields of one instance from its masks.
 
@@ -290,6 +271,8 @@ def compute_gt_info(
         depth_valid: (H, W) bool pixels with a valid depth measurement, or None (no depth).
         px_count_all: silhouette size including parts outside the image (BOP renders on a 3x
             canvas); default ``mask.sum()``, i.e. truncation is ignored.
+        bbox_obj: (4,) xywh box of the whole silhouette, which BOP lets extend beyond the
+            image (negative x, y); default: the box of the in-image ``mask``.
     """
     if mask is None:
         empty = np.full(4, -1, dtype=np.int64)
@@ -300,8 +283,8 @@ def compute_gt_info(
     n_valid = int((mask & depth_valid).sum()) if depth_valid is not None else 0
     n_visib = int(mask_visib.sum())
     return BopGtInfo(
-        bbox_obj=_bbox_xywh(mask),
-        bbox_visib=_bbox_xywh(mask_visib),
+        bbox_obj=bbox_xywh_from_mask(mask) if bbox_obj is None else np.asarray(bbox_obj, dtype=np.int64),
+        bbox_visib=bbox_xywh_from_mask(mask_visib),
         px_count_all=n_all,
         px_count_valid=n_valid,
         px_count_visib=n_visib,
@@ -358,6 +341,7 @@ class BopSceneWriter:
         masks_visib: Sequence[np.ndarray] | None = None,
         *,
         px_counts_all: Sequence[int] | None = None,
+        bboxes_obj: Sequence[np.ndarray] | None = None,
     ) -> list[BopGtInfo]:
         """Write one image and record its camera, GT and GT info.
 
@@ -373,6 +357,8 @@ class BopSceneWriter:
                 assumed (masks_visib = masks, with a warning).
             px_counts_all: per GT, silhouette size including the part outside the image (default:
                 the in-image mask size).
+            bboxes_obj: per GT, (4,) xywh box of the whole silhouette (may extend beyond the
+                image, as in BOP); default: the in-image mask's box.
         Returns:
             The computed GT infos, one per GT.
         Raises:
@@ -389,7 +375,8 @@ class BopSceneWriter:
             raise InvalidInputError(f"BopSceneWriter.add_image: rgb must be ({h}, {w}, 3) uint8, got {rgb.shape} {rgb.dtype}")
         gts = list(gts)
         n = len(gts)
-        for name, seq in (("masks", masks), ("masks_visib", masks_visib), ("px_counts_all", px_counts_all)):
+        for name, seq in (("masks", masks), ("masks_visib", masks_visib), ("px_counts_all", px_counts_all),
+                          ("bboxes_obj", bboxes_obj)):
             if seq is not None and len(seq) != n:
                 raise InvalidInputError(f"BopSceneWriter.add_image: {len(seq)} {name} for {n} GT instances")
         if masks is None and masks_visib is not None:
@@ -420,7 +407,8 @@ class BopSceneWriter:
                     )
                 _write_png(self.scene_dir / "mask" / f"{stem}_{gt_id:06d}.png", mask.astype(np.uint8) * 255)
                 _write_png(self.scene_dir / "mask_visib" / f"{stem}_{gt_id:06d}.png", mask_visib.astype(np.uint8) * 255)
-            infos.append(compute_gt_info(mask, mask_visib, depth_valid, None if px_counts_all is None else px_counts_all[gt_id]))
+            infos.append(compute_gt_info(mask, mask_visib, depth_valid, None if px_counts_all is None else px_counts_all[gt_id],
+                                         None if bboxes_obj is None else bboxes_obj[gt_id]))
 
         R_w2c, t_w2c = _Rt_mm_from_T(camera.T_camera_world)
         self._scene_camera[im_id] = {
@@ -838,7 +826,7 @@ def read_targets(path: str | Path) -> list[Target]:
 
 __all__ = [
     "BopDataset", "BopEstimate", "BopFormatError", "BopGt", "BopGtInfo", "BopImageCamera", "BopSceneWriter",
-    "DEFAULT_DEPTH_SCALE_MM", "Target", "compute_gt_info", "depth_m_to_png_units", "invert_rigid",
+    "DEFAULT_DEPTH_SCALE_MM", "Target", "bbox_xywh_from_mask", "compute_gt_info", "depth_m_to_png_units",
     "models_info_entry", "read_estimates_csv", "read_targets", "write_bop_models", "write_bop_ply",
     "write_estimates_csv", "write_models_info", "write_targets_bop19", "write_targets_multiview",
 ]

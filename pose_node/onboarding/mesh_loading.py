@@ -77,7 +77,8 @@ def _as_single_mesh(loaded, path: Path) -> trimesh.Trimesh:
             raise MeshLoadError(f"{path}: the file contains no triangle mesh")
         if len(geometries) == 1:
             return geometries[0]
-        # Multi-part glTF/OBJ: keep the parts' textures only if there is a single one.
+        # Multi-part glTF/OBJ: trimesh merges the parts' textures into one atlas when it can and
+        # falls back to per-vertex colours otherwise.
         return trimesh.util.concatenate(geometries)
     if not isinstance(loaded, trimesh.Trimesh):
         raise MeshLoadError(f"{path}: expected a triangle mesh, got {type(loaded).__name__} (point cloud or path?)")

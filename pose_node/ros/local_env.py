@@ -49,7 +49,11 @@ def local_ros_environment(domain_id: int | None = None) -> dict[str, str]:
 
     Raises:
         ValueError: if ``domain_id`` is outside [1, 101].
+        FileNotFoundError: if the Fast DDS profile is missing (Fast DDS would silently fall back
+            to its default UDP transports).
     """
+    if not PROFILE_FILE.is_file():
+        raise FileNotFoundError(f"Fast DDS shared-memory profile missing: {PROFILE_FILE} (broken install?)")
     if domain_id is None:
         domain_id = random_domain_id()
     elif not MIN_DOMAIN_ID <= int(domain_id) <= MAX_DOMAIN_ID:
@@ -77,26 +81,31 @@ def _ament_prefix_path(environ: dict[str, str] | os._Environ) -> str | None:
 
 
 def apply_local_ros_environment(
-    domain_id: int | None = None, environ: dict[str, str] | os._Environ | None = None
+    domain_id: int | None = None,
+    environ: dict[str, str] | os._Environ | None = None,
+    *,
+    keep_existing_domain: bool = False,
 ) -> dict[str, str]:
     """Put the local-only ROS environment into ``environ`` (default ``os.environ``).
 
-    A ``ROS_DOMAIN_ID`` that is already set and valid is kept, so that a caller (the Makefile,
-    a test session, a user watching the demo from another terminal) decides the domain;
-    otherwise ``domain_id`` or a random one is used. Discovery range, static peers, RMW and the
+    Every run gets its own domain (``domain_id`` or a random one), so a demo or test started in
+    a robot's shell cannot talk to that robot's nodes. With ``keep_existing_domain`` a valid
+    ``ROS_DOMAIN_ID`` that is already set is kept (``pose_replay``: feed a node running on this
+    host in the user's domain). Discovery range, static peers, RMW and the
     Fast DDS profile are always overwritten. With the PyPI ROS wheels, the venv prefix is also
     added to ``AMENT_PREFIX_PATH`` so that ament_index finds the interface packages.
 
     Args:
-        domain_id: domain to use when none is set in ``environ``.
+        domain_id: domain to use (random when ``None``).
         environ: mapping to update; ``os.environ`` when ``None``.
+        keep_existing_domain: keep a valid ``ROS_DOMAIN_ID`` already in ``environ``.
 
     Returns:
         The variables that were written.
     """
     target = os.environ if environ is None else environ
     existing = target.get("ROS_DOMAIN_ID", "")
-    if domain_id is None and existing.isdigit() and MIN_DOMAIN_ID <= int(existing) <= MAX_DOMAIN_ID:
+    if keep_existing_domain and domain_id is None and existing.isdigit() and MIN_DOMAIN_ID <= int(existing) <= MAX_DOMAIN_ID:
         domain_id = int(existing)
     values = local_ros_environment(domain_id)
     ament = _ament_prefix_path(target)

@@ -362,8 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0) if exc.code in (0, None) else 1
     if options.local_only:
         # Safe by default: a replay must not flood a shared network with camera traffic unless
-        # asked to. Applied before rclpy.init(), which is when the RMW reads these variables.
-        apply_local_ros_environment()
+        # asked to. Applied before rclpy.init(), which is when the RMW reads these variables. The
+        # user's domain is kept so that a node on this host can be fed.
+        apply_local_ros_environment(keep_existing_domain=True)
     return run(options, full_argv)
 
 

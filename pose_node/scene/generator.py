@@ -41,7 +41,8 @@ import numpy as np
 
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.types import Camera, ObjectModel
-from pose_node.datasets.bop import BopGt, BopImageCamera, BopSceneWriter, invert_rigid, write_bop_models
+from pose_node.core.geometry import invert_rigid
+from pose_node.datasets.bop import BopGt, BopImageCamera, BopSceneWriter, bbox_xywh_from_mask, write_bop_models
 from pose_node.datasets.bop import write_targets_bop19, write_targets_multiview
 from pose_node.scene.appearance import (
     AppearanceConfig, Lighting, add_depth_noise, add_rgb_noise, background_image, jitter_lighting, procedural_texture,
@@ -179,6 +180,8 @@ class _StaticScene:
         masks: (V, M, H, W) bool unoccluded silhouettes (each instance rendered alone).
         masks_visib: (V, M, H, W) bool visible parts.
         px_counts_all: (V, M) silhouette sizes including the parts outside the image.
+        bboxes_obj: (V, M, 4) int64 xywh boxes of the whole silhouettes in image coordinates (BOP
+            ``bbox_obj``: may extend beyond the image).
         backgrounds: (V, H, W, 3) uint8 seen beyond the table.
     """
 
@@ -189,6 +192,7 @@ class _StaticScene:
     masks: np.ndarray
     masks_visib: np.ndarray
     px_counts_all: np.ndarray
+    bboxes_obj: np.ndarray
     backgrounds: np.ndarray
 
 
@@ -242,16 +246,22 @@ class _WorkcellRenderer:
         geometry = self.renderer.render(self.K, T_camera_object, handles, outputs=("depth", "instance"))
         masks = np.zeros((V, M, self.height, self.width), bool)
         px_counts_all = np.zeros((V, M), np.int64)
+        bboxes_obj = np.full((V, M, 4), -1, np.int64)
+        canvas_offset = np.array([self.width, self.height, 0, 0])
         for m, p in enumerate(placed):
             alone = self.canvas.render(
                 self.K_canvas, T_camera_object[:, m : m + 1], [self.canvas_handles[p.model_index]], outputs=("instance",)
             )
             full = alone.instance > 0
             px_counts_all[:, m] = full.reshape(V, -1).sum(1)
+            for v in range(V):
+                if px_counts_all[v, m]:
+                    bboxes_obj[v, m] = bbox_xywh_from_mask(full[v]) - canvas_offset
             masks[:, m] = full[:, self.height : 2 * self.height, self.width : 2 * self.width]
         masks_visib = geometry.instance[:, None] == (np.arange(M) + 1)[None, :, None, None]
         backgrounds = np.stack([background_image(rng, self.height, self.width) for _ in range(V)])
-        return _StaticScene(placed, T_camera_object, handles, geometry.depth, masks, masks_visib, px_counts_all, backgrounds)
+        return _StaticScene(placed, T_camera_object, handles, geometry.depth, masks, masks_visib, px_counts_all, bboxes_obj,
+                            backgrounds)
 
     def rgb(self, scene: _StaticScene, light: Lighting) -> np.ndarray:
         """(V, H, W, 3) uint8 colour images of a scene under one light."""
@@ -325,7 +335,8 @@ def generate_workcell(config: WorkcellConfig) -> Path:
                         )
                         gts = [BopGt(p.object_id, scene.T_camera_object[v, m]) for m, p in enumerate(placed)]
                         infos = writer.add_image(im_id, rgbs[v], depths[v], bop_camera, gts, list(scene.masks[v]),
-                                                 list(scene.masks_visib[v]), px_counts_all=list(scene.px_counts_all[v]))
+                                                 list(scene.masks_visib[v]), px_counts_all=list(scene.px_counts_all[v]),
+                                                 bboxes_obj=list(scene.bboxes_obj[v]))
                         seen = np.array([info.visib_fract >= config.visib_fract_threshold for info in infos])
                         seen_in_frame |= seen
                         targets_bop19 += [{"scene_id": scene_id, "im_id": im_id, "obj_id": o, "inst_count": n}

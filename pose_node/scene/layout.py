@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pose_node.core.errors import InvalidInputError
+from pose_node.core.geometry import invert_rigid
 from pose_node.core.types import Camera, ObjectModel
-from pose_node.datasets.bop import invert_rigid
 from pose_node.render.viewpoints import look_at_T_camera_object
 
 # The focal-length range below is specified for this image width; other widths scale it.
@@ -79,7 +79,7 @@ def optical_frame_name(camera_name: str) -> str:
     return f"{camera_name}_color_optical_frame"
 
 
-def look_at(eye_world: np.ndarray, target_world: np.ndarray, up_world: np.ndarray = np.array([0.0, 0.0, 1.0])) -> np.ndarray:
+def look_at(eye_world: np.ndarray, target_world: np.ndarray, up_world=(0.0, 0.0, 1.0)) -> np.ndarray:
     """``T_world_camera`` of an optical frame at ``eye`` whose z axis points at ``target``.
 
     The image x axis (right) is horizontal and y (down) points downward in the world.

@@ -93,3 +93,21 @@ def test_perturbation_round_trip_and_covariance_rotation():
     empirical = d_new.T @ d_new / len(d_new)
     predicted = transform_covariance(cov, T_new_parent)
     torch.testing.assert_close(empirical, predicted, atol=3e-4 * cov.diagonal().max().item() * 10, rtol=0.05)
+
+
+def test_log_gradcheck_at_identity_small_and_large_angles():
+    for angle in [0.0, 1e-6, 0.3, 2.5]:
+        axis = torch.tensor([0.2, -0.7, 0.4], dtype=torch.float64)
+        R = so3_exp(axis / axis.norm() * angle).detach().requires_grad_(True)
+        assert torch.autograd.gradcheck(so3_log, (R,)), angle
+    # The composition is the identity map, so its Jacobian is the identity (finite at zero).
+    omega = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    jac = torch.autograd.functional.jacobian(lambda w: so3_log(so3_exp(w)), omega)
+    torch.testing.assert_close(jac, torch.eye(3, dtype=torch.float64))
+
+
+def test_from_numpy_matrix_copies():
+    T = np.eye(4)
+    pose = Pose.from_matrix(T)
+    T[0, 3] = 5.0
+    assert pose.t[0].item() == 0.0

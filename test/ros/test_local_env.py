@@ -38,18 +38,25 @@ def test_out_of_range_domain_is_rejected(bad):
         local_ros_environment(domain_id=bad)
 
 
-def test_apply_keeps_a_valid_domain_and_overrides_discovery():
+def test_apply_keeps_a_valid_domain_only_when_asked_and_overrides_discovery():
     environ = {"ROS_DOMAIN_ID": "7", "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"}
-    written = apply_local_ros_environment(environ=environ)
+    written = apply_local_ros_environment(environ=environ, keep_existing_domain=True)
     assert environ["ROS_DOMAIN_ID"] == "7"
     assert environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
     assert written["FASTDDS_DEFAULT_PROFILES_FILE"] == str(PROFILE_FILE)
+    # By default a run gets its own domain: a demo started in a robot's shell must not join it.
+    domains = set()
+    for _ in range(20):
+        environ = {"ROS_DOMAIN_ID": "7"}
+        apply_local_ros_environment(environ=environ)
+        domains.add(environ["ROS_DOMAIN_ID"])
+    assert domains != {"7"}
 
 
 @pytest.mark.parametrize("existing", ["0", "abc", "500", ""])
 def test_apply_replaces_an_unsafe_domain(existing):
     environ = {"ROS_DOMAIN_ID": existing}
-    apply_local_ros_environment(environ=environ)
+    apply_local_ros_environment(environ=environ, keep_existing_domain=True)
     assert MIN_DOMAIN_ID <= int(environ["ROS_DOMAIN_ID"]) <= MAX_DOMAIN_ID
 
 

@@ -50,6 +50,8 @@ def test_vga_images_arrive_best_effort_across_processes(ros, tmp_path):
     assert process.wait() == 0, process.output()
     ros.spin_for(0.5)  # drain what is still queued
     # Default Fast DDS shared memory (512 KiB segments) delivers ~10 % of these images best
-    # effort; the 16 MiB segments of fastdds_shm_only.xml deliver all of them.
-    assert len(inbox.messages) >= 0.9 * count, f"{len(inbox.messages)} of {count} images"
+    # effort; the 16 MiB segments of fastdds_shm_only.xml deliver all of them on an idle machine
+    # (the margin is for a loaded 2-core CI machine, where the receiving executor can fall behind
+    # its keep-last queue).
+    assert len(inbox.messages) >= 0.75 * count, f"{len(inbox.messages)} of {count} images"
     assert all(len(m.data) == 640 * 480 * 3 for m in inbox.messages)

@@ -13,7 +13,8 @@ import pytest
 import trimesh
 from rosbags.rosbag2 import Reader
 
-from pose_node.datasets.bop import BopDataset, invert_rigid, read_targets
+from pose_node.core.geometry import invert_rigid
+from pose_node.datasets.bop import BopDataset, read_targets
 from pose_node.scene.bag_writer import camera_topics, typestore
 from pose_node.scene.cli import main as pose_scene
 from pose_node.scene.generator import WorkcellConfig, cameras_from_scene_world, frame_stamp_ns, generate_workcell, read_scene_world
@@ -276,3 +277,22 @@ def test_overwrite_replaces_only_generated_outputs(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "keep me"
     assert (tmp_path / "bag").is_dir() and (tmp_path / "models" / "models_info.json").is_file()
     assert sorted(p.name for p in (tmp_path / "test" / "000000" / "rgb").iterdir()) == ["000000.png"]
+
+
+def test_bbox_obj_covers_the_whole_silhouette_as_in_bop(dataset):
+    """bbox_obj is the box of the full silhouette (beyond the image border when cut, as BOP's
+    calc_gt_info renders it); it contains the visible box; in-image silhouettes match exactly."""
+    ds = BopDataset(dataset)
+    for scene_id in ds.scene_ids():
+        for im_id in ds.image_ids(scene_id):
+            for gt_index, info in enumerate(ds.gt_infos(scene_id, im_id)):
+                if info.px_count_visib == 0:
+                    continue
+                x, y, w, h = info.bbox_obj
+                vx, vy, vw, vh = info.bbox_visib
+                assert x <= vx and y <= vy and x + w >= vx + vw and y + h >= vy + vh
+                ys, xs = np.nonzero(ds.mask(scene_id, im_id, gt_index))
+                if info.px_count_all == len(xs):  # entirely inside the image
+                    np.testing.assert_array_equal(info.bbox_obj, [xs.min(), ys.min(), xs.max() - xs.min(), ys.max() - ys.min()])
+                else:
+                    assert x < 0 or y < 0 or x + w >= WIDTH or y + h >= HEIGHT
