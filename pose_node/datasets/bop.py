@@ -435,6 +435,11 @@ class BopSceneWriter:
         self._closed = True
 
 
+# The largest finite rotation group of a rigid object (the cube's) has 24 elements; more
+# transforms than that come from discretizing a continuous symmetry.
+MAX_DISCRETE_SYMMETRIES = 23
+
+
 def models_info_entry(model: ObjectModel, symmetries: Mapping | None = None) -> dict:
     """BOP ``models_info.json`` entry (millimetres) of one model.
 
@@ -454,10 +459,14 @@ def models_info_entry(model: ObjectModel, symmetries: Mapping | None = None) -> 
     if symmetries is not None:
         entry.update({k: v for k, v in symmetries.items() if k in ("symmetries_discrete", "symmetries_continuous")})
         return entry
+    non_identity = [T for T in np.asarray(model.symmetries, dtype=np.float64) if not np.allclose(T, np.eye(4), atol=1e-9)]
+    if len(non_identity) > MAX_DISCRETE_SYMMETRIES:
+        raise InvalidInputError(
+            f"models_info_entry({model.name}): {len(non_identity)} symmetry transforms look like a discretized "
+            "continuous symmetry; pass symmetries= with its 'symmetries_continuous' entry instead"
+        )
     discrete = []
-    for T in np.asarray(model.symmetries, dtype=np.float64):
-        if np.allclose(T, np.eye(4), atol=1e-9):
-            continue
+    for T in non_identity:
         T_mm = T.copy()
         T_mm[:3, 3] *= MM_PER_M
         discrete.append([float(v) for v in T_mm.reshape(-1)])

@@ -300,14 +300,14 @@ def generate_workcell(config: WorkcellConfig) -> Path:
     layout = sample_layout(rng_layout, config.layout)
     C = len(layout.cameras)
     app = config.appearance
-    workcell = _WorkcellRenderer(layout, models, app.table_texture_size_px)
     targets_bop19, targets_multiview, world_scenes = [], [], []
-    bag = None
-    if config.write_bag:
-        bag = WorkcellBagWriter(out / "bag", layout.cameras, layout.camera_names, depth_encoding=config.depth_encoding)
+    workcell = bag = None
     clock_period_ns = int(round(1e9 / config.clock_rate_hz))
     next_clock_ns = config.start_stamp_ns
     try:
+        workcell = _WorkcellRenderer(layout, models, app.table_texture_size_px)
+        if config.write_bag:
+            bag = WorkcellBagWriter(out / "bag", layout.cameras, layout.camera_names, depth_encoding=config.depth_encoding)
         for scene_id in range(config.num_scenes):
             counts = rng_place.integers(1, config.max_instances_per_object + 1, len(models))
             instance_models = [i for i, n in enumerate(counts) for _ in range(int(n))]
@@ -362,7 +362,8 @@ def generate_workcell(config: WorkcellConfig) -> Path:
             })
             logger.info("scene %d: %d instances, %d frames x %d cameras", scene_id, len(placed), config.frames_per_scene, C)
     finally:
-        workcell.release()
+        if workcell is not None:
+            workcell.release()
         if bag is not None:
             bag.close()
     write_targets_bop19(out / "test_targets_bop19.json", targets_bop19)

@@ -223,3 +223,16 @@ def test_models_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded[1].texture, textured.texture)
     np.testing.assert_allclose(loaded[1].uv, textured.uv, atol=1e-6)
     assert ds.models_info()[2]["diameter"] == pytest.approx(box.diameter_m * 1000)
+
+
+def test_models_info_refuses_to_flatten_a_continuous_symmetry():
+    from pose_node.datasets.bop import models_info_entry
+    from pose_node.onboarding.mesh_loading import symmetry_transforms
+
+    mesh = trimesh.creation.cylinder(radius=0.03, height=0.1)
+    info = {"symmetries_continuous": [{"axis": [0, 0, 1], "offset": [0, 0, 0]}]}
+    model = ObjectModel(object_id=1, name="can", vertices=mesh.vertices.astype(np.float32), faces=mesh.faces.astype(np.int32),
+                        normals=mesh.vertex_normals.astype(np.float32), diameter_m=0.12, symmetries=symmetry_transforms(info))
+    with pytest.raises(InvalidInputError, match="symmetries_continuous"):
+        models_info_entry(model)
+    assert models_info_entry(model, symmetries=info)["symmetries_continuous"] == info["symmetries_continuous"]
