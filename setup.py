@@ -32,6 +32,7 @@ setup(
             "pose_metrics_bench = pose_node.evaluation.bench:main",
             "pose_onboard = pose_node.onboarding.cli:main",
             "pose_train_rgb_proposals = pose_node.detection.train_rgb_proposals:main",
+            "pose_detection_bench = pose_node.detection.bench:main",
             "pose_demo = pose_node.demo:main",
             "pose_replay = pose_node.ros.replay:main",
         ],

@@ -5,7 +5,8 @@ import cv2
 from pose_node.demo import main
 
 
-def test_demo_runs_end_to_end_and_reuses_its_workcell(tmp_path, capsys):
+def test_demo_runs_end_to_end_and_reuses_its_workcell(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("POSE_NODE_CACHE", str(tmp_path / "cache"))  # onboarding cache
     args = ["--out", str(tmp_path), "--cameras", "2", "--objects", "2", "--frames", "1"]
     assert main(args) == 0
     first = capsys.readouterr().out

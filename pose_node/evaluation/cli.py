@@ -1,12 +1,14 @@
 """``pose_eval``: run the pipeline over BOP targets and write BOP scores.
 
     pose_eval --dataset DIR --targets FILE [--mode rgb|rgbd] [--max-targets N]
-              [--stages detection|correspondence|refinement|full ...] --out results.json
+              [--stages detection|correspondence|refinement|full ...] [--cache-dir DIR] --out results.json
 
 Writes ``results.json`` (AR, AR_VSD / AR_MSSD / AR_MSPD, recalls, ADD-S recall, latency,
-covariance coverage, per-object scores, stage status, config) and the estimates in the BOP19 CSV
-format next to it (same stem, ``.csv``), and prints a summary. Missing pipeline stages are
-reported as missing and yield zero estimates (AR 0); nothing is faked.
+covariance coverage, per-object scores, stage status, config, and the ``detection`` block:
+recall, precision, mask AP, per-view latency) and the estimates in the BOP19 CSV format next to
+it (same stem, ``.csv``), and prints a summary. Missing pipeline stages are reported as missing
+and yield zero estimates (AR 0); nothing is faked. ``--stages detection`` runs and scores
+detection only (the detection benchmark).
 """
 from __future__ import annotations
 
@@ -30,7 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", nargs="+", default=["full"], choices=[*KNOWN_STAGES, *STAGE_ALIASES],
                    help="pipeline stages to run (full = all)")
     p.add_argument("--split", default="test", help="split folder (default: test)")
+    p.add_argument("--cache-dir", default=None, help="onboarding cache directory (default: $POSE_NODE_CACHE/onboarding "
+                   "or ~/.cache/pose_node/onboarding)")
     p.add_argument("--out", required=True, type=Path, help="results JSON path")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's choice; 1 is steadier on a CPU shared with other processes)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -70,11 +76,25 @@ def format_summary(r: dict) -> str:
                      f"translation {pe['translation_m']['median'] * 1000:.1f} mm  (n={pe['n']})")
     if r["per_object"]:
         lines.append("per object: " + ", ".join(f"{k}: AR {_fmt(v['AR'])} (n={v['n_gt']})" for k, v in r["per_object"].items()))
+    if r.get("detection"):
+        lines.append(format_detection(r["detection"]))
+    for stage, reason in (r.get("stage_errors") or {}).items():
+        lines.append(f"stage {stage} unavailable: {reason}")
     if r.get("frame_errors"):
         lines.append(f"{len(r['frame_errors'])} frames failed, first: {r['frame_errors'][0]}")
     if r.get("multiview_protocol"):
         lines.append(f"multi-view: {r['multiview_protocol']}")
     return "\n".join(lines)
+
+
+def format_detection(d: dict) -> str:
+    """One line of detection scores and per-view latency (a results["detection"] block)."""
+    lat = d["latency_ms"]
+    latency = "n/a" if lat["median"] is None else (
+        f"{lat['median']:.1f} ms median / {lat['p95']:.1f} p95 per view (proposals {lat['proposals_median']:.1f}, "
+        f"matching {lat['matching_median']:.1f})")
+    return (f"detection ({d['mode']}): recall {_fmt(d['recall'])}  precision {_fmt(d['precision'])}  mask AP {_fmt(d['mask_ap'])}"
+            f"  ({d['n_gt']} GT with visib >= {d['visib_fract_min']:g}, {d['n_detections']} detections, {d['n_images']} images); latency {latency}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_targets is not None and args.max_targets < 0:
         print("pose_eval: --max-targets must be >= 0", file=sys.stderr)
         return 2
-    config = EvalConfig(mode=args.mode, stages=expand_stages(args.stages), max_targets=args.max_targets)
+    if args.threads is not None:
+        if args.threads < 1:
+            print("pose_eval: --threads must be >= 1", file=sys.stderr)
+            return 2
+        import torch  # only when asked: the runner itself does not need torch
+
+        torch.set_num_threads(args.threads)
+    config = EvalConfig(mode=args.mode, stages=expand_stages(args.stages), max_targets=args.max_targets, cache_dir=args.cache_dir)
     csv_path = args.out.with_suffix(".csv")
     try:
         results = run(args.dataset, args.targets, config, split=args.split, csv_path=csv_path)

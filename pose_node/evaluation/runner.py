@@ -9,10 +9,24 @@ each stage in milliseconds. Views carry ``camera.T_world_camera = inv(T_camera_w
 ``scene_camera.json`` (identity when absent, so for classic BOP datasets world = camera frame).
 
 Stages register themselves with :func:`register_stage` (importing ``STAGE_MODULES[name]`` is
-expected to do it). The factory registered for the *last* requested stage builds an estimator
-that runs the pipeline up to and including that stage. A stage that is not registered is
-reported as ``"missing"``; then no estimator runs, there are zero estimates and every recall is
-0. Nothing is ever faked.
+expected to do it; a module may also offer ``register()``, called when its stage is not
+registered after import, e.g. after :func:`unregister_stage`). The factory registered for the
+*last* requested stage builds an estimator that runs the pipeline up to and including that stage.
+A stage that is not registered (or whose factory raises :class:`StageUnavailableError`) is
+reported as ``"missing"``; then there are zero pose estimates and every pose recall is 0. Nothing
+is ever faked.
+
+Detection
+---------
+An estimator that detects objects exposes ``last_detections``: one :class:`ViewDetections` per
+view of its last :meth:`Estimator.estimate` call, in view order (the runner sets it to None
+before each call). The runner then scores detection per image
+(:mod:`pose_node.detection.metrics`: recall and precision at mask IoU 0.5 of the instances with
+``visib_fract >= 0.3``, less visible ones being ignore regions; COCO-style mask AP over IoU
+0.5:0.95) and latency per view, and writes them to ``results["detection"]`` (None when no
+estimator reports detections). Only the frame's target objects are looked for and scored.
+When a later stage is missing but ``detection`` is available and requested, the detection
+stage runs alone, so the detection block is reported while the pose scores stay 0.
 
 Multi-view protocol
 -------------------
@@ -37,8 +51,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from pose_node.core.errors import InvalidInputError, PoseNodeError, StageUnavailableError
-from pose_node.core.types import ObjectModel, PoseEstimate, View
+from pose_node.core.types import Detection, ObjectModel, PoseEstimate, View
 from pose_node.datasets.bop import BopDataset, BopEstimate, Target, write_estimates_csv
+from pose_node.detection.metrics import DetectionMetricsConfig, DetectionScorer
 from pose_node.evaluation import metrics
 from pose_node.evaluation.calibration import closest_symmetric_pose, coverage_from_mahalanobis, mahalanobis_sq, pose_error_6d
 from pose_node.evaluation.scoring import BopScorer, GtInstance, ImageEstimate, ObjectEvalInfo, ScoringConfig
@@ -50,7 +65,7 @@ KNOWN_STAGES: tuple[str, ...] = ("detection", "correspondence", "refinement")
 STAGE_ALIASES: Mapping[str, tuple[str, ...]] = {"full": KNOWN_STAGES}
 #: Module expected to provide (and, on import, register) each stage.
 STAGE_MODULES: Mapping[str, str] = {
-    "detection": "pose_node.detection",
+    "detection": "pose_node.detection.stage",
     "correspondence": "pose_node.correspondence",
     "refinement": "pose_node.refinement",
 }
@@ -60,9 +75,27 @@ MULTIVIEW_PROTOCOL = (
 )
 
 
+@dataclass(frozen=True)
+class ViewDetections:
+    """The detections of one view and the time spent on it.
+
+    Attributes:
+        detections: the view's detections (any order).
+        timings_ms: step -> milliseconds for this view (``"proposals"``, ``"matching"``).
+    """
+
+    detections: tuple[Detection, ...]
+    timings_ms: Mapping[str, float]
+
+
 @runtime_checkable
 class Estimator(Protocol):
-    """What the runner needs from the pipeline."""
+    """What the runner needs from the pipeline.
+
+    Optionally, an estimator that detects objects also has an attribute ``last_detections:
+    list[ViewDetections] | None`` (one per view of the last :meth:`estimate` call, in view order);
+    the runner scores detection with it (module docstring).
+    """
 
     def estimate(self, views: list[View], object_models: Sequence[ObjectModel]) -> tuple[list[PoseEstimate], dict[str, float]]:
         """Estimate the poses of the given objects.
@@ -107,16 +140,20 @@ def expand_stages(names: Sequence[str]) -> tuple[str, ...]:
 
 
 def stage_status(stages: Sequence[str]) -> dict[str, str]:
-    """stage -> ``"available"`` or ``"missing"`` (tries importing the stage's module first)."""
+    """stage -> ``"available"`` or ``"missing"`` (tries importing the stage's module first, and
+    calls its ``register()`` when importing did not register the stage)."""
     status = {}
     for s in stages:
         if s not in _REGISTRY:
             try:
-                importlib.import_module(STAGE_MODULES[s])
+                module = importlib.import_module(STAGE_MODULES[s])
             except ModuleNotFoundError as exc:
                 logger.debug("stage %s: %s", s, exc)
             except ImportError as exc:  # present but broken: still missing, say why
                 logger.warning("stage %s: module %s failed to import: %s", s, STAGE_MODULES[s], exc)
+            else:
+                if s not in _REGISTRY and callable(getattr(module, "register", None)):
+                    module.register()
         status[s] = "available" if s in _REGISTRY else "missing"
     return status
 
@@ -135,6 +172,12 @@ class EvalConfig:
         eval_models_subdir: models used for the errors (BOP: ``models_eval``); default: that
             folder when present, else ``models_subdir``.
         scoring: thresholds.
+        detection_metrics: the detection protocol (:mod:`pose_node.detection.metrics`).
+        detector: settings of the detection stage, a
+            :class:`pose_node.detection.detector.DetectorConfig` (its ``mode`` is replaced by
+            ``mode``); None: its defaults. Typed loosely so this module does not import the stage.
+        cache_dir: onboarding cache directory of the stages (None: the default,
+            :func:`pose_node.onboarding.cache.default_cache_dir`).
     """
 
     mode: str = "rgbd"
@@ -144,6 +187,9 @@ class EvalConfig:
     models_subdir: str = "models"
     eval_models_subdir: str | None = None
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    detection_metrics: DetectionMetricsConfig = field(default_factory=DetectionMetricsConfig)
+    detector: object | None = None
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -275,6 +321,61 @@ def _assign_world(estimates: Sequence[PoseEstimate], gts: list[tuple[int, np.nda
             out.T_gt.append(best[2])
 
 
+class _DetectionTally:
+    """Detection scores and per-view latency over the frames of an evaluation."""
+
+    def __init__(self, config: DetectionMetricsConfig):
+        self.config = config
+        self.scorer = DetectionScorer(config)
+        self.latency: dict[str, list[float]] = {"total": [], "proposals": [], "matching": []}
+        self.frames_without_detections = 0
+
+    def add_frame(self, dataset: BopDataset, frame: Frame, obj_ids: Sequence[int],
+                  view_detections: Sequence[ViewDetections] | None) -> None:
+        """Score the images of one frame (no detections at all when the estimator failed)."""
+        if view_detections is not None and len(view_detections) != len(frame.im_ids):
+            raise InvalidInputError(f"Estimator.last_detections: {len(view_detections)} entries for {len(frame.im_ids)} views")
+        if view_detections is None:
+            self.frames_without_detections += 1
+        wanted = set(obj_ids)
+        for k, im in enumerate(frame.im_ids):
+            gts, infos = dataset.gts(frame.scene_id, im), dataset.gt_infos(frame.scene_id, im)
+            keep = [g for g, gt in enumerate(gts) if gt.obj_id in wanted]
+            dets = [] if view_detections is None else [d for d in view_detections[k].detections if d.object_id in wanted]
+            for d in dets:
+                if d.mask is None:
+                    raise InvalidInputError("Estimator.last_detections: detections need masks to be scored")
+            self.scorer.add_image(
+                [gts[g].obj_id for g in keep], [dataset.mask_visib(frame.scene_id, im, g) for g in keep],
+                [infos[g].visib_fract for g in keep], [d.object_id for d in dets], [d.score for d in dets],
+                [d.mask for d in dets],
+            )
+            if view_detections is not None:
+                timings = view_detections[k].timings_ms
+                self.latency["total"].append(float(sum(timings.values())))
+                for name in ("proposals", "matching"):
+                    if name in timings:
+                        self.latency[name].append(float(timings[name]))
+
+    def results(self, mode: str) -> dict:
+        s = self.scorer.summary()
+        total = _stats(self.latency["total"])
+        return {
+            "recall": s.recall, "precision": s.precision, "mask_ap": s.mask_ap,
+            "ap_per_iou": {f"{t:.2f}": v for t, v in s.ap_per_iou.items()},
+            "latency_ms": {"median": total["median"], "p95": total["p95"], "proposals_median": _stats(self.latency["proposals"])["median"],
+                           "matching_median": _stats(self.latency["matching"])["median"], "n_views": len(self.latency["total"])},
+            "n_gt": s.n_targets, "n_gt_ignored": s.n_ignored_gt, "n_detections": s.n_detections,
+            "n_true_positives": s.n_true_positives, "n_false_positives": s.n_false_positives, "n_images": s.n_images,
+            "frames_without_detections": self.frames_without_detections, "mode": mode,
+            "visib_fract_min": self.config.visib_fract_min, "match_iou": self.config.match_iou,
+            "per_object": {str(k): v for k, v in s.per_object.items()},
+            "protocol": (f"per image, target objects only; GT visib_fract >= {self.config.visib_fract_min:g} are targets, less "
+                         f"visible GT are ignore regions; recall/precision at mask IoU {self.config.match_iou:g}; mask AP: "
+                         "COCO 101-point, mean over objects and IoU " + ", ".join(f"{t:g}" for t in self.config.ap_iou_thresholds)),
+        }
+
+
 def evaluate(
     dataset: BopDataset,
     targets: Sequence[Target],
@@ -314,6 +415,7 @@ def evaluate(
     csv_rows: list[BopEstimate] = []
     frame_errors: list[str] = []
     n_estimates = 0
+    detection = _DetectionTally(config.detection_metrics) if estimator is not None and hasattr(estimator, "last_detections") else None
 
     for frame in frames:
         obj_ids = sorted({t.obj_id for t in frame.targets})
@@ -324,6 +426,8 @@ def evaluate(
         estimates: list[PoseEstimate] = []
         if estimator is not None:
             views = [dataset.view(frame.scene_id, im, with_depth=config.mode == "rgbd") for im in frame.im_ids]
+            if detection is not None:
+                estimator.last_detections = None
             t0 = time.perf_counter()
             try:
                 estimates, stage_ms = estimator.estimate(views, [pipeline_models[o] for o in obj_ids])
@@ -331,6 +435,8 @@ def evaluate(
                 frame_errors.append(f"scene {frame.scene_id} images {list(frame.im_ids)}: {type(exc).__name__}: {exc}")
                 logger.error("%s", frame_errors[-1])
                 estimates, stage_ms = [], {}
+            if detection is not None:
+                detection.add_frame(dataset, frame, obj_ids, estimator.last_detections)
             total_ms = (time.perf_counter() - t0) * 1000.0
             latency_total.append(total_ms)
             for name, ms in stage_ms.items():
@@ -422,6 +528,7 @@ def evaluate(
                                                                   for k, v in asdict(config.scoring).items()},
         },
         "estimates_csv": None if csv_path is None else str(csv_path),
+        "detection": None if detection is None else detection.results(config.mode),
     }
 
 
@@ -445,22 +552,42 @@ def run(
     """
     dataset = BopDataset(dataset_dir, split)
     targets = dataset.targets(targets_path)
+    stage_errors: dict[str, str] = {}
     if estimator is None:
         status = stage_status(config.stages)
+        models = dataset.models(config.models_subdir)
         if config.stages and all(v == "available" for v in status.values()):
-            estimator = _REGISTRY[config.stages[-1]](config.stages, config, dataset.models(config.models_subdir))
+            estimator = _build_estimator(config.stages, config, models, status, stage_errors)
         else:
-            logger.warning("pipeline stages missing: %s -> no estimates",
+            logger.warning("pipeline stages missing: %s -> no pose estimates",
                            ", ".join(s for s, v in status.items() if v != "available") or "(none requested)")
+        if estimator is None and status.get("detection") == "available":
+            # The pose stages are missing: detection alone still gives the detection scores.
+            estimator = _build_estimator(("detection",), config, models, status, stage_errors)
     else:
         status = {s: "external" for s in config.stages}
     if depth_renderer is None:
         depth_renderer = default_depth_renderer(dataset.models(eval_models_subdir(dataset, config)))
-    return evaluate(dataset, targets, estimator, config, depth_renderer, status, csv_path)
+    results = evaluate(dataset, targets, estimator, config, depth_renderer, status, csv_path)
+    results["stage_errors"] = stage_errors
+    return results
+
+
+def _build_estimator(stages: tuple[str, ...], config: EvalConfig, models: Sequence[ObjectModel], status: dict[str, str],
+                     errors: dict[str, str]) -> Estimator | None:
+    """The registered factory of ``stages[-1]``; a :class:`StageUnavailableError` marks that
+    stage missing (reason in ``errors``) and gives None."""
+    try:
+        return _REGISTRY[stages[-1]](stages, config, models)
+    except StageUnavailableError as exc:
+        status[stages[-1]] = "missing"
+        errors[stages[-1]] = str(exc)
+        logger.error("stage %s unavailable: %s", stages[-1], exc)
+        return None
 
 
 __all__ = [
-    "EvalConfig", "Estimator", "EstimatorFactory", "Frame", "KNOWN_STAGES", "RendererDepthAdapter", "STAGE_MODULES",
+    "EvalConfig", "Estimator", "ViewDetections", "EstimatorFactory", "Frame", "KNOWN_STAGES", "RendererDepthAdapter", "STAGE_MODULES",
     "default_depth_renderer", "eval_models_subdir", "evaluate", "expand_stages", "group_targets", "register_stage", "run", "stage_status",
     "unregister_stage",
 ]

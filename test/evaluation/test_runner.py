@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from box_scene import H_SMALL, K_SMALL, W_SMALL, BoxDepthRenderer, box_model, render_scene, rot_z, translation
 
-from pose_node.core import PoseEstimate, StageUnavailableError
+from pose_node.core import Detection, PoseEstimate, StageUnavailableError
 from pose_node.datasets.bop import (
     BopDataset,
     BopGt,
@@ -18,7 +18,14 @@ from pose_node.datasets.bop import (
     write_targets_multiview,
 )
 from pose_node.evaluation import cli, runner
-from pose_node.evaluation.runner import EvalConfig, RendererDepthAdapter, evaluate, expand_stages, group_targets
+from pose_node.evaluation.runner import (
+    EvalConfig,
+    RendererDepthAdapter,
+    ViewDetections,
+    evaluate,
+    expand_stages,
+    group_targets,
+)
 
 BOX_A = box_model(1, [0.06, 0.04, 0.08])
 BOX_B = box_model(2, [0.05, 0.05, 0.03], np.stack([np.eye(4), rot_z(np.pi)]))
@@ -154,20 +161,25 @@ def test_rgb_mode_gives_no_depth_and_max_targets(dataset_dir):
     assert r["n_targets"] == 3 and r["n_frames"] == 2 and r["mode"] == "rgb"
 
 
-def test_cli_reports_missing_stages_and_zero_recall(dataset_dir, tmp_path, capsys):
+def test_cli_reports_missing_stages_and_zero_recall(dataset_dir, tmp_path, capsys, monkeypatch):
+    # The pose stages are missing: no estimates, AR 0; detection exists, so it runs on its own.
+    monkeypatch.setenv("POSE_NODE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "results.json"
-    rc = cli.main(["--dataset", str(dataset_dir), "--targets", "test_targets_bop19.json", "--out", str(out)])
+    rc = cli.main(["--dataset", str(dataset_dir), "--targets", "test_targets_bop19.json", "--out", str(out), "--threads", "1"])
     assert rc == 0
     r = json.loads(out.read_text())
-    assert r["stages"] == {"detection": "missing", "correspondence": "missing", "refinement": "missing"}
+    assert r["stages"] == {"detection": "available", "correspondence": "missing", "refinement": "missing"}
     assert r["AR"] == 0.0 and r["AR_MSSD"] == 0.0 and r["n_estimates"] == 0 and r["n_gt"] == 6
     assert r["covariance_coverage"] is None
-    assert r["latency_ms"]["total"] == {"median": None, "p95": None}
     for key in ("AR_VSD", "AR_MSPD", "per_object", "ADD_S_recall_0.1d", "mode", "config", "n_targets"):
         assert key in r
     assert (tmp_path / "results.csv").read_text().strip() == "scene_id,im_id,obj_id,score,R,t,time"
+    d = r["detection"]
+    assert d["n_gt"] == 6 and d["n_images"] == 3 and d["mode"] == "rgbd" and d["latency_ms"]["n_views"] == 3
+    assert d["latency_ms"]["proposals_median"] > 0 and d["latency_ms"]["matching_median"] >= 0
+    assert any((tmp_path / "cache" / "onboarding").glob("*.npz"))  # onboarded into the configured cache
     printed = capsys.readouterr().out
-    assert "missing" in printed and "AR 0.000" in printed
+    assert "missing" in printed and "AR 0.000" in printed and "detection (rgbd): recall" in printed
 
 
 def test_registered_stage_runs_through_cli(dataset_dir, tmp_path, monkeypatch, capsys):
@@ -258,3 +270,94 @@ def test_gl_renderer_matches_the_exact_box_depth():
     assert ((depth > 0) != (ref > 0)).sum() <= 2  # pixel centres exactly on an edge may differ
     both = (depth > 0) & (ref > 0)
     assert np.abs(depth[both] - ref[both]).max() < 1e-5
+
+
+# --------------------------------------------------------------------------------------------
+# Detection block
+# --------------------------------------------------------------------------------------------
+
+
+class MaskDetector:
+    """Detects each requested object with its GT visible mask (optionally shifted right by
+    ``shift_px`` pixels) and adds ``extra`` false positives per view; no poses."""
+
+    def __init__(self, dataset_dir, shift_px=0, extra=0):
+        self.dataset = BopDataset(dataset_dir)
+        self.shift_px, self.extra = shift_px, extra
+        self.last_detections = None
+
+    def estimate(self, views, object_models):
+        wanted = {m.object_id for m in object_models}
+        self.last_detections = []
+        for k, view in enumerate(views):
+            im_id = int(view.name[2:])  # BopDataset.view names views "im<im_id>"
+            dets = []
+            for g, gt in enumerate(self.dataset.gts(1, im_id)):
+                if gt.obj_id in wanted:
+                    mask = np.roll(self.dataset.mask_visib(1, im_id, g), self.shift_px, axis=1)
+                    dets.append(Detection(gt.obj_id, k, 0.9, np.zeros(4), mask))
+            for _ in range(self.extra):
+                mask = np.zeros((H_SMALL, W_SMALL), bool)
+                mask[:5, :5] = True
+                dets.append(Detection(1, k, 0.95, np.zeros(4), mask))
+            self.last_detections.append(ViewDetections(tuple(dets), {"proposals": 2.0, "matching": 3.0}))
+        return [], {"proposals": 2.0 * len(views), "matching": 3.0 * len(views)}
+
+
+def test_detection_block_of_perfect_detections(dataset_dir):
+    r = _evaluate(dataset_dir, "test_targets_bop19.json", MaskDetector(dataset_dir))
+    d = r["detection"]
+    assert d["recall"] == 1.0 and d["precision"] == 1.0 and d["mask_ap"] == pytest.approx(1.0)
+    assert d["n_gt"] == 6 and d["n_detections"] == 6 and d["n_images"] == 3
+    assert d["latency_ms"] == {"median": 5.0, "p95": 5.0, "proposals_median": 2.0, "matching_median": 3.0, "n_views": 3}
+    assert r["n_estimates"] == 0 and r["AR"] == 0.0  # detections are no poses
+    json.dumps(r)
+
+
+def test_detection_block_counts_false_positives_and_poor_masks(dataset_dir):
+    # One false positive of object 1 per view, scored above the true detections: 6 TP, 3 FP.
+    # Object 1 ranks its 3 FP before its 3 TP: precision 1/2 at recall 1, so AP 1/2 at every IoU;
+    # object 2 keeps AP 1; mask AP = 3/4.
+    d = _evaluate(dataset_dir, "test_targets_bop19.json", MaskDetector(dataset_dir, extra=1))["detection"]
+    assert d["recall"] == 1.0 and d["precision"] == pytest.approx(6 / 9) and d["n_false_positives"] == 3
+    assert d["per_object"]["1"]["mask_ap"] == pytest.approx(0.5) and d["per_object"]["2"]["mask_ap"] == pytest.approx(1.0)
+    assert d["mask_ap"] == pytest.approx(0.75)
+    # Masks shifted by 40 px do not overlap their instances enough: nothing is found.
+    d = _evaluate(dataset_dir, "test_targets_bop19.json", MaskDetector(dataset_dir, shift_px=40))["detection"]
+    assert d["recall"] == 0.0 and d["precision"] == 0.0 and d["mask_ap"] == 0.0
+
+
+def test_detection_block_of_multiview_frames_scores_every_image(dataset_dir):
+    d = _evaluate(dataset_dir, "test_targets_multiview.json", MaskDetector(dataset_dir))["detection"]
+    assert d["n_images"] == 3 and d["n_gt"] == 6 and d["recall"] == 1.0 and d["latency_ms"]["n_views"] == 3
+
+
+def test_estimators_without_detections_have_no_detection_block(dataset_dir):
+    assert _evaluate(dataset_dir, "test_targets_bop19.json", GtEstimator())["detection"] is None
+
+
+def test_stages_detection_runs_the_detector_through_the_cli(dataset_dir, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    rc = cli.main(["--dataset", str(dataset_dir), "--targets", "test_targets_bop19.json", "--stages", "detection",
+                   "--cache-dir", str(tmp_path / "cache"), "--threads", "1", "--out", str(out)])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert r["stages"] == {"detection": "available"} and r["n_estimates"] == 0 and r["AR"] == 0.0
+    d = r["detection"]
+    for key in ("recall", "precision", "mask_ap", "latency_ms", "n_gt", "n_detections", "mode", "per_object"):
+        assert key in d
+    assert d["n_gt"] == 6 and d["n_images"] == 3 and d["latency_ms"]["n_views"] == 3 and d["latency_ms"]["median"] > 0
+    assert 0.0 <= d["recall"] <= 1.0 and set(r["latency_ms"]["per_stage"]) == {"proposals", "matching"}
+    assert any((tmp_path / "cache").glob("*.npz"))
+    assert "detection (rgbd)" in capsys.readouterr().out
+
+
+def test_unavailable_detection_stage_is_reported_missing(dataset_dir, tmp_path, monkeypatch):
+    def unavailable(stages, config, models):
+        raise StageUnavailableError("RGB proposals not available (test)")
+
+    monkeypatch.setitem(runner._REGISTRY, "detection", unavailable)
+    r = runner.run(dataset_dir, "test_targets_bop19.json", EvalConfig(stages=("detection",)),
+                   depth_renderer=BoxDepthRenderer(MODELS))
+    assert r["stages"] == {"detection": "missing"} and r["detection"] is None
+    assert "RGB proposals not available" in r["stage_errors"]["detection"]

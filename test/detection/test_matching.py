@@ -1,0 +1,322 @@
+"""Matching: crop geometry, identity of rendered objects, pose priors from templates, NMS.
+
+Three procedural objects are onboarded once per module (42 templates of 96 px, a temporary
+cache); the test scenes are rendered with the GL renderer under another light than the
+templates', on a grey background, at poses that are no template's.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pose_node.core.errors import InvalidInputError, StageUnavailableError
+from pose_node.detection.matching import (
+    MatchingConfig,
+    TemplateBank,
+    box_outline,
+    crop_camera,
+    crop_cameras,
+    crop_images,
+    crop_intrinsics,
+    crop_proposals,
+    describe_crops,
+    mask_outline,
+    match,
+    nms_masks,
+    priors_for_matches,
+    ray_rotation,
+    template_parts,
+)
+from pose_node.detection.proposal_types import Proposal, box_from_mask
+from pose_node.features import BackboneConfig, create_backbone
+from pose_node.onboarding.cache import RendererPool, load_or_onboard
+from pose_node.onboarding.procedural import make_procedural_objects
+from pose_node.onboarding.templates import TemplateConfig, masked_template_images
+from pose_node.render.renderer import Renderer
+
+TEMPLATES = TemplateConfig(template_size_px=96, num_surface_points=64)
+MATCHING = MatchingConfig()
+WIDTH, HEIGHT = 320, 240
+K = np.array([[300.0, 0.0, 159.5], [0.0, 300.0, 119.5], [0.0, 0.0, 1.0]])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Two OpenMP threads on a CPU shared with other processes can be many times slower than one.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def scene_renderer():
+    renderer = Renderer(WIDTH, HEIGHT)
+    try:
+        renderer.gl_renderer
+    except StageUnavailableError as exc:
+        pytest.skip(f"headless OpenGL unavailable: {exc}")
+    yield renderer
+    renderer.release()
+
+
+@pytest.fixture(scope="module")
+def objects():
+    return make_procedural_objects(3, seed=23, target_faces=1500)
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return create_backbone(BackboneConfig())
+
+
+@pytest.fixture(scope="module")
+def onboarded(objects, backbone, scene_renderer, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("onboarding")
+    with RendererPool() as pool:
+        templates = [load_or_onboard(m, pool, backbone, TEMPLATES, cache)[0] for m in objects]
+    parts = [template_parts(t, backbone, MATCHING) for t in templates]
+    return templates, TemplateBank.build(templates, parts, MATCHING, backbone.device)
+
+
+def _rotation(axis, angle_rad) -> np.ndarray:
+    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    x = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle_rad) * x + (1 - np.cos(angle_rad)) * x @ x
+
+
+def _angle_deg(R_a: np.ndarray, R_b: np.ndarray) -> float:
+    return float(np.degrees(np.arccos(np.clip((np.trace(R_a.T @ R_b) - 1) / 2, -1, 1))))
+
+
+def _render(renderer, models, T_camera_object, background=(90, 90, 90)):
+    handles = [renderer.add_object(m) for m in models]
+    out = renderer.render(K[None], np.asarray(T_camera_object)[None], handles, outputs=("rgb", "instance"),
+                          light_dir_cam=np.array([[0.4, 0.6, 1.0]]), ambient=np.array([0.3]), diffuse=np.array([0.7]),
+                          background=np.full((1, HEIGHT, WIDTH, 3), background, np.uint8))
+    return out.rgb[0], out.instance[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Crop geometry
+# --------------------------------------------------------------------------------------------
+
+
+def test_crop_camera_of_a_centred_box():
+    # Box centred on the principal point (159.5, 119.5): the crop camera is the camera, and the
+    # larger side (40 px at f = 300) fills 0.8 * 64 crop pixels.
+    R, f = crop_camera(K, box_outline((150, 100, 170, 140)), 64, 0.1)
+    np.testing.assert_allclose(R, np.eye(3), atol=1e-12)
+    assert f == pytest.approx(0.8 * 64 * 300 / 40)
+    with pytest.raises(InvalidInputError):
+        box_outline((5, 5, 5, 9))
+    with pytest.raises(InvalidInputError):
+        crop_camera(K, box_outline((0, 0, 4, 4)), 64, 0.5)
+
+
+def test_mask_outline_is_the_hull_of_the_pixel_squares():
+    mask = np.zeros((20, 30), bool)
+    mask[5:9, 10:20] = True
+    mask[9:15, 12:14] = True  # a T shape: the hull has its own corners
+    outline = mask_outline(mask)
+    np.testing.assert_allclose(outline.min(0), [9.5, 4.5])
+    np.testing.assert_allclose(outline.max(0), [19.5, 14.5])
+    with pytest.raises(InvalidInputError):
+        mask_outline(np.zeros((4, 4), bool))
+
+
+@pytest.mark.parametrize("box", [(250, 10, 300, 60), (5, 150, 60, 235), (140, 100, 180, 130)])
+def test_crop_camera_frames_the_box_with_the_margin(box):
+    S, margin = 64, 0.1
+    R, f = crop_camera(K, box_outline(box), S, margin)
+    np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
+    # The box seen by the crop camera: its larger extent is (1 - 2 margin) S, centred.
+    rays = np.linalg.solve(K, np.c_[box_outline(box), np.ones(4)].T)
+    uv_crop = crop_intrinsics(f, S) @ (R.T @ rays)
+    uv_crop = uv_crop[:2] / uv_crop[2]
+    assert (uv_crop.max(1) - uv_crop.min(1)).max() == pytest.approx((1 - 2 * margin) * S, rel=1e-6)
+    np.testing.assert_allclose((uv_crop.max(1) + uv_crop.min(1)) / 2, (S - 1) / 2, atol=0.01 * S)
+
+
+@pytest.mark.parametrize("box", [(60, 40, 92, 72), (0, 0, 160, 120), (120, 10, 150, 30)])
+def test_crop_images_sample_the_image_through_the_crop_camera(box):
+    # A linear ramp (R = u / 255, G = v / 255): bilinear sampling reproduces it exactly, so crop
+    # pixel (j, i) must hold the ramp at K R [(j - (S-1)/2) / f, (i - (S-1)/2) / f, 1] (up to the
+    # averaging of sub-samples over the non-linear map, for the large box).
+    S, H, W = 32, 120, 160
+    Kw = np.array([[150.0, 0.0, 79.5], [0.0, 150.0, 59.5], [0.0, 0.0, 1.0]])
+    u, v = np.meshgrid(np.arange(W, dtype=np.float32), np.arange(H, dtype=np.float32))
+    rgb = torch.from_numpy(np.stack([u / 255, v / 255, np.zeros_like(u)]))[None]
+    R, f = crop_camera(Kw, box_outline(box), S, 0.05)
+    crops, coverage = crop_images(rgb, torch.ones(1, H, W, dtype=torch.bool), torch.from_numpy(Kw), torch.from_numpy(R[None]),
+                                  torch.tensor([f]), S, (7, 8, 9), return_masks=True)
+    j, i = np.meshgrid(np.arange(S), np.arange(S))
+    rays = R @ np.stack([(j - (S - 1) / 2) / f, (i - (S - 1) / 2) / f, np.ones_like(j, float)]).reshape(3, -1)
+    uv = (Kw @ rays)[:2] / rays[2]
+    reach = 1.0 + 0.5 * 150.0 / f  # a crop pixel averages the image over about f_image / f_crop pixels
+    inside = ((uv[0] >= reach) & (uv[0] <= W - 1 - reach) & (uv[1] >= reach) & (uv[1] <= H - 1 - reach)).reshape(S, S)
+    assert inside.sum() > 0.3 * S * S
+    np.testing.assert_allclose(crops[0, 0].numpy()[inside], (uv[0] / 255).reshape(S, S)[inside], atol=0.05 / 255)
+    np.testing.assert_allclose(crops[0, 1].numpy()[inside], (uv[1] / 255).reshape(S, S)[inside], atol=0.05 / 255)
+    assert torch.all(coverage[0][torch.from_numpy(inside)] == 1.0)
+
+
+def test_crop_images_outside_the_mask_is_the_background_colour():
+    S, H, W = 16, 40, 40
+    Kw = np.array([[40.0, 0.0, 19.5], [0.0, 40.0, 19.5], [0.0, 0.0, 1.0]])
+    rgb = torch.rand(1, 3, H, W)
+    mask = torch.zeros(1, H, W, dtype=torch.bool)
+    mask[0, :, :20] = True
+    R, f = crop_camera(Kw, box_outline((0, 0, 40, 40)), S, 0.0)
+    crops = crop_images(rgb, mask, torch.from_numpy(Kw), torch.from_numpy(R[None]), torch.tensor([f]), S, (255, 0, 51))
+    right = crops[0, :, :, S // 2 + 1:]
+    assert torch.all(right[0] == 1.0) and torch.all(right[1] == 0.0) and torch.allclose(right[2], torch.tensor(0.2))
+    assert crops.shape == (1, 3, S, S) and crops.dtype == torch.float32
+    with pytest.raises(InvalidInputError):
+        crop_images(rgb, mask[:, :10], torch.from_numpy(Kw), torch.from_numpy(R[None]), torch.tensor([f]), S, (0, 0, 0))
+
+
+def test_whole_template_crop_is_exactly_the_onboarding_input(onboarded):
+    # The query path applied to a template image with the whole-template crop reproduces the
+    # image the onboarding descriptors were computed on: queries and templates compare alike.
+    templates, _ = onboarded
+    t = templates[0]
+    S = t.size_px
+    rgb = torch.from_numpy(t.rgb[:4]).permute(0, 3, 1, 2).float() / 255
+    crops = crop_images(rgb, torch.from_numpy(t.mask[:4]), torch.from_numpy(t.K_template), torch.eye(3).expand(4, 3, 3),
+                        torch.full((4,), t.K_template[0, 0], dtype=torch.float64), S, t.config.background_rgb)
+    torch.testing.assert_close(crops, masked_template_images(t, 0, 4, torch.device("cpu")), atol=1e-5, rtol=0)
+
+
+def test_ray_rotation_maps_the_optical_axis_onto_the_pixel_ray():
+    uv = np.array([[159.5, 119.5], [300.0, 10.0], [0.0, 239.0]])
+    R = ray_rotation(K, uv)
+    np.testing.assert_allclose(R[0], np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(R @ np.swapaxes(R, -1, -2), np.broadcast_to(np.eye(3), (3, 3, 3)), atol=1e-12)
+    np.testing.assert_allclose(np.linalg.det(R), 1.0)
+    rays = np.linalg.solve(K, np.c_[uv, np.ones(3)].T).T
+    np.testing.assert_allclose(R[:, :, 2], rays / np.linalg.norm(rays, axis=1, keepdims=True), atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# Identity
+# --------------------------------------------------------------------------------------------
+
+
+def test_matching_identifies_rendered_objects(onboarded, objects, backbone, scene_renderer):
+    templates, bank = onboarded
+    rng = np.random.default_rng(5)
+    correct, total = 0, 0
+    for trial in range(2):
+        T = []
+        for k, x in enumerate((-0.13, 0.0, 0.13)):
+            pose = np.eye(4)
+            pose[:3, :3] = _rotation(rng.normal(size=3), rng.uniform(0, np.pi))
+            pose[:3, 3] = [x, 0.02 * (k - 1), 0.65 + 0.05 * trial]
+            T.append(pose)
+        rgb, instance = _render(scene_renderer, objects, T)
+        proposals = []
+        for k in range(3):
+            mask = instance == k + 1
+            assert mask.sum() > 200
+            proposals.append(Proposal(mask, box_from_mask(mask), 1.0, "depth"))
+        crops, crop_masks, _, _ = crop_proposals(rgb, K, proposals, bank.size_px, bank.crop_margin_fraction, bank.background_rgb)
+        result = match(bank.embed(describe_crops(backbone, crops, crop_masks, MATCHING)), bank, MATCHING.top_k)
+        assert result.object_index.device == bank.device
+        predicted = [bank.object_ids[i] for i in result.object_index.tolist()]
+        correct += sum(p == m.object_id for p, m in zip(predicted, objects))
+        total += 3
+        # Each object's own score is the best and above the default threshold.
+        for k, m in enumerate(objects):
+            assert float(result.object_scores[k, bank.object_index(m.object_id)]) >= MATCHING.score_threshold
+    assert correct == total
+
+
+def test_match_respects_the_object_mask_and_validates(onboarded):
+    _, bank = onboarded
+    descriptors = bank.descriptors[[0, bank.templates_per_object]]  # a template of objects 0 and 1
+    result = match(descriptors, bank, 5)
+    assert result.object_index.tolist() == [0, 1]
+    assert result.top_templates.shape == (2, 5) and result.top_templates[0, 0] == 0
+    masked = match(descriptors, bank, 5, object_mask=torch.tensor([False, False, True]))
+    assert masked.object_index.tolist() == [2, 2]
+    assert torch.isinf(masked.object_scores[:, :2]).all()
+    with pytest.raises(InvalidInputError):
+        match(descriptors[:, :10], bank)
+    with pytest.raises(InvalidInputError):
+        match(descriptors, bank, object_mask=torch.zeros(3, dtype=torch.bool))
+    empty = match(descriptors[:0], bank)
+    assert empty.object_index.shape == (0,)
+
+
+# --------------------------------------------------------------------------------------------
+# Pose priors
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("uv", [(159.5, 119.5), (255.0, 60.0), (60.0, 190.0)])
+@pytest.mark.parametrize("template_index", [3, 17, 30])
+def test_pose_prior_of_the_matching_template(onboarded, objects, scene_renderer, uv, template_index):
+    """Render object 0 as template ``i`` sees it, but turned to the ray through ``uv`` (up to
+    ~22 degrees off the optical axis) and 1.3 times farther: the prior from template ``i`` must
+    give back the pose (what remains is the perspective of another distance)."""
+    templates, bank = onboarded
+    t = templates[0]
+    T_template = t.T_camera_object[template_index]
+    d_template = (T_template[:3, :3] @ t.sphere_center_obj_m + T_template[:3, 3])[2]
+    R_q = ray_rotation(K, np.asarray(uv))
+    T_gt = np.eye(4)
+    T_gt[:3, :3] = R_q @ T_template[:3, :3]
+    T_gt[:3, 3] = 1.3 * d_template * R_q[:, 2] - T_gt[:3, :3] @ t.sphere_center_obj_m  # the sphere centre on the ray
+    _, instance = _render(scene_renderer, [objects[0]], T_gt[None])
+    mask = instance == 1
+    assert mask.sum() > 300 and not (mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+    R_crop, focal = crop_cameras(K, [mask_outline(mask)], bank.size_px, bank.crop_margin_fraction)
+    prior = priors_for_matches(bank, np.array([0]), np.array([[template_index]]), R_crop, focal)[0, 0]
+    assert _angle_deg(prior[:3, :3], T_gt[:3, :3]) < 1.5
+    distance_gt = np.linalg.norm(T_gt[:3, 3])
+    assert abs(np.linalg.norm(prior[:3, 3]) - distance_gt) < 0.05 * distance_gt
+    anchor = prior[:3, :3] @ t.sphere_center_obj_m + prior[:3, 3]
+    assert np.degrees(np.arccos(min(1.0, anchor @ R_q[:, 2] / np.linalg.norm(anchor)))) < 1.0
+
+
+def test_pose_prior_of_the_best_matching_template_is_within_the_sampling_angle(onboarded, objects, backbone, scene_renderer):
+    """A view between templates: the best-scoring template's prior is at most about one
+    icosphere step (42 viewpoints: neighbours ~30 degrees apart) from the truth."""
+    templates, bank = onboarded
+    t = templates[1]
+    T_gt = np.eye(4)
+    T_gt[:3, :3] = _rotation([1.0, 0.3, 0.0], np.radians(12)) @ t.T_camera_object[11, :3, :3]  # 12 degrees off template 11
+    T_gt[:3, 3] = np.array([0.02, -0.01, 0.6]) - T_gt[:3, :3] @ t.sphere_center_obj_m  # sphere centre 0.6 m away
+    rgb, instance = _render(scene_renderer, [objects[1]], T_gt[None])
+    mask = instance == 1
+    proposal = Proposal(mask, box_from_mask(mask), 1.0, "depth")
+    crops, crop_masks, R_crop, focal = crop_proposals(rgb, K, [proposal], bank.size_px, bank.crop_margin_fraction,
+                                                      bank.background_rgb)
+    result = match(bank.embed(describe_crops(backbone, crops, crop_masks, MATCHING)), bank, MATCHING.top_k)
+    assert bank.object_ids[int(result.object_index[0])] == objects[1].object_id
+    priors = priors_for_matches(bank, result.object_index.numpy(), result.top_templates.numpy(), R_crop, focal)[0]
+    assert priors.shape == (MATCHING.top_k, 4, 4)
+    assert min(_angle_deg(p[:3, :3], T_gt[:3, :3]) for p in priors) < 35.0
+    distance_gt = np.linalg.norm(T_gt[:3, 3])
+    assert abs(np.linalg.norm(priors[0][:3, 3]) - distance_gt) < 0.15 * distance_gt
+
+
+# --------------------------------------------------------------------------------------------
+# NMS
+# --------------------------------------------------------------------------------------------
+
+
+def test_nms_drops_duplicates_and_keeps_separate_instances():
+    H, W = 50, 100
+    a = np.zeros((H, W), bool)
+    a[10:30, 10:30] = True
+    a_dup = np.zeros((H, W), bool)
+    a_dup[11:31, 12:30] = True  # IoU with a: 342 / 418 = 0.82
+    b = np.zeros((H, W), bool)
+    b[10:30, 60:80] = True  # same size as a, far away: IoU 0
+    keep = nms_masks([a_dup, a, b], np.array([0.7, 0.9, 0.5]), 0.25)
+    assert keep.tolist() == [1, 2]
+    assert nms_masks([a_dup, a], np.array([0.7, 0.9]), 0.9).tolist() == [1, 0]  # IoU 0.82 <= 0.9: both kept
+    assert nms_masks([], np.zeros(0), 0.25).tolist() == []
