@@ -275,9 +275,15 @@ def _stats(values: Sequence[float]) -> dict[str, float | None]:
     return {"median": float(np.median(v)), "p95": float(np.percentile(v, 95))}
 
 
+# The same GT instance seen from several cameras of a group: its world poses agree up to the
+# floating-point error of the mm <-> m round trip through the BOP files, far below these.
+GT_SAME_INSTANCE_TRANSLATION_M = 1e-3
+GT_SAME_INSTANCE_ROTATION_ENTRY = 1e-3  # max |R1 - R2| entry, ~0.06 degrees
+
+
 def _frame_gt_world(dataset: BopDataset, frame: Frame, obj_ids: set[int]) -> list[tuple[int, np.ndarray]]:
     """GT instances of the target objects in the world frame, merged over the group's images
-    (poses whose matrix entries agree within 1e-3, i.e. 1 mm and ~0.06 degrees, are one instance)."""
+    (see ``GT_SAME_INSTANCE_*`` for when two poses are one instance)."""
     out: list[tuple[int, np.ndarray]] = []
     for im_id in frame.im_ids:
         T_world_camera = dataset.camera(frame.scene_id, im_id).T_world_camera
@@ -285,7 +291,12 @@ def _frame_gt_world(dataset: BopDataset, frame: Frame, obj_ids: set[int]) -> lis
             if gt.obj_id not in obj_ids:
                 continue
             T = T_world_camera @ gt.T_camera_object
-            dup = any(o == gt.obj_id and np.abs(T - T2).max() < 1e-3 for o, T2 in out)
+            dup = any(
+                o == gt.obj_id
+                and np.abs(T[:3, 3] - T2[:3, 3]).max() < GT_SAME_INSTANCE_TRANSLATION_M
+                and np.abs(T[:3, :3] - T2[:3, :3]).max() < GT_SAME_INSTANCE_ROTATION_ENTRY
+                for o, T2 in out
+            )
             if not dup:
                 out.append((gt.obj_id, T))
     return out
