@@ -28,7 +28,10 @@ MESH_SUFFIXES = (".ply", ".obj", ".glb", ".gltf", ".stl", ".off")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = TemplateConfig()
+    # The detector's template settings, so that what this command caches is what the node loads.
+    from pose_node.detection.detector import DetectorConfig
+
+    defaults = DetectorConfig().templates
     p = argparse.ArgumentParser(prog="pose_onboard", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
