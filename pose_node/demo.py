@@ -125,15 +125,23 @@ def main(argv: list[str] | None = None) -> int:
     overlays = write_overlays(dataset_dir, results_path.with_suffix(".csv"), config.out_dir / "overlays")
     print(f"[3/3] overlays (green: ground truth, magenta: estimates): {overlays[0].parent}/")
 
+    detection = results.get("detection")
+    if detection:
+        lat = detection["latency_ms"]
+        print(f"\ndetection ({detection['mode']}, {detection['n_images']} views): recall {detection['recall']:.3f}, "
+              f"precision {detection['precision']:.3f}, mask AP {detection['mask_ap']:.3f}; per view median "
+              f"{lat['median']:.0f} ms (proposals {lat['proposals_median']:.0f} ms, matching {lat['matching_median']:.0f} ms)")
     print("\nper object (world frame):")
     per_object = results.get("per_object", {})
     if not results["n_estimates"]:
-        print("  no estimates: the pose stages are not available yet (see 'stage ... missing' above)")
+        print("  no pose estimates: the pose stages are not available yet (see 'stage ... missing' above)")
     for obj_id, stats in sorted(per_object.items(), key=lambda kv: int(kv[0])):
         print(f"  obj {int(obj_id):>3}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()))
     latency = results["latency_ms"]["total"]
     print(f"\nAR {results['AR']} (VSD {results['AR_VSD']}, MSSD {results['AR_MSSD']}, MSPD {results['AR_MSPD']})")
-    print(f"latency per multi-view frame: median {latency['median']} ms, p95 {latency['p95']} ms")
+    if latency["median"] is not None:
+        print(f"latency per multi-view frame ({config.num_cameras} views): median {latency['median']:.0f} ms, "
+              f"p95 {latency['p95']:.0f} ms")
     print(f"bag: {dataset_dir / 'bag'}   results: {results_path}")
     return 0
 
