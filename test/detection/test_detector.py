@@ -38,15 +38,6 @@ class Image:
     visib_fract: list[float]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two OpenMP threads on a CPU shared with other processes can be many times slower than one.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> BopDataset:
     out = tmp_path_factory.mktemp("detector_workcell")
