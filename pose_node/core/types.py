@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pose_node.core.errors import InvalidInputError
+from pose_node.core.geometry import invert_rigid
 
 
 def _check_shape(name: str, array: np.ndarray, shape: tuple[int | None, ...]) -> None:
@@ -77,7 +78,7 @@ class Camera:
         Returns:
             uv (N, 2) pixels and depth (N,) metres along the optical axis.
         """
-        T_cam_world = np.linalg.inv(self.T_world_camera)
+        T_cam_world = invert_rigid(self.T_world_camera)
         p_cam = p_world @ T_cam_world[:3, :3].T + T_cam_world[:3, 3]
         z = p_cam[:, 2]
         uv = (p_cam @ self.K.T)[:, :2] / np.where(np.abs(z) < 1e-12, 1e-12, z)[:, None]
