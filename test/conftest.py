@@ -21,9 +21,12 @@ import sysconfig
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from pose_node.render.renderer import Renderer
 
 DEFAULT_TIMEOUT_S = 20.0  # discovery usually takes < 0.1 s, but sometimes several seconds
 STOP_TIMEOUT_S = 10.0
@@ -32,6 +35,42 @@ STOP_TIMEOUT_S = 10.0
 def pytest_configure(config: pytest.Config) -> None:
     # lark (used by rosidl_parser, imported with rclpy) imports sre_parse, deprecated in 3.11.
     config.addinivalue_line("filterwarnings", "ignore:module 'sre_:DeprecationWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Torch on one thread: two OpenMP threads on a CPU shared with other processes can be many
+    times slower than one (CI and the dev machine have 2 cores)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def make_renderer():
+    """``make_renderer(width, height, **settings)``: a cached Renderer (skips without EGL)."""
+    cache: dict = {}
+
+    from pose_node.core.errors import StageUnavailableError
+    from pose_node.render.renderer import Renderer, RenderSettings
+
+    def make(width: int, height: int, **settings) -> Renderer:
+        key = (width, height, tuple(sorted(settings.items())))
+        if key not in cache:
+            renderer = Renderer(width, height, RenderSettings(**settings))
+            try:
+                renderer.gl_renderer  # creates the context
+            except StageUnavailableError as exc:
+                pytest.skip(f"headless OpenGL unavailable: {exc}")
+            cache[key] = renderer
+        return cache[key]
+
+    yield make
+    for renderer in cache.values():
+        renderer.release()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -183,6 +183,8 @@ class Detection:
         box_xyxy: (4,) pixels, x_min y_min x_max y_max (exclusive max).
         mask: (H, W) bool, or None.
         template_poses: (K, 4, 4) ``T_camera_object`` priors from the best templates (best first).
+        template_indices: (K,) which of the object's onboarded templates gave each prior (the
+            correspondence stage matches the crop against these templates).
     """
 
     object_id: int
@@ -191,6 +193,7 @@ class Detection:
     box_xyxy: np.ndarray
     mask: np.ndarray | None = None
     template_poses: np.ndarray = field(default_factory=lambda: np.zeros((0, 4, 4)))
+    template_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 @dataclass(frozen=True)

@@ -387,8 +387,9 @@ class Detector:
         priors = priors_for_matches(self.bank, object_index, top, matched.R_camera_crop[chosen], matched.focal_px[chosen])
         return [
             Detection(object_id=self.bank.object_ids[o], view_index=view_index, score=float(np.clip(matched.score[i], 0.0, 1.0)),
-                      box_xyxy=np.asarray(proposals[i].box_xyxy, dtype=np.float64), mask=proposals[i].mask, template_poses=p)
-            for i, o, p in zip(chosen, object_index, priors)
+                      box_xyxy=np.asarray(proposals[i].box_xyxy, dtype=np.float64), mask=proposals[i].mask, template_poses=p,
+                      template_indices=np.asarray(t, dtype=np.int64))
+            for i, o, p, t in zip(chosen, object_index, priors, top)
         ]
 
     def _match(self, view: View, proposals: Sequence[Proposal], object_mask: torch.Tensor | None) -> _Matched:

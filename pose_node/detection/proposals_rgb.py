@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,6 +51,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
+from pose_node.core.resources import shipped_file, shipped_file_candidates
 from pose_node.core.errors import InvalidInputError, StageUnavailableError
 from pose_node.detection.proposal_types import Proposal
 from pose_node.features.backbones import Backbone, BackboneConfig, BackboneFeatures, stride_key
@@ -70,24 +69,13 @@ TRAIN_COMMAND = "pose_train_rgb_proposals (python -m pose_node.detection.train_r
 
 
 def weights_search_paths(file_name: str = WEIGHTS_FILE_NAME) -> list[Path]:
-    """Where the shipped weights are looked for, in order.
-
-    1. ``models/`` at the repository root (source checkout, editable install);
-    2. ``share/pose_node/models`` under every prefix of ``AMENT_PREFIX_PATH`` (colcon install);
-    3. ``share/pose_node/models`` under ``sys.prefix`` (pip install, see setup.py ``data_files``).
-    """
-    paths = [Path(__file__).resolve().parents[2] / "models" / file_name]
-    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
-        if prefix:
-            paths.append(Path(prefix) / "share" / "pose_node" / "models" / file_name)
-    paths.append(Path(sys.prefix) / "share" / "pose_node" / "models" / file_name)
-    return list(dict.fromkeys(paths))
+    """Where the shipped weights are looked for, in order (:func:`pose_node.core.resources.shipped_file_candidates`)."""
+    return shipped_file_candidates(file_name)
 
 
 def default_weights_path() -> Path:
     """The first existing file of :func:`weights_search_paths`, else the first candidate."""
-    candidates = weights_search_paths()
-    return next((p for p in candidates if p.is_file()), candidates[0])
+    return shipped_file(WEIGHTS_FILE_NAME)
 
 
 @dataclass(frozen=True)

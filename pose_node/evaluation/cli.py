@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="onboarding cache directory (default: $POSE_NODE_CACHE/onboarding "
                    "or ~/.cache/pose_node/onboarding)")
     p.add_argument("--out", required=True, type=Path, help="results JSON path")
+    p.add_argument("--weights", default=None, help="correspondence network checkpoint (default: models/correspondence_effl0.pt)")
+    p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"],
+                   help="inference backend of the correspondence network")
+    p.add_argument("--device", default="cpu", help="torch device of the pose stages (cpu, cuda:0)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch CPU threads (default: torch's choice; 1 is steadier on a CPU shared with other processes)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -97,6 +101,18 @@ def format_detection(d: dict) -> str:
             f"  ({d['n_gt']} GT with visib >= {d['visib_fract_min']:g}, {d['n_detections']} detections, {d['n_images']} images); latency {latency}")
 
 
+def _correspondence_config(args: argparse.Namespace):
+    """The correspondence stage's settings, or None when that stage is not requested (so its
+    module is not imported)."""
+    if "correspondence" not in expand_stages(args.stages):
+        return None
+    try:
+        from pose_node.correspondence.stage import CorrespondenceStageConfig
+    except ImportError:  # the runner reports the stage as missing, with the reason
+        return None
+    return CorrespondenceStageConfig(weights_path=args.weights, backend=args.backend, device=args.device)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -110,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch  # only when asked: the runner itself does not need torch
 
         torch.set_num_threads(args.threads)
-    config = EvalConfig(mode=args.mode, stages=expand_stages(args.stages), max_targets=args.max_targets, cache_dir=args.cache_dir)
+    config = EvalConfig(mode=args.mode, stages=expand_stages(args.stages), max_targets=args.max_targets, cache_dir=args.cache_dir,
+                        correspondence=_correspondence_config(args))
     csv_path = args.out.with_suffix(".csv")
     try:
         results = run(args.dataset, args.targets, config, split=args.split, csv_path=csv_path)

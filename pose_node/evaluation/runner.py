@@ -66,7 +66,7 @@ STAGE_ALIASES: Mapping[str, tuple[str, ...]] = {"full": KNOWN_STAGES}
 #: Module expected to provide (and, on import, register) each stage.
 STAGE_MODULES: Mapping[str, str] = {
     "detection": "pose_node.detection.stage",
-    "correspondence": "pose_node.correspondence",
+    "correspondence": "pose_node.correspondence.stage",
     "refinement": "pose_node.refinement",
 }
 MULTIVIEW_PROTOCOL = (
@@ -178,6 +178,8 @@ class EvalConfig:
             ``mode``); None: its defaults. Typed loosely so this module does not import the stage.
         cache_dir: onboarding cache directory of the stages (None: the default,
             :func:`pose_node.onboarding.cache.default_cache_dir`).
+        correspondence: settings of the correspondence stage, a
+            :class:`pose_node.correspondence.stage.CorrespondenceStageConfig`; None: its defaults.
     """
 
     mode: str = "rgbd"
@@ -190,6 +192,7 @@ class EvalConfig:
     detection_metrics: DetectionMetricsConfig = field(default_factory=DetectionMetricsConfig)
     detector: object | None = None
     cache_dir: str | None = None
+    correspondence: object | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -1,0 +1,1 @@
+"""Per-detection pose: the correspondence network and probabilistic PnP (EPro-PnP)."""

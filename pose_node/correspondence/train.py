@@ -1,0 +1,237 @@
+"""``pose_train``: train the correspondence network on samples rendered on the fly.
+
+Objects: procedural shapes (seeds from ``--procedural-seed``, disjoint from the seeds the
+workcell generator uses, ``seed * 1000 + i`` with ``seed < 10**4``) and, when a BOP models
+directory is given (e.g. ../shared/data/ycb_dev/models), its objects except the held-out ones
+(``--holdout``), so evaluation scenes can be made of objects the network never saw.
+
+Losses (weights in :class:`TrainConfig`): smooth-L1 on the normalized object coordinates of the
+visible cells, binary cross-entropy on the visible-object mask and, after
+``kl_start_step``, EPro-PnP's Monte Carlo KL loss on the pose (:mod:`pose_node.correspondence.amis`),
+which is what gives the weights their meaning (an inverse standard deviation in pixels).
+
+The checkpoint (``--out``, a ``.pt`` file) holds the network's state dict, its architecture, the
+training config and a log; ``--resume`` continues from one. Use :mod:`pose_node.correspondence.export`
+to make the ONNX graphs.
+
+Examples::
+
+    pose_train --out models/correspondence_effl0.pt --minutes 100 --threads 2
+    pose_train --out models/correspondence_effl0.pt --resume models/correspondence_effl0.pt --kl-start-step 0 --minutes 30
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pose_node.correspondence.network import CorrespondenceNet, CorrespondenceNetConfig, cell_centres_px
+from pose_node.correspondence.training_data import SampleConfig, TrainingBatch, TrainingSampler
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HOLDOUT_BOP_IDS: tuple[int, ...] = (2, 5, 8, 11)
+PROCEDURAL_TRAIN_SEED = 50_000_000
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimization settings (saved with the weights).
+
+    Attributes:
+        batch_size: samples per step.
+        learning_rate: AdamW rate of the new layers; the fine-tuned trunk blocks use
+            ``trunk_learning_rate``.
+        weight_decay: AdamW decay.
+        coord_weight, mask_weight, kl_weight: loss weights.
+        coord_beta: smooth-L1 transition, normalized units (radius = 1).
+        kl_start_step: steps of coordinate and mask losses only before the KL loss joins in
+            (the weights need sensible correspondences first).
+        num_procedural: procedural training objects.
+        seed: the single source of randomness.
+    """
+
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    trunk_learning_rate: float = 2e-4
+    weight_decay: float = 1e-4
+    coord_weight: float = 1.0
+    mask_weight: float = 0.1
+    kl_weight: float = 0.01
+    coord_beta: float = 0.05
+    kl_start_step: int = 1500
+    num_procedural: int = 48
+    seed: int = 0
+
+
+def coordinate_loss(pred: torch.Tensor, gt: torch.Tensor, visible: torch.Tensor, beta: float) -> torch.Tensor:
+    """Smooth-L1 over the visible cells. Args: pred, gt (B, N, 3); visible (B, N). Returns ()."""
+    per_cell = F.smooth_l1_loss(pred, gt, beta=beta, reduction="none").sum(-1)
+    return (per_cell * visible).sum() / visible.sum().clamp_min(1.0)
+
+
+def pose_kl_loss(batch: TrainingBatch, xyz_norm: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """EPro-PnP's Monte Carlo KL loss of a batch (one hypothesis per sample).
+
+    Args:
+        xyz_norm: (B, N, 3) predicted normalized coordinates. weights: (B, N, 2).
+    Returns:
+        the mean loss and diagnostics.
+    """
+    from pose_node.correspondence.amis import monte_carlo_pose_loss
+    from pose_node.correspondence.pnp import PnPConfig, huber_delta, solve_pnp
+
+    dtype = torch.float64
+    center = torch.from_numpy(batch.sphere_center_obj_m).to(dtype)
+    radius = torch.from_numpy(batch.sphere_radius_m).to(dtype)
+    x3d = center[:, None] + radius[:, None, None] * xyz_norm.to(dtype)
+    B, N, _ = x3d.shape
+    x2d = cell_centres_px(int(round(math.sqrt(N))), dtype=dtype)[None].expand(B, N, 2)
+    w2d = weights.to(dtype)
+    K = torch.from_numpy(batch.K_crop).to(dtype)
+    T_gt = torch.from_numpy(batch.T_crop_object_gt).to(dtype)
+    inits = torch.stack([torch.from_numpy(batch.T_crop_object_init).to(dtype), T_gt], dim=1)
+    config = PnPConfig(max_iterations=5)
+    result = solve_pnp(x3d.detach(), x2d, w2d.detach(), K, inits, config=config)
+    delta = huber_delta(x2d, w2d, config.huber_relative_delta)
+    loss, diagnostics = monte_carlo_pose_loss(x3d, x2d, w2d, K, delta, result.T_camera_object, result.covariance, T_gt)
+    ok = result.valid & torch.isfinite(loss)
+    diagnostics = {"kl_valid_fraction": float(ok.float().mean())}
+    return (loss[ok].mean() if bool(ok.any()) else loss.new_zeros(())), diagnostics
+
+
+def training_objects(num_procedural: int, bop_models_dir: Path | None, holdout: tuple[int, ...]):
+    """The procedural objects and the BOP objects not held out."""
+    from pose_node.onboarding.mesh_loading import load_bop_models
+    from pose_node.onboarding.procedural import make_procedural_objects
+
+    models = make_procedural_objects(num_procedural, PROCEDURAL_TRAIN_SEED // 1000, first_id=1000)
+    if bop_models_dir is not None and Path(bop_models_dir).is_dir():
+        info = json.loads((Path(bop_models_dir) / "models_info.json").read_text())
+        ids = [int(k) for k in info if int(k) not in holdout]
+        models += load_bop_models(bop_models_dir, object_ids=ids)
+    return models
+
+
+def train(out: Path, config: TrainConfig, net_config: CorrespondenceNetConfig, sample_config: SampleConfig,
+          bop_models_dir: Path | None, holdout: tuple[int, ...], max_steps: int, max_minutes: float,
+          resume: Path | None = None, device: str = "cpu") -> dict:
+    """Train and save to ``out`` (every few minutes and at the end). Returns the log."""
+    torch.manual_seed(config.seed)
+    net = CorrespondenceNet(net_config).to(device)
+    log: dict = {"steps": [], "wall_s": 0.0}
+    step = 0
+    if resume is not None:
+        checkpoint = torch.load(resume, map_location=device, weights_only=False)
+        net.load_state_dict(checkpoint["state_dict"])
+        log = checkpoint.get("log", log)
+        step = int(checkpoint.get("step", 0))
+    for p in net.encoder.trunk_parameters(trainable=False):
+        p.requires_grad_(False)
+    new_layers = [p for n, p in net.named_parameters() if not n.startswith("encoder.trunk.")]
+    optimizer = torch.optim.AdamW([
+        {"params": new_layers, "lr": config.learning_rate},
+        {"params": net.encoder.trunk_parameters(trainable=True), "lr": config.trunk_learning_rate},
+    ], weight_decay=config.weight_decay)
+    if resume is not None and "optimizer" in checkpoint:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    models = training_objects(config.num_procedural, bop_models_dir, holdout)
+    logger.info("training on %d objects (%s)", len(models), ", ".join(m.name for m in models[-12:]))
+    sampler = TrainingSampler(models, net_config, sample_config, seed=config.seed + step)
+    net.train()
+    start = time.monotonic()
+    last_save = start
+    wall_before = float(log.get("wall_s", 0.0))
+    running: dict[str, float] = {}
+    first_step = step
+    while step < max_steps and (time.monotonic() - start) < 60.0 * max_minutes:
+        batch = sampler.sample_batch(config.batch_size)
+        B = config.batch_size
+        images = torch.cat([batch.crops, batch.template_rgb]).to(device)
+        descriptors, features = net.encoder(images)
+        head = net.head.run(descriptors[:B], features[:B], batch.detection_mask.to(device), descriptors[B:, None],
+                           batch.template_xyz_norm[:, None].to(device), batch.template_mask[:, None].to(device))
+        xyz, weights = head.xyz_norm[:, 0], head.weights[:, 0]
+        losses = {
+            "coord": coordinate_loss(xyz, batch.gt_xyz_norm.to(device), batch.gt_visible.to(device), config.coord_beta),
+            "mask": F.binary_cross_entropy_with_logits(head.mask_logit, batch.gt_visible.to(device)),
+        }
+        total = config.coord_weight * losses["coord"] + config.mask_weight * losses["mask"]
+        if step >= config.kl_start_step and config.kl_weight > 0:
+            kl, diag = pose_kl_loss(batch, xyz.cpu(), weights.cpu())
+            losses["kl"] = kl
+            total = total + config.kl_weight * kl.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+        optimizer.step()
+        step += 1
+        for k, v in losses.items():
+            value = float(v.detach())
+            running[k] = 0.98 * running.get(k, value) + 0.02 * value
+        if step % 50 == 0:
+            entry = {"step": step, "wall_s": round(wall_before + time.monotonic() - start, 1),
+                     **{k: round(v, 5) for k, v in running.items()},
+                     "temperature": round(float((-net.head.log_inv_temperature).exp()), 4)}
+            log["steps"].append(entry)
+            logger.info("%s", entry)
+        if time.monotonic() - last_save > 300:
+            _save(out, net, optimizer, config, net_config, sample_config, log, step, wall_before + time.monotonic() - start, holdout)
+            last_save = time.monotonic()
+    log["wall_s"] = round(wall_before + time.monotonic() - start, 1)
+    _save(out, net, optimizer, config, net_config, sample_config, log, step, log["wall_s"], holdout)
+    logger.info("trained %d steps (%d this run) in %.0f s total; saved %s", step, step - first_step, log["wall_s"], out)
+    return log
+
+
+def _save(out: Path, net, optimizer, config, net_config, sample_config, log, step, wall_s, holdout) -> None:
+    log["wall_s"] = round(wall_s, 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    torch.save({
+        "state_dict": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "log": log,
+        "net_config": dataclasses.asdict(net_config), "train_config": dataclasses.asdict(config),
+        "sample_config": json.loads(json.dumps(dataclasses.asdict(sample_config), default=str)),
+        "holdout_bop_ids": list(holdout),
+    }, tmp)
+    tmp.replace(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint to write (.pt)")
+    parser.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint")
+    parser.add_argument("--bop-models", type=Path, default=None, help="BOP models dir to train on too (minus --holdout)")
+    parser.add_argument("--holdout", type=int, nargs="*", default=list(DEFAULT_HOLDOUT_BOP_IDS), help="BOP object ids never trained on")
+    parser.add_argument("--steps", type=int, default=10**9, help="stop after this many steps (total, with --resume)")
+    parser.add_argument("--minutes", type=float, default=120.0, help="stop after this much wall time (this run)")
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    parser.add_argument("--kl-start-step", type=int, default=TrainConfig.kl_start_step)
+    parser.add_argument("--kl-weight", type=float, default=TrainConfig.kl_weight)
+    parser.add_argument("--num-procedural", type=int, default=TrainConfig.num_procedural)
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    config = TrainConfig(batch_size=args.batch_size, kl_start_step=args.kl_start_step, kl_weight=args.kl_weight,
+                         num_procedural=args.num_procedural, seed=args.seed)
+    np.random.seed(args.seed)
+    train(args.out, config, CorrespondenceNetConfig(), SampleConfig(), args.bop_models, tuple(args.holdout), args.steps,
+          args.minutes, args.resume, args.device)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
