@@ -15,6 +15,8 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz") + glob("config/*.xml")),
         (f"share/{PACKAGE}/models", glob("models/*.json") + glob("models/*.pt") + glob("models/*.onnx")),
+        # pose_export's default output: found next to the installed checkpoint by create_backend
+        (f"share/{PACKAGE}/models/onnx", glob("models/onnx/*.onnx") + glob("models/onnx/*.json")),
     ],
     package_data={PACKAGE: ["ros/fastdds_shm_only.xml"]},
     install_requires=["setuptools"],
@@ -24,6 +26,7 @@ setup(
     description="Multi-camera 6D object pose estimation with calibrated covariance for ROS 2.",
     license="Apache-2.0",
     tests_require=["pytest"],
+    extras_require={"tensorrt": ["tensorrt>=10"]},  # correspondence engines on NVIDIA GPUs (JetPack ships its own)
     entry_points={
         "console_scripts": [
             "pose_scene = pose_node.scene.cli:main",
@@ -35,6 +38,8 @@ setup(
             "pose_detection_bench = pose_node.detection.bench:main",
             "pose_demo = pose_node.demo:main",
             "pose_replay = pose_node.ros.replay:main",
+            "pose_train = pose_node.correspondence.train:main",
+            "pose_export = pose_node.correspondence.export:main",
         ],
     },
 )
