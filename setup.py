@@ -40,6 +40,7 @@ setup(
             "pose_replay = pose_node.ros.replay:main",
             "pose_train = pose_node.correspondence.train:main",
             "pose_export = pose_node.correspondence.export:main",
+            "pose_correspondence_bench = pose_node.correspondence.bench:main",
         ],
     },
 )

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nper object (world frame):")
     per_object = results.get("per_object", {})
     if not results["n_estimates"]:
-        print("  no pose estimates: the pose stages are not available yet (see 'stage ... missing' above)")
+        print("  no pose estimates: the pose stages are not available (see 'stage ... missing' above)")
     for obj_id, stats in sorted(per_object.items(), key=lambda kv: int(kv[0])):
         print(f"  obj {int(obj_id):>3}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()))
     latency = results["latency_ms"]["total"]

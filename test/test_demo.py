@@ -18,8 +18,11 @@ def test_demo_runs_end_to_end_and_reuses_its_workcell(tmp_path, capsys, monkeypa
         assert status in ("available", "missing"), (stage, status)
         if status == "missing":
             assert f"stage {stage}" in first and "missing" in first
-    if any(s == "missing" for s in results["stages"].values()):
+    if results["stages"].get("correspondence") != "available":
         assert results["n_estimates"] == 0 and results["AR"] == 0
+    else:
+        # Single-view poses (refinement or not) of 2 objects seen by 2 cameras: most are right.
+        assert results["n_estimates"] > 0 and results["AR"] > 0.5
     overlays = sorted((tmp_path / "overlays").glob("*.png"))
     assert len(overlays) == 2
     image = cv2.imread(str(overlays[0]))

@@ -17,7 +17,8 @@ to make the ONNX graphs.
 Examples::
 
     pose_train --out models/correspondence_effl0.pt --minutes 100 --threads 2
-    pose_train --out models/correspondence_effl0.pt --resume models/correspondence_effl0.pt --kl-start-step 0 --minutes 30
+    pose_train --out out/train/b.pt --resume out/train/a.pt --kl-start-step 0 --minutes 60
+    pose_train --ship out/train/b.pt --out models/correspondence_effl0.pt
 """
 from __future__ import annotations
 
@@ -181,7 +182,7 @@ def train(out: Path, config: TrainConfig, net_config: CorrespondenceNetConfig, s
         if step % 50 == 0:
             entry = {"step": step, "wall_s": round(wall_before + time.monotonic() - start, 1),
                      **{k: round(v, 5) for k, v in running.items()},
-                     "temperature": round(float((-net.head.log_inv_temperature).exp()), 4)}
+                     "temperature": round(float(net.head.log_inv_temperature.detach().neg().exp()), 4)}
             log["steps"].append(entry)
             logger.info("%s", entry)
         if time.monotonic() - last_save > 300:
@@ -206,10 +207,21 @@ def _save(out: Path, net, optimizer, config, net_config, sample_config, log, ste
     tmp.replace(out)
 
 
+def ship(checkpoint: Path, out: Path) -> None:
+    """Write the weights to ship: the checkpoint without optimizer state (a quarter of the size)."""
+    data = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    data.pop("optimizer", None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(data, out)
+    logger.info("shipped %s (step %d) to %s, %.1f MB", checkpoint, data.get("step", -1), out, out.stat().st_size / 1e6)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="checkpoint to write (.pt)")
     parser.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint")
+    parser.add_argument("--ship", type=Path, default=None, metavar="CHECKPOINT",
+                        help="do not train: write CHECKPOINT without its optimizer state to --out (the file to ship)")
     parser.add_argument("--bop-models", type=Path, default=None, help="BOP models dir to train on too (minus --holdout)")
     parser.add_argument("--holdout", type=int, nargs="*", default=list(DEFAULT_HOLDOUT_BOP_IDS), help="BOP object ids never trained on")
     parser.add_argument("--steps", type=int, default=10**9, help="stop after this many steps (total, with --resume)")
@@ -223,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.ship is not None:
+        ship(args.ship, args.out)
+        return 0
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     config = TrainConfig(batch_size=args.batch_size, kl_start_step=args.kl_start_step, kl_weight=args.kl_weight,

@@ -25,8 +25,9 @@ before each call). The runner then scores detection per image
 ``visib_fract >= 0.3``, less visible ones being ignore regions; COCO-style mask AP over IoU
 0.5:0.95) and latency per view, and writes them to ``results["detection"]`` (None when no
 estimator reports detections). Only the frame's target objects are looked for and scored.
-When a later stage is missing but ``detection`` is available and requested, the detection
-stage runs alone, so the detection block is reported while the pose scores stay 0.
+When a later stage is missing, the requested stages before it still run: detection alone
+reports the detection block while the pose scores stay 0; detection + correspondence give
+single-view poses (in a multi-view frame, one estimate per view that detected the object).
 
 Multi-view protocol
 -------------------
@@ -498,6 +499,7 @@ def evaluate(
         T_est, T_gt = np.stack(world.T_est), np.stack(world.T_gt)
         d2 = mahalanobis_sq(pose_error_6d(T_est, T_gt), np.stack(world.covariance))
         coverage = coverage_from_mahalanobis(d2)
+        d2_list = [float(v) for v in d2]
         pose_errors = {
             "rotation_deg": _stats(metrics.rotation_error_deg(T_est, T_gt)),
             "translation_m": _stats(metrics.translation_error_m(T_est, T_gt)),
@@ -505,6 +507,7 @@ def evaluate(
         }
     else:
         coverage = None
+        d2_list = []
         pose_errors = {"rotation_deg": _stats([]), "translation_m": _stats([]), "n": 0}
 
     return {
@@ -526,6 +529,7 @@ def evaluate(
         "latency_ms": {"total": _stats(latency_total), "per_stage": {k: _stats(v) for k, v in latency_stage.items()}},
         "covariance_coverage": coverage,
         "covariance_coverage_n": len(world.T_est),
+        "covariance_d2": d2_list,
         "pose_errors": pose_errors,
         "per_object": {str(k): v for k, v in summary.per_object.items()},
         "stages": dict(stages or {}),
@@ -575,9 +579,18 @@ def run(
         else:
             logger.warning("pipeline stages missing: %s -> no pose estimates",
                            ", ".join(s for s, v in status.items() if v != "available") or "(none requested)")
-        if estimator is None and status.get("detection") == "available":
-            # The pose stages are missing: detection alone still gives the detection scores.
-            estimator = _build_estimator(("detection",), config, models, status, stage_errors)
+        while estimator is None:
+            # Later stages missing: the stages before the first missing one still run (detection
+            # alone gives the detection scores; detection + correspondence single-view poses).
+            # A failed build marks its last stage missing, so each try is shorter.
+            prefix: list[str] = []
+            for stage in config.stages:
+                if status.get(stage) != "available":
+                    break
+                prefix.append(stage)
+            if not prefix or tuple(prefix) == tuple(config.stages):
+                break
+            estimator = _build_estimator(tuple(prefix), config, models, status, stage_errors)
     else:
         status = {s: "external" for s in config.stages}
     if depth_renderer is None:

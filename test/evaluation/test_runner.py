@@ -162,8 +162,12 @@ def test_rgb_mode_gives_no_depth_and_max_targets(dataset_dir):
 
 
 def test_cli_reports_missing_stages_and_zero_recall(dataset_dir, tmp_path, capsys, monkeypatch):
-    # The pose stages are missing: no estimates, AR 0; detection exists, so it runs on its own.
+    # The pose stages are missing (correspondence: its weights are not found): no estimates, AR 0;
+    # detection exists, so it runs on its own.
+    from pose_node.correspondence import stage as correspondence_stage
+
     monkeypatch.setenv("POSE_NODE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(correspondence_stage, "default_weights_path", lambda: tmp_path / "no_weights.pt")
     out = tmp_path / "results.json"
     rc = cli.main(["--dataset", str(dataset_dir), "--targets", "test_targets_bop19.json", "--out", str(out), "--threads", "1"])
     assert rc == 0
@@ -180,6 +184,7 @@ def test_cli_reports_missing_stages_and_zero_recall(dataset_dir, tmp_path, capsy
     assert any((tmp_path / "cache" / "onboarding").glob("*.npz"))  # onboarded into the configured cache
     printed = capsys.readouterr().out
     assert "missing" in printed and "AR 0.000" in printed and "detection (rgbd): recall" in printed
+    assert "no_weights.pt" in r["stage_errors"]["correspondence"]
 
 
 def test_registered_stage_runs_through_cli(dataset_dir, tmp_path, monkeypatch, capsys):

@@ -1,0 +1,115 @@
+"""The ``correspondence`` pipeline stage of the evaluation runner: detection + per-detection pose.
+
+Importing this module registers the stage (``STAGE_MODULES["correspondence"]`` points here).
+Every view is detected (:mod:`pose_node.detection.stage`), each detection gets a pose and a
+covariance in its camera (:class:`~pose_node.correspondence.estimator.CorrespondenceEstimator`),
+mapped into the world frame. No fusion across views: in a multi-view frame each view's estimates
+are returned as they are (the ``refinement`` stage fuses them).
+
+The network comes from ``EvalConfig.correspondence`` (a :class:`CorrespondenceStageConfig`) or the
+shipped ``models/correspondence_effl0.pt`` through the fastest available backend
+(:func:`pose_node.correspondence.backends.create_backend`); templates are encoded at build time,
+so no frame pays for them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pose_node.core.errors import InvalidInputError, StageUnavailableError
+from pose_node.core.resources import shipped_file
+from pose_node.core.types import ObjectModel, PoseEstimate, View
+from pose_node.correspondence.estimator import CorrespondenceConfig, CorrespondenceEstimator
+from pose_node.detection.stage import DetectionEstimator, detection_factory
+from pose_node.evaluation.runner import EvalConfig, ViewDetections, register_stage
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FILE_NAME = "correspondence_effl0.pt"
+METADATA_FILE_NAME = "correspondence_effl0.json"
+
+
+@dataclass(frozen=True)
+class CorrespondenceStageConfig:
+    """What the stage is built from.
+
+    Attributes:
+        weights_path: checkpoint (None: the shipped ``models/correspondence_effl0.pt``).
+        backend: ``auto``, ``tensorrt``, ``onnxruntime`` or ``torch``.
+        device: ``cpu`` or ``cuda[:N]``.
+        estimator: per-detection settings.
+        warm_up: encode every template when the stage is built.
+    """
+
+    weights_path: str | None = None
+    backend: str = "auto"
+    device: str = "cpu"
+    estimator: CorrespondenceConfig = field(default_factory=CorrespondenceConfig)
+    warm_up: bool = True
+
+
+def default_weights_path() -> Path:
+    return shipped_file(WEIGHTS_FILE_NAME)
+
+
+def covariance_scales(weights_path: Path) -> dict[str, float]:
+    """The calibrated covariance factors stored next to the weights (``<stem>.json``), if any."""
+    meta = weights_path.with_suffix(".json")
+    if not meta.is_file():
+        return {}
+    return {k: float(v) for k, v in json.loads(meta.read_text()).get("covariance_scale", {}).items()}
+
+
+class CorrespondenceStage:
+    """:class:`pose_node.evaluation.runner.Estimator`: detection, then a pose per detection."""
+
+    def __init__(self, detection: DetectionEstimator, estimator: CorrespondenceEstimator) -> None:
+        self.detection = detection
+        self.estimator = estimator
+        self.last_detections: list[ViewDetections] | None = None
+
+    def estimate(self, views: list[View], object_models: Sequence[ObjectModel]) -> tuple[list[PoseEstimate], dict[str, float]]:
+        """World-frame estimates of every detection of every view, and milliseconds per step."""
+        _, timings = self.detection.estimate(views, object_models)
+        self.last_detections = self.detection.last_detections
+        timings = {**timings, "correspondence": 0.0, "pnp": 0.0}
+        estimates: list[PoseEstimate] = []
+        for view, found in zip(views, self.last_detections):
+            poses, t = self.estimator.estimate_view(view, found.detections)
+            for k, v in t.items():
+                timings[k] += v
+            estimates += self.estimator.to_world(view, poses, first_instance_id=len(estimates))
+        return estimates, timings
+
+
+def correspondence_factory(stages: tuple[str, ...], config: EvalConfig, models: Sequence[ObjectModel]) -> CorrespondenceStage:
+    """Build detection and the correspondence estimator for the runner."""
+    from pose_node.correspondence.backends import create_backend
+
+    stage_config = getattr(config, "correspondence", None) or CorrespondenceStageConfig()
+    if not isinstance(stage_config, CorrespondenceStageConfig):
+        raise InvalidInputError(f"EvalConfig.correspondence: expected a CorrespondenceStageConfig, got {type(stage_config).__name__}")
+    weights = Path(stage_config.weights_path) if stage_config.weights_path else default_weights_path()
+    if not weights.is_file():
+        raise StageUnavailableError(f"correspondence weights {weights} not found (train with pose_train, see README)")
+    detection = detection_factory(stages, config, models)
+    started = time.perf_counter()
+    backend = create_backend(stage_config.backend, checkpoint=weights, device=stage_config.device)
+    estimator = CorrespondenceEstimator(backend, detection.detector.templates, stage_config.estimator, backend.config.crop_size_px,
+                                        covariance_scales(weights))
+    if stage_config.warm_up:
+        estimator.warm_up([m.object_id for m in models])
+    logger.info("correspondence stage: backend %s, %d objects ready in %.1f s", backend.name, len(models), time.perf_counter() - started)
+    return CorrespondenceStage(detection, estimator)
+
+
+def register() -> None:
+    """Register the ``correspondence`` stage with the runner."""
+    register_stage("correspondence", correspondence_factory)
+
+
+register()
