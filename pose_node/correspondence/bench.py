@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import shutil
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibrate", action="store_true", help="fit the covariance scales on the validation workcell first")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    parser.add_argument("--record", action="store_true", help="also store the summary in the weights' json (what shipped weights do)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import torch
@@ -165,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
         print(" | ".join(f"{row[h]:.3f}" if isinstance(row[h], float) else str(row[h]) for h in header))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    if args.record:
+        meta_path = weights.with_suffix(".json")
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        meta["evaluation"] = {"command": "pose_correspondence_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+                              "threads": args.threads, "rows": rows}
+        meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     return 0
 
 

@@ -16,13 +16,15 @@ For the D detections of one view:
    RGB-D variant). The detection's pose is the hypothesis with the highest weighted inlier share
    (:func:`inlier_share`; weights and costs of different hypotheses are not comparable, their
    agreement with their own correspondences is);
-4. the pose and its covariance ``(J^T W J)^-1`` (times the calibrated ``covariance_scale``) are
-   turned from the crop camera into the camera and the world frame (ROS convention,
-   :func:`pose_node.core.geometry.transform_covariance`).
+4. the covariance is the solver's ``(J^T W J)^-1``, widened by the other hypotheses' solutions in
+   proportion to how well they explain their correspondences (:func:`hypothesis_mixture_covariance`),
+   times the calibrated ``covariance_scale``; pose and covariance are turned from the crop camera
+   into the camera and the world frame (ROS convention, :func:`pose_node.core.geometry.transform_covariance`).
 """
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 
 from pose_node.core.errors import InvalidInputError
-from pose_node.core.geometry import Pose, transform_covariance
+from pose_node.core.geometry import Pose, pose_difference, transform_covariance
 from pose_node.core.types import Detection, PoseEstimate, View
 from pose_node.correspondence.backends import CorrespondenceBackend
 from pose_node.correspondence.hypotheses import (
@@ -63,6 +65,8 @@ class CorrespondenceConfig:
         min_mask_probability: cells the network does not see as the object carry no depth residual.
         inlier_threshold_px: reprojection error under which a correspondence counts as an inlier
             when hypotheses are compared.
+        hypothesis_sharpness: how much the covariance takes the other hypotheses into account
+            (:func:`hypothesis_mixture_covariance`; ``inf``: not at all).
         covariance_scale: multiplies the solver's covariance (calibrated on validation scenes; see
             the weights' metadata). None: the weights' value for the mode, else 1.
         pnp: the solver.
@@ -75,6 +79,7 @@ class CorrespondenceConfig:
     depth_weight: float = 1.0
     min_mask_probability: float = 0.5
     inlier_threshold_px: float = 2.0
+    hypothesis_sharpness: float = 10.0
     covariance_scale: float | None = None
     pnp: PnPConfig = field(default_factory=PnPConfig)
 
@@ -287,7 +292,8 @@ class CorrespondenceEstimator:
         pick = share.argmax(1)
         rows = torch.arange(D) * H + pick
         T_crop = result.T_camera_object[rows].numpy()
-        cov_crop = result.covariance[rows]
+        cov_crop = hypothesis_mixture_covariance(result.T_camera_object.reshape(D, H, 4, 4), result.covariance.reshape(D, H, 6, 6),
+                                                 share, pick, cfg.hypothesis_sharpness)
         valid = result.valid[rows].numpy()
         scale = self._covariance_scale(view.depth is not None and cfg.use_depth)
         R_cc_t = torch.from_numpy(R_cc)
@@ -317,6 +323,36 @@ class CorrespondenceEstimator:
                 covariance=0.5 * (cov + cov.T), score=float(p.detection.score), view_indices=(p.detection.view_index,),
             ))
         return out
+
+
+def hypothesis_mixture_covariance(T: torch.Tensor, covariance: torch.Tensor, share: torch.Tensor, pick: torch.Tensor,
+                                  sharpness: float) -> torch.Tensor:
+    """Covariance about the chosen pose of the mixture of all hypotheses' solutions.
+
+    When another hypothesis explains the correspondences almost as well (a flipped box, a
+    near-symmetric view), the chosen pose may be the wrong one; moment-matching the mixture
+    ``sum_h p_h N(T_h, Sigma_h)`` about the chosen pose, ``sum_h p_h (Sigma_h + d_h d_h^T)`` with
+    ``d_h`` the ROS-convention difference of ``T_h`` from the chosen pose and
+    ``p_h ∝ exp(sharpness * share_h)``, widens the covariance by what that doubt is worth.
+
+    Args:
+        T: (D, H, 4, 4) solutions. covariance: (D, H, 6, 6). share: (D, H) inlier shares (< 0:
+            invalid hypothesis). pick: (D,) chosen hypothesis. sharpness: see above (0: all equal;
+            large: the chosen hypothesis' own covariance).
+    Returns:
+        (D, 6, 6).
+    """
+    D = T.shape[0]
+    rows = torch.arange(D)
+    if math.isinf(sharpness):
+        return covariance[rows, pick]
+    chosen = Pose(T[rows, pick, :3, :3][:, None], T[rows, pick, :3, 3][:, None])
+    d = pose_difference(Pose(T[..., :3, :3], T[..., :3, 3]), chosen)  # (D, H, 6)
+    valid = (share >= 0) & torch.isfinite(covariance).flatten(2).all(-1) & torch.isfinite(d).all(-1)
+    logits = torch.where(valid, sharpness * share, torch.full_like(share, -torch.inf))
+    p = torch.softmax(logits, dim=1)
+    terms = torch.where(valid[..., None, None], covariance + d[..., :, None] * d[..., None, :], torch.zeros_like(covariance))
+    return (p[..., None, None] * terms).sum(1)
 
 
 def _with_depth_weight(config: PnPConfig, depth_weight: float) -> PnPConfig:

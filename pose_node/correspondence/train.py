@@ -213,6 +213,19 @@ def ship(checkpoint: Path, out: Path) -> None:
     data.pop("optimizer", None)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(data, out)
+    # What produced the weights, next to them (the benchmark adds calibration and numbers).
+    meta_path = out.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    log = data.get("log", {})
+    meta.update({
+        "weights": out.name, "source_checkpoint": str(checkpoint), "steps": int(data.get("step", 0)),
+        "train_wall_s": log.get("wall_s"), "last_losses": (log.get("steps") or [{}])[-1],
+        "net_config": data.get("net_config"), "train_config": data.get("train_config"), "sample_config": data.get("sample_config"),
+        "holdout_bop_ids": data.get("holdout_bop_ids"),
+        "training_objects": f"{data.get('train_config', {}).get('num_procedural')} procedural (seeds {PROCEDURAL_TRAIN_SEED}+i) "
+                            "and the YCB dev objects minus holdout_bop_ids",
+    })
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     logger.info("shipped %s (step %d) to %s, %.1f MB", checkpoint, data.get("step", -1), out, out.stat().st_size / 1e6)
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from pose_node.correspondence.estimator import crop_cell_depth, inlier_share
+from pose_node.correspondence.estimator import crop_cell_depth, hypothesis_mixture_covariance, inlier_share
 from pose_node.correspondence.network import cell_centres_px
 from pose_node.detection.matching import crop_camera, crop_intrinsics
 
@@ -42,3 +42,86 @@ def test_inlier_share_counts_weighted_agreement():
     assert float(inlier_share(x3d, x2d, w, K, T, 2.0)) == pytest.approx(0.7)
     w[0, :30] = 0.0
     assert float(inlier_share(x3d, x2d, w, K, T, 2.0)) == pytest.approx(1.0)
+
+
+
+def test_mixture_covariance_widens_by_the_doubt_of_other_hypotheses():
+    T = torch.eye(4, dtype=torch.float64).repeat(1, 3, 1, 1)
+    T[0, 1, :3, 3] = torch.tensor([0.0, 0.0, 0.1])  # a second solution 10 cm further away
+    T[0, 2, :3, 3] = torch.tensor([5.0, 5.0, 5.0])  # an invalid one (share < 0): ignored
+    cov = (torch.eye(6, dtype=torch.float64) * 1e-6).repeat(1, 3, 1, 1)
+    pick = torch.tensor([0])
+    equal = hypothesis_mixture_covariance(T, cov, torch.tensor([[0.5, 0.5, -1.0]], dtype=torch.float64), pick, 10.0)[0]
+    assert float(equal[2, 2]) == pytest.approx(1e-6 + 0.5 * 0.1**2)
+    assert float(equal[0, 0]) == pytest.approx(1e-6)
+    confident = hypothesis_mixture_covariance(T, cov, torch.tensor([[0.9, 0.1, -1.0]], dtype=torch.float64), pick, 10.0)[0]
+    assert 1e-6 < float(confident[2, 2]) < float(equal[2, 2])
+    only = hypothesis_mixture_covariance(T, cov, torch.tensor([[0.5, 0.5, -1.0]], dtype=torch.float64), pick, float("inf"))[0]
+    torch.testing.assert_close(only, cov[0, 0])
+
+# -- end to end with the shipped weights --------------------------------------------------------
+
+from pose_node.core.resources import shipped_file  # noqa: E402
+
+import os
+WEIGHTS = os.environ.get("X_WEIGHTS") or shipped_file("correspondence_effl0.pt")
+
+
+@pytest.fixture(scope="module")
+def workcell(tmp_path_factory, make_renderer):
+    from pose_node.scene.generator import WorkcellConfig, generate_workcell
+    from pose_node.scene.layout import LayoutConfig
+
+    make_renderer(64, 64)  # skips without headless OpenGL
+    out = tmp_path_factory.mktemp("workcell")
+    generate_workcell(WorkcellConfig(out_dir=out, num_objects=3, num_scenes=1, frames_per_scene=1, seed=77, write_bag=False,
+                                     overwrite=True, layout=LayoutConfig(num_cameras=2)))
+    from pose_node.datasets.bop import BopDataset
+
+    return BopDataset(out)
+
+
+def pose_errors(dataset, mode: str, tmp_path) -> tuple[list[float], list[float], list[np.ndarray]]:
+    """Rotation (deg) and translation (m) errors of every estimate against the GT of its object,
+    with the world-frame covariances, for every view of the workcell."""
+    from pose_node.correspondence.backends import create_backend
+    from pose_node.correspondence.estimator import CorrespondenceConfig, CorrespondenceEstimator
+    from pose_node.detection.detector import Detector, DetectorConfig
+
+    models = dataset.models()
+    detector = Detector(models, DetectorConfig(mode=mode), cache_dir=str(tmp_path / "cache"))
+    backend = create_backend("torch", checkpoint=WEIGHTS)
+    estimator = CorrespondenceEstimator(backend, detector.templates, CorrespondenceConfig(), backend.config.crop_size_px)
+    rot, trans, covs = [], [], []
+    scene = dataset.scene_ids()[0]
+    for index, im in enumerate(dataset.image_ids(scene)):
+        view = dataset.view(scene, im, with_depth=mode == "rgbd")
+        detections, _ = detector.detect(view, view_index=index)
+        poses, timings = estimator.estimate_view(view, detections)
+        assert set(timings) == {"correspondence", "pnp"}
+        estimates = estimator.to_world(view, poses)
+        T_world_camera = np.linalg.inv(dataset.camera(scene, im).T_camera_world)
+        gts = [(g.obj_id, T_world_camera @ g.T_camera_object) for g in dataset.gts(scene, im)]
+        for e in estimates:
+            candidates = [T for o, T in gts if o == e.object_id]
+            T_gt = min(candidates, key=lambda T: np.linalg.norm(T[:3, 3] - e.T_world_object[:3, 3]))
+            R = e.T_world_object[:3, :3].T @ T_gt[:3, :3]
+            rot.append(float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1)))))
+            trans.append(float(np.linalg.norm(e.T_world_object[:3, 3] - T_gt[:3, 3])))
+            covs.append(e.covariance)
+    return rot, trans, covs
+
+
+def test_rgbd_poses_of_unseen_procedural_objects(workcell, tmp_path):
+    rot, trans, covs = pose_errors(workcell, "rgbd", tmp_path)
+    assert len(rot) >= 4  # 3 objects x 2 cameras, minus what a camera does not see well
+    assert np.median(rot) < 6.0 and np.median(trans) < 0.006
+    for cov in covs:
+        np.testing.assert_allclose(cov, cov.T, atol=1e-12)
+        assert np.linalg.eigvalsh(cov).min() > 0
+
+
+def test_rgb_poses_of_unseen_procedural_objects(workcell, tmp_path):
+    rot, trans, _ = pose_errors(workcell, "rgb", tmp_path)
+    assert len(rot) >= 3
+    assert np.median(rot) < 12.0 and np.median(trans) < 0.04
