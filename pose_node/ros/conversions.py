@@ -165,7 +165,8 @@ def numpy_to_image(array: np.ndarray, encoding: str, *, stamp_ns: int = 0, frame
     base, channels = _ENCODINGS[encoding]
     expected_ndim = 3 if channels == 3 else 2
     if array.ndim != expected_ndim or (channels == 3 and array.shape[2] != 3):
-        raise InvalidInputError(f"numpy_to_image({encoding}): expected shape {'(H, W, 3)' if channels == 3 else '(H, W)'}, got {array.shape}")
+        expected = "(H, W, 3)" if channels == 3 else "(H, W)"
+        raise InvalidInputError(f"numpy_to_image({encoding}): expected shape {expected}, got {array.shape}")
     if channels == 3 or encoding == "mono8":
         if array.dtype != np.uint8:
             raise InvalidInputError(f"numpy_to_image({encoding}): expected uint8, got {array.dtype}")
@@ -221,7 +222,10 @@ def camera_from_info(msg: CameraInfo, T_world_camera: np.ndarray, *, image_size:
     if image_size is not None and (width, height) != tuple(image_size):
         raise InvalidInputError(
             f"CameraInfo: size {width}x{height} does not match the image's {image_size[0]}x{image_size[1]}")
-    K = np.asarray(msg.p, np.float64).reshape(3, 4)[:, :3] if use_projection_matrix else np.asarray(msg.k, np.float64).reshape(3, 3)
+    if use_projection_matrix:
+        K = np.asarray(msg.p, np.float64).reshape(3, 4)[:, :3]
+    else:
+        K = np.asarray(msg.k, np.float64).reshape(3, 3)
     name = "p" if use_projection_matrix else "k"
     if not np.any(K):
         raise InvalidInputError(f"CameraInfo.{name}: all zeros (the camera is not calibrated)")

@@ -131,7 +131,7 @@ class ContinuousSymmetry:
 
 @dataclass(frozen=True)
 class ProceduralSpec:
-    """Procedural objects, made by ``make_procedural_objects(count, seed, first_id=first_id)`` (ids first_id..first_id+count-1)."""
+    """Procedural objects ``make_procedural_objects(count, seed, first_id=first_id)``, ids ``first_id .. first_id + count - 1``."""
 
     seed: int
     count: int
@@ -261,9 +261,6 @@ class _Section:
     def key(self, key: Any) -> str:
         return f"{self.path}.{key}" if self.path else str(key)
 
-    def has(self, key: str) -> bool:
-        return self.data.get(key) is not None
-
     def raw(self, key: str, required: bool = False) -> Any:
         value = self.data.get(key)
         if value is None and required:
@@ -365,13 +362,14 @@ def _parse_camera(name: Any, value: Any) -> CameraConfig:
     depth_encoding = section.string("depth_encoding", choices=DEPTH_ENCODINGS)
     if depth_encoding is not None and depth_topic is None:
         raise InvalidInputError(f"{path}.depth_encoding: given without {path}.depth_topic")
+    extrinsics = value.get("T_world_camera")
     return CameraConfig(
         name=name,
         color_topic=section.string("color_topic", required=True, **topic),
         camera_info_topic=section.string("camera_info_topic", required=True, **topic),
         depth_topic=depth_topic,
         depth_encoding=depth_encoding,
-        T_world_camera=_parse_extrinsics(value["T_world_camera"], f"{path}.T_world_camera") if section.has("T_world_camera") else None,
+        T_world_camera=None if extrinsics is None else _parse_extrinsics(extrinsics, f"{path}.T_world_camera"),
     )
 
 
@@ -599,7 +597,8 @@ def parse_node_config(mapping: Mapping[str, Any], *, base_dir: str | Path | None
     top = _Section(mapping, "", _TOP_KEYS)
     world_frame = top.string("world_frame", "world")
     if not world_frame or world_frame.startswith("/") or any(c.isspace() for c in world_frame):
-        raise InvalidInputError(f"world_frame: expected a TF frame id (non-empty, no leading '/', no spaces), got {world_frame!r}")
+        raise InvalidInputError(
+            f"world_frame: expected a TF frame id (non-empty, no leading '/', no spaces), got {world_frame!r}")
     cameras = _parse_cameras(top.raw("cameras", required=True))
     objects = _parse_objects(top.raw("objects", required=True), base_dir)
     pipeline = _parse_pipeline(top.raw("pipeline"))

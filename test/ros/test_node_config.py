@@ -240,3 +240,19 @@ def test_relative_paths_resolve_against_the_yaml_folder(workdir, tmp_path, monke
     monkeypatch.chdir(tmp_path.parent)  # not the config folder
     config = load_node_config(config_dir / "cell.yaml")
     assert config.object(10).mesh_path == (workdir / "meshes" / "box.ply").resolve()
+
+
+def test_config_sync_and_tf_buffer_import_without_ros():
+    """The node's helpers that need no messages stay importable (and testable) without ROS."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for name in ('rclpy', 'sensor_msgs', 'geometry_msgs', 'tf2_msgs', 'vision_msgs', 'visualization_msgs'):\n"
+        "    sys.modules[name] = None\n"
+        "import pose_node.ros.node_config, pose_node.ros.sync, pose_node.ros.tf_buffer\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
