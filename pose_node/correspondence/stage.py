@@ -88,23 +88,44 @@ class CorrespondenceStage:
 
 def correspondence_factory(stages: tuple[str, ...], config: EvalConfig, models: Sequence[ObjectModel]) -> CorrespondenceStage:
     """Build detection and the correspondence estimator for the runner."""
-    from pose_node.correspondence.backends import create_backend
-
     stage_config = getattr(config, "correspondence", None) or CorrespondenceStageConfig()
     if not isinstance(stage_config, CorrespondenceStageConfig):
         raise InvalidInputError(f"EvalConfig.correspondence: expected a CorrespondenceStageConfig, got {type(stage_config).__name__}")
+    check_weights(stage_config)
+    detection = detection_factory(stages, config, models)
+    return CorrespondenceStage(detection, build_estimator(stage_config, detection.detector.templates,
+                                                          [m.object_id for m in models]))
+
+
+def check_weights(stage_config: CorrespondenceStageConfig) -> Path:
+    """The checkpoint ``stage_config`` names (or the shipped one).
+
+    Raises:
+        StageUnavailableError: the file does not exist.
+    """
     weights = Path(stage_config.weights_path) if stage_config.weights_path else default_weights_path()
     if not weights.is_file():
         raise StageUnavailableError(f"correspondence weights {weights} not found (train with pose_train, see README)")
-    detection = detection_factory(stages, config, models)
+    return weights
+
+
+def build_estimator(stage_config: CorrespondenceStageConfig, templates, object_ids: Sequence[int]) -> CorrespondenceEstimator:
+    """The backend and :class:`CorrespondenceEstimator` over a detector's ``templates`` (warmed up if configured).
+
+    Shared by the evaluation runner's stage and :class:`pose_node.pipeline.PosePipeline`.
+    """
+    from pose_node.correspondence.backends import create_backend
+
+    weights = check_weights(stage_config)
     started = time.perf_counter()
     backend = create_backend(stage_config.backend, checkpoint=weights, device=stage_config.device)
-    estimator = CorrespondenceEstimator(backend, detection.detector.templates, stage_config.estimator, backend.config.crop_size_px,
+    estimator = CorrespondenceEstimator(backend, templates, stage_config.estimator, backend.config.crop_size_px,
                                         covariance_scales(weights))
     if stage_config.warm_up:
-        estimator.warm_up([m.object_id for m in models])
-    logger.info("correspondence stage: backend %s, %d objects ready in %.1f s", backend.name, len(models), time.perf_counter() - started)
-    return CorrespondenceStage(detection, estimator)
+        estimator.warm_up(list(object_ids))
+    logger.info("correspondence stage: backend %s, %d objects ready in %.1f s", backend.name, len(object_ids),
+                time.perf_counter() - started)
+    return estimator
 
 
 def register() -> None:
