@@ -38,6 +38,7 @@ setup(
             "pose_detection_bench = pose_node.detection.bench:main",
             "pose_demo = pose_node.demo:main",
             "pose_replay = pose_node.ros.replay:main",
+            "pose_node = pose_node.ros.node:main",
             "pose_train = pose_node.correspondence.train:main",
             "pose_export = pose_node.correspondence.export:main",
             "pose_correspondence_bench = pose_node.correspondence.bench:main",

@@ -17,6 +17,7 @@ OFFICIAL_TFMESSAGE_HASH = "RIHS01_e369d0f05a23ae52508854b66f6aa0437f3449d652e8cb
 CONSOLE_SCRIPTS = (
     "pose_scene", "pose_eval", "pose_render_bench", "pose_metrics_bench", "pose_onboard", "pose_demo", "pose_replay",
     "pose_detection_bench", "pose_train_rgb_proposals", "pose_train", "pose_export", "pose_correspondence_bench",
+    "pose_node",
 )
 
 
