@@ -94,7 +94,7 @@ class PoseNode(Node):
             if not path:
                 raise PoseNodeError("config_file: parameter not set (path of the pose_node YAML)")
             self.config = load_node_config(path)
-            models = load_object_models(self.config.objects)
+            models = self._load_models()
             self.models = {m.object_id: m for m in models}
             self.pipeline = PosePipeline.from_node_config(self.config, models)
         except PoseNodeError as exc:
@@ -119,6 +119,30 @@ class PoseNode(Node):
         self.get_logger().info(f"configured: {len(self.config.cameras)} cameras, {len(models)} objects, "
                                f"pipeline ready in {self.pipeline.build_s:.1f} s")
         return TransitionCallbackReturn.SUCCESS
+
+    def _load_models(self) -> list:
+        """The configured objects' models; one that fails to load is skipped with an error (and
+        counted in the diagnostics) so the other objects are still served.
+
+        Raises:
+            PoseNodeError: no object could be loaded.
+        """
+        from pose_node.core.errors import MeshLoadError
+
+        procedural = [o for o in self.config.objects if o.procedural is not None]  # generated in one go, never fail
+        loaded = {m.object_id: m for m in load_object_models(procedural)}
+        for obj in self.config.objects:
+            if obj.procedural is not None:
+                continue
+            try:
+                loaded[obj.object_id] = load_object_models([obj])[0]
+            except MeshLoadError as exc:
+                self.counters["objects_failed_to_load"] += 1
+                self.get_logger().error(f"{obj.key_path} ({obj.name}): skipped, the mesh failed to load: {exc}")
+        if not loaded:
+            raise PoseNodeError("objects: no object could be loaded")
+        self.config = replace(self.config, objects=tuple(o for o in self.config.objects if o.object_id in loaded))
+        return [loaded[o.object_id] for o in self.config.objects]
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -367,7 +391,8 @@ class PoseNode(Node):
         counters["sync.partial_sets"] = stats.partial_sets
         values += [KeyValue(key=k, value=str(v)) for k, v in sorted(counters.items())]
         values += [KeyValue(key=f"latency_ms.{k}", value=f"{v:.1f}") for k, v in sorted(self._latency_ms.items())]
-        bad = sum(v for k, v in counters.items() if k.startswith(("bad_input", "missing_camera", "callback_errors")))
+        problems = ("bad_input", "missing_camera", "callback_errors", "objects_failed")
+        bad = sum(v for k, v in counters.items() if k.startswith(problems))
         status = DiagnosticStatus(level=DiagnosticStatus.WARN if bad else DiagnosticStatus.OK, name=f"{self.get_name()}: pipeline",
                                   hardware_id=self.get_fully_qualified_name(),
                                   message=f"{bad} bad inputs or missing cameras so far" if bad else "ok", values=values)

@@ -217,3 +217,17 @@ def test_configure_fails_naming_the_key(ros, node_factory, tmp_path):
     assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
     node_missing, _ = node_factory(tmp_path / "missing.yaml")
     assert node_missing.trigger_configure() == TransitionCallbackReturn.FAILURE
+
+
+def test_a_mesh_that_fails_to_load_is_skipped(ros, node_factory, tmp_path):
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    (tmp_path / "broken.ply").write_text("not a mesh\n")
+    config = yaml.safe_load((tmp_path / "pose_node.yaml").read_text())
+    config["objects"].append({"id": 9, "name": "broken", "mesh": "broken.ply", "units": "mm"})
+    path = tmp_path / "with_broken.yaml"
+    path.write_text(yaml.safe_dump(config))
+    node, _ = node_factory(path)
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert node.counters["objects_failed_to_load"] == 1
+    assert [o.name for o in node.config.objects] == ["obj_000001"] and list(node.models) == [1]
