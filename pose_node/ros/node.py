@@ -16,9 +16,10 @@ Synchronized sets are processed by one worker thread with a one-slot, latest-win
 callbacks never block and sets that arrive while the worker is busy replace the waiting one
 (counted as dropped). Every output carries the images' header stamp.
 
-``tf2_ros`` and ``message_filters`` have no wheels here; the node uses the project's own
-:class:`~pose_node.ros.tf_buffer.TransformBuffer` and
-:class:`~pose_node.ros.sync.ApproximateTimeSynchronizer` (same semantics).
+TF goes through :mod:`pose_node.ros.tf_io` (``tf2_ros`` when importable, else the project's own
+buffer fed from ``/tf`` and ``/tf_static``). Synchronization always uses the project's
+:class:`~pose_node.ros.sync.ApproximateTimeSynchronizer`: ``message_filters`` (no wheel here
+either) has no per-camera grouping, ``min_cameras`` or timeout, which the workcell needs.
 """
 from __future__ import annotations
 
@@ -34,10 +35,9 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import Node, State, TransitionCallbackReturn
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Empty
-from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import Marker, MarkerArray
 
@@ -46,7 +46,7 @@ from pose_node.core.types import View
 from pose_node.ros import conversions as conv
 from pose_node.ros.node_config import Thresholds, load_node_config, load_object_models
 from pose_node.ros.sync import ApproximateTimeSynchronizer, SyncedSet
-from pose_node.ros.tf_buffer import TransformBuffer
+from pose_node.ros.tf_io import TfBroadcaster, TfListener
 
 NODE_NAME = "pose_node"
 WARN_THROTTLE_S = 2.0
@@ -70,11 +70,10 @@ class PoseNode(Node):
         self.declare_parameter("autostart", False, ParameterDescriptor(
             description="configure and activate at startup (instead of a lifecycle manager)"))
         self.config = self.pipeline = self.sync = None
-        self.tf_buffer = TransformBuffer()
+        self.tf: TfListener | None = None
         self._subs: list = []
         self._pubs: dict = {}
         self._timers: list = []
-        self._tf_subs: list = []
         self._slot: SyncedSet | None = None
         self._slot_cv = threading.Condition()
         self._worker: threading.Thread | None = None
@@ -102,11 +101,7 @@ class PoseNode(Node):
             return TransitionCallbackReturn.FAILURE
         self.sync = ApproximateTimeSynchronizer(self.config.sync_streams(), self.config.sync)
         self.names = {o.object_id: o.name for o in self.config.objects}
-        static_qos = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
-        self._tf_subs = [
-            self.create_subscription(TFMessage, "/tf", lambda m: self._on_tf(m, False), 100),
-            self.create_subscription(TFMessage, "/tf_static", lambda m: self._on_tf(m, True), static_qos),
-        ]
+        self.tf = TfListener(self, on_error=lambda message: self._bad_input("tf", message))
         defaults = self.config.pipeline.thresholds
         for name in RUNTIME_THRESHOLDS:
             full = f"thresholds.{name}"
@@ -157,7 +152,7 @@ class PoseNode(Node):
                     Image, camera.depth_topic, lambda m, c=camera: self._guard(self._on_depth, c, m), qos))
         self._subs.append(self.create_subscription(Empty, "~/reset", self._on_reset, 10))
         self._pubs = {
-            "tf": self.create_publisher(TFMessage, "/tf", 100),
+            "tf": TfBroadcaster(self),
             "detections": self.create_publisher(Detection3DArray, "~/detections", 10),
             "markers": self.create_publisher(MarkerArray, "~/markers", 10),
             "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", 10),
@@ -183,18 +178,19 @@ class PoseNode(Node):
             self.destroy_subscription(sub)
         for timer in self._timers:
             self.destroy_timer(timer)
-        for pub in self._pubs.values():
-            self.destroy_publisher(pub)
+        for name, pub in self._pubs.items():
+            if name == "tf":
+                pub.close()
+            else:
+                self.destroy_publisher(pub)
         self._subs, self._timers, self._pubs = [], [], {}
         self.sync.reset()
         return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
-        for sub in self._tf_subs:
-            self.destroy_subscription(sub)
-        self._tf_subs = []
-        self.pipeline = self.sync = None
-        self.tf_buffer.clear()
+        if self.tf is not None:
+            self.tf.close()
+        self.pipeline = self.sync = self.tf = None
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
@@ -249,12 +245,6 @@ class PoseNode(Node):
         if now - self._last_warning.get(kind, -np.inf) >= WARN_THROTTLE_S:
             self._last_warning[kind] = now
             self.get_logger().warning(f"dropped: {message}")
-
-    def _on_tf(self, msg: TFMessage, static: bool) -> None:
-        try:
-            self.tf_buffer.set_tf_message(msg, static=static)
-        except PoseNodeError as exc:
-            self._bad_input("tf", str(exc))
 
     def _add(self, camera, stream: str, header, payload) -> None:
         result = self.sync.add((camera.name, stream), conv.stamp_to_ns(header.stamp), payload)
@@ -334,8 +324,7 @@ class PoseNode(Node):
                     raise PoseNodeError(f"depth {depth.shape[1]}x{depth.shape[0]} != colour {width}x{height}")
                 T = camera.T_world_camera
                 if T is None:
-                    T = self.tf_buffer.lookup_transform(self.config.world_frame, info.header.frame_id,
-                                                        streams["color"].stamp_ns)
+                    T = self.tf.lookup(self.config.world_frame, info.header.frame_id, streams["color"].stamp_ns)
                 cam = conv.camera_from_info(info, T, image_size=(width, height))
             except PoseNodeError as exc:
                 self._bad_input("camera", f"{camera.name}: {exc}")
@@ -357,13 +346,13 @@ class PoseNode(Node):
     def _publish(self, stamp_ns: int, estimates) -> None:
         header = conv.make_header(stamp_ns, self.config.world_frame)
         detections = Detection3DArray(header=header)
-        transforms = TFMessage()
+        transforms = []
         markers = MarkerArray(markers=[Marker(header=header, action=Marker.DELETEALL)])
         for k, e in enumerate(estimates):
             name = f"{self.names[e.object_id]}_{e.instance_id}"
             model = self.models[e.object_id]
             detections.detections.append(conv.estimate_to_detection3d(e, header, model.bbox_min_max, self.names[e.object_id]))
-            transforms.transforms.append(conv.estimate_to_transform(e, header, name))
+            transforms.append(conv.estimate_to_transform(e, header, name))
             position = e.T_world_object[:3, 3]
             markers.markers += [
                 conv.mesh_marker(header, e.T_world_object, model=model, marker_id=k, max_triangles=2000),
@@ -371,8 +360,7 @@ class PoseNode(Node):
                 conv.label_marker(header, position + np.array([0.0, 0.0, 0.6 * model.diameter_m]),
                                   f"{name} {e.score:.2f}", marker_id=k),
             ]
-        if transforms.transforms:
-            self._pubs["tf"].publish(transforms)
+        self._pubs["tf"].send(transforms)
         self._pubs["detections"].publish(detections)
         self._pubs["markers"].publish(markers)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -140,7 +139,7 @@ def test_lifecycle_round_trip_and_bad_input(ros, node_factory):
     tf = ros.collect(TFMessage, "/tf", 100)
     pubs = _publishers(ros)
     _tf_static(pubs, "cam1_optical", 2.0)
-    ros.spin_until(lambda: "cam1_optical" in node.tf_buffer.frames, what="/tf_static in the node's buffer")
+    ros.spin_until(lambda: "cam1_optical" in node.tf.frames(), what="/tf_static in the node's buffer")
 
     # A full set: both cameras, cam0 from the YAML extrinsics, cam1 from TF.
     _send(pubs, "cam0", T0)
