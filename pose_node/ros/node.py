@@ -8,6 +8,9 @@
   (``world_frame -> <object name>_<instance>``), ``~/detections`` (Detection3DArray, empty when
   nothing is found), ``~/markers`` and ``/diagnostics``; ``~/reset`` (std_msgs/Empty, since
   std_srvs is not available here) drops the tracked state.
+- parameters ``thresholds.{detection_score,pose_score,max_position_std_m,max_rotation_std_deg}``
+  (defaults: the file's ``pipeline.thresholds``) can be changed at runtime; a change applies to
+  every object (replacing the file's per-object overrides).
 - deactivate / cleanup release the subscriptions, publishers and then the pipeline.
 
 Messages are checked in the subscription callbacks (encoding, sizes, non-finite depth,
@@ -108,7 +111,8 @@ class PoseNode(Node):
             if not self.has_parameter(full):
                 self.declare_parameter(full, float(getattr(defaults, name)),
                                        ParameterDescriptor(description=f"runtime-changeable Thresholds.{name}"))
-        self._apply_thresholds({})
+        if any(self.get_parameter(f"thresholds.{n}").value != getattr(defaults, n) for n in RUNTIME_THRESHOLDS):
+            self._apply_thresholds({})  # overridden on the command line; otherwise keep per-object overrides
         if self._param_callback is None:
             self._param_callback = self.add_on_set_parameters_callback(self._on_set_parameters)
         self.get_logger().info(f"configured: {len(self.config.cameras)} cameras, {len(models)} objects, "

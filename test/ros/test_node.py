@@ -195,6 +195,7 @@ def test_latest_wins_runtime_parameters_and_reset(ros, node_factory):
     assert node.counters["dropped_sets"] >= 1 and len(fake.calls) + node.counters["dropped_sets"] == 5
     assert fake.calls[-1][0].stamp_ns == T0 + 4 * 10**8  # the newest set is never the one dropped
 
+    assert fake.thresholds is None  # configure keeps the file's (per-object) thresholds
     assert node.set_parameters([Parameter("thresholds.pose_score", value=0.7)])[0].successful
     assert fake.thresholds.pose_score == 0.7
     assert not node.set_parameters([Parameter("thresholds.pose_score", value=1.5)])[0].successful
