@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -259,6 +259,8 @@ class CorrespondenceEstimator:
         out = self.backend.head(crop_desc, crop_feat, det_grid, torch.stack(chosen_desc), torch.stack(chosen_xyz), torch.stack(chosen_mask))
         timings["correspondence"] = (time.perf_counter() - started) * 1e3
 
+        # The solver runs on the CPU in float64 (the one host hop of this stage): D x H problems of
+        # N points are too small for a GPU to pay off, and the RANSAC start is OpenCV.
         started = time.perf_counter()
         H = cfg.num_hypotheses
         N = g * g
@@ -356,8 +358,6 @@ def hypothesis_mixture_covariance(T: torch.Tensor, covariance: torch.Tensor, sha
 
 
 def _with_depth_weight(config: PnPConfig, depth_weight: float) -> PnPConfig:
-    from dataclasses import replace
-
     return replace(config, depth_weight=depth_weight)
 
 
