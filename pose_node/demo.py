@@ -1,10 +1,15 @@
-"""``pose_demo`` (``make demo``): a synthetic 3-camera workcell, end to end with the stages that exist.
+"""``pose_demo`` (``make demo``): the ROS 2 node on a synthetic 3-camera workcell, end to end.
 
-1. Generate (or reuse) a workcell with procedural objects: BOP dataset + rosbag2 + ground truth.
-2. Run the pose pipeline over its multi-view targets with ``pose_eval``'s runner (stages that are
-   not implemented yet are reported as missing and produce no estimates).
-3. Write overlay images (ground truth in green, estimates in magenta) and a results JSON, and
-   print per-object errors and the latency summary.
+1. Generate (or reuse) a workcell with procedural objects: BOP dataset, rosbag2, ground truth.
+2. Write a node config for it (its cameras' topics, the same procedural objects) into the output
+   folder.
+3. Start ``pose_node`` (subprocess, autostart), replay the bag into it with ``pose_replay``,
+   collect its ``Detection3DArray`` results and ``/diagnostics``, stop both with SIGINT.
+4. Match every result to the ground truth of its frame (by stamp), print per-object rotation and
+   translation errors and the node's reported latency, write overlay images (ground truth in
+   green, estimates in magenta) and a results JSON.
+
+Every ROS process runs local-only (localhost discovery, shared memory, a domain of its own).
 """
 from __future__ import annotations
 
@@ -19,8 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pose_node.datasets.bop import BopDataset, read_estimates_csv
-from pose_node.evaluation.runner import EvalConfig, run
+from pose_node.datasets.bop import BopDataset
 from pose_node.ros.local_env import apply_local_ros_environment
 from pose_node.scene.generator import WorkcellConfig, generate_workcell, read_scene_world
 from pose_node.scene.layout import LayoutConfig
@@ -30,11 +34,16 @@ logger = logging.getLogger(__name__)
 
 GT_COLOR_RGB = (0, 255, 0)
 ESTIMATE_COLOR_RGB = (255, 0, 255)
+STEPS = 4
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """What the demo generates; a dataset generated with the same config is reused."""
+    """What the demo generates and how it replays; a workcell generated with the same config is reused.
+
+    ``rate`` is the replay speed: the node keeps only the latest multi-camera set, so frames
+    must come slower than it processes them (10 Hz recording x 0.1 = one frame a second).
+    """
 
     out_dir: Path = Path("out/demo")
     num_cameras: int = 3
@@ -42,6 +51,7 @@ class DemoConfig:
     frames: int = 5
     seed: int = 7
     mode: str = "rgbd"
+    rate: float = 0.1
 
     def workcell(self) -> WorkcellConfig:
         return WorkcellConfig(
@@ -53,45 +63,196 @@ class DemoConfig:
         return json.dumps({"cameras": self.num_cameras, "objects": self.num_objects, "frames": self.frames, "seed": self.seed})
 
 
+@dataclass(frozen=True)
+class Estimate:
+    """One pose of the node's output (world frame)."""
+
+    obj_id: int
+    class_id: str
+    instance_id: str
+    score: float
+    T_world_object: np.ndarray
+
+
 def ensure_workcell(config: DemoConfig, regenerate: bool) -> Path:
     """Generate the workcell unless one with the same signature is already there."""
     dataset_dir = config.out_dir / "workcell"
     stamp = dataset_dir / ".demo_signature"
     if not regenerate and stamp.is_file() and stamp.read_text() == config.signature():
-        print(f"[1/3] reusing workcell {dataset_dir} (--regenerate to make a new one)")
+        print(f"[1/{STEPS}] reusing workcell {dataset_dir} (--regenerate to make a new one)")
         return dataset_dir
     t0 = time.perf_counter()
     generate_workcell(config.workcell())
     stamp.write_text(config.signature())
-    print(f"[1/3] generated workcell {dataset_dir} in {time.perf_counter() - t0:.1f} s")
+    print(f"[1/{STEPS}] generated workcell {dataset_dir} in {time.perf_counter() - t0:.1f} s")
     return dataset_dir
 
 
-def write_overlays(dataset_dir: Path, estimates_csv: Path | None, out_dir: Path, frame_index: int = 0) -> list[Path]:
-    """Overlay GT and estimated poses on every camera image of one frame; returns the PNG paths."""
+def write_demo_node_config(config: DemoConfig, world: dict) -> tuple[Path, dict]:
+    """The node's YAML config for the workcell (same procedural seed and count), in the output folder."""
+    from pose_node.ros.replay_session import workcell_node_config, write_node_config
+
+    node_config = workcell_node_config([c["name"] for c in world["cameras"]], seed=config.seed,
+                                       num_objects=config.num_objects, mode=config.mode,
+                                       depth_encoding=world["depth_encoding"])
+    path = write_node_config(config.out_dir / "pose_node.yaml", node_config)
+    print(f"[2/{STEPS}] node config {path}")
+    return path, node_config
+
+
+def run_node(config: DemoConfig, dataset_dir: Path, config_file: Path, node_config: dict, num_frames: int):
+    """Run the node on the workcell's bag; returns :class:`pose_node.ros.replay_session.ReplayRun`."""
+    from pose_node.ros.replay_session import replay_topics, run_node_on_bag
+
+    print(f"[3/{STEPS}] starting pose_node, replaying {dataset_dir / 'bag'} at rate {config.rate} ...", flush=True)
+    run = run_node_on_bag(config_file, dataset_dir / "bag", replay_topics(node_config), num_frames,
+                          config.out_dir / "logs", rate=config.rate)
+    print(f"      node active after {run.start_s:.1f} s (onboarding, engines, warm-up); replay + results "
+          f"{run.replay_s:.1f} s; {len(run.detections)} results; exit status node {run.node_exit}, "
+          f"replay {run.replay_exit}; logs in {run.node_log.parent}/")
+    return run
+
+
+def estimates_by_stamp(detections) -> dict[int, list[Estimate]]:
+    """The node's Detection3DArray messages as world-frame estimates, keyed by header stamp (ns)."""
+    from pose_node.ros.conversions import msg_to_matrix, stamp_to_ns
+
+    by_stamp: dict[int, list[Estimate]] = {}
+    for msg in detections:
+        estimates = []
+        for det in msg.detections:
+            hyp = det.results[0]
+            class_id = hyp.hypothesis.class_id
+            obj_id = int(class_id.rsplit("_", 1)[-1]) if class_id.rsplit("_", 1)[-1].isdigit() else -1
+            estimates.append(Estimate(obj_id, class_id, det.id, float(hyp.hypothesis.score), msg_to_matrix(hyp.pose.pose)))
+        by_stamp[stamp_to_ns(msg.header.stamp)] = estimates
+    return by_stamp
+
+
+def frames_by_stamp(world: dict) -> dict[int, tuple[dict, dict]]:
+    """Stamp (ns) -> (scene, frame) of ``scene_world.json`` (nominal and per-camera stamps)."""
+    index = {}
+    for scene in world["scenes"]:
+        for frame in scene["frames"]:
+            for stamp in {frame["stamp_ns"], *frame.get("camera_stamps_ns", [])}:
+                index[int(stamp)] = (scene, frame)
+    return index
+
+
+def match_frame(scene: dict, estimates: list[Estimate]) -> list[dict]:
+    """Per GT instance of the scene, the nearest estimate of the same object and its errors."""
+    from pose_node.ros.replay_session import rotation_error_deg
+
+    rows = []
+    for inst in scene["instances"]:
+        T_true = inst["T_world_object"]
+        candidates = [e for e in estimates if e.obj_id == inst["obj_id"]]
+        row = {"obj_id": inst["obj_id"], "instance_index": inst["instance_index"], "found": bool(candidates)}
+        if candidates:
+            best = min(candidates, key=lambda e: np.linalg.norm(e.T_world_object[:3, 3] - T_true[:3, 3]))
+            row.update(translation_error_mm=1000.0 * float(np.linalg.norm(best.T_world_object[:3, 3] - T_true[:3, 3])),
+                       rotation_error_deg=rotation_error_deg(best.T_world_object[:3, :3], T_true[:3, :3]),
+                       score=best.score, instance_id=best.instance_id)
+        rows.append(row)
+    return rows
+
+
+def evaluate(world: dict, by_stamp: dict[int, list[Estimate]]) -> tuple[list[dict], list[int]]:
+    """Per result: its frame and per-GT errors; also the stamps that match no frame."""
+    index = frames_by_stamp(world)
+    frames, unmatched = [], []
+    for stamp, estimates in sorted(by_stamp.items()):
+        if stamp not in index:
+            unmatched.append(stamp)
+            continue
+        scene, frame = index[stamp]
+        frames.append({"stamp_ns": stamp, "scene_id": scene["scene_id"], "frame_index": frame["frame_index"],
+                       "im_ids": frame["im_ids"], "n_estimates": len(estimates),
+                       "estimates": [{"obj_id": e.obj_id, "class_id": e.class_id, "instance_id": e.instance_id,
+                                      "score": e.score, "T_world_object": e.T_world_object.tolist()} for e in estimates],
+                       "objects": match_frame(scene, estimates)})
+    return frames, unmatched
+
+
+def per_object_summary(frames: list[dict]) -> dict[int, dict]:
+    """Per object: frames found in, and median / max translation (mm) and rotation (deg) errors."""
+    summary: dict[int, dict] = {}
+    for frame in frames:
+        for row in frame["objects"]:
+            entry = summary.setdefault(row["obj_id"], {"frames": 0, "found": 0, "t_mm": [], "r_deg": []})
+            entry["frames"] += 1
+            if row["found"]:
+                entry["found"] += 1
+                entry["t_mm"].append(row["translation_error_mm"])
+                entry["r_deg"].append(row["rotation_error_deg"])
+    out = {}
+    for obj_id, e in sorted(summary.items()):
+        stats = {"frames": e["frames"], "found": e["found"]}
+        for key in ("t_mm", "r_deg"):
+            stats[f"{key}_median"] = float(np.median(e[key])) if e[key] else None
+            stats[f"{key}_max"] = float(np.max(e[key])) if e[key] else None
+        out[obj_id] = stats
+    return out
+
+
+def latency_summary(diagnostics) -> dict:
+    """Median / p95 / max of the node's reported per-stage latency (ms) over the sets it reported."""
+    from pose_node.ros.replay_session import set_latencies_ms
+
+    sets = set_latencies_ms(diagnostics)
+    stages = sorted({k for s in sets for k in s}, key=lambda k: (k != "total", k))
+    summary = {"n_sets": len(sets)}
+    for stage in stages:
+        values = [s[stage] for s in sets if stage in s]
+        summary[stage] = {"median": float(np.median(values)), "p95": float(np.percentile(values, 95)), "max": float(np.max(values))}
+    return summary
+
+
+def write_overlays(dataset_dir: Path, world: dict, frames: list[dict], out_dir: Path) -> list[Path]:
+    """Overlay GT (green) and the node's estimates (magenta) on every camera image of every result's frame."""
     dataset = BopDataset(dataset_dir)
     models = {m.object_id: m for m in dataset.models()}
-    scene_id = dataset.scene_ids()[0]
-    world = read_scene_world(dataset_dir / "scene_world.json")
-    num_cameras = len(world["cameras"])
-    estimates = read_estimates_csv(estimates_csv) if estimates_csv and estimates_csv.is_file() else []
+    scenes = {s["scene_id"]: s for s in world["scenes"]}
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for cam_index in range(num_cameras):
-        im_id = frame_index * num_cameras + cam_index
-        camera = dataset.camera(scene_id, im_id)
-        image = dataset.rgb(scene_id, im_id)
-        for gt in dataset.gts(scene_id, im_id):
-            image = draw_pose_overlay(image, models[gt.obj_id], camera.K, gt.T_camera_object, color_rgb=GT_COLOR_RGB,
-                                      label=f"gt {models[gt.obj_id].name}")
-        for est in estimates:
-            if est.scene_id == scene_id and est.im_id == im_id:
-                image = draw_pose_overlay(image, models[est.obj_id], camera.K, est.T_camera_object,
-                                          color_rgb=ESTIMATE_COLOR_RGB, label=f"est {est.score:.2f}")
-        path = out_dir / f"overlay_frame{frame_index:03d}_cam{cam_index}.png"
-        cv2.imwrite(str(path), image[..., ::-1])
-        paths.append(path)
+    for frame in frames:
+        scene = scenes[frame["scene_id"]]
+        for cam_index, im_id in enumerate(frame["im_ids"]):
+            camera = dataset.camera(frame["scene_id"], im_id)
+            image = dataset.rgb(frame["scene_id"], im_id)
+            for inst in scene["instances"]:
+                image = draw_pose_overlay(image, models[inst["obj_id"]], camera.K, camera.T_camera_world @ inst["T_world_object"],
+                                          color_rgb=GT_COLOR_RGB, label=f"gt {models[inst['obj_id']].name}")
+            for est in frame["estimates"]:
+                if est["obj_id"] in models:
+                    T_camera_object = camera.T_camera_world @ np.asarray(est["T_world_object"])
+                    image = draw_pose_overlay(image, models[est["obj_id"]], camera.K, T_camera_object,
+                                              color_rgb=ESTIMATE_COLOR_RGB, label=f"est {est['score']:.2f}")
+            path = out_dir / f"overlay_scene{frame['scene_id']:03d}_frame{frame['frame_index']:03d}_cam{cam_index}.png"
+            cv2.imwrite(str(path), image[..., ::-1])
+            paths.append(path)
     return paths
+
+
+def print_report(per_object: dict[int, dict], latency: dict, frames: list[dict], num_frames: int, config: DemoConfig) -> None:
+    """Per-object errors and the latency summary."""
+    print(f"\nper object (world frame, {len(frames)} of {num_frames} frames with a result):")
+    for obj_id, s in per_object.items():
+        if s["found"]:
+            print(f"  obj_{obj_id:06d}: found in {s['found']}/{s['frames']} frames, translation error median "
+                  f"{s['t_mm_median']:.1f} mm (max {s['t_mm_max']:.1f}), rotation error median "
+                  f"{s['r_deg_median']:.2f} deg (max {s['r_deg_max']:.2f})")
+        else:
+            print(f"  obj_{obj_id:06d}: not found in any of {s['frames']} frames")
+    total = latency.get("total")
+    if total:
+        stages = ", ".join(f"{k} {v['median']:.0f}" for k, v in latency.items() if k not in ("n_sets", "total"))
+        print(f"\nnode latency per {config.num_cameras}-camera set ({config.mode}, node-reported, {latency['n_sets']} sets): "
+              f"median {total['median']:.0f} ms, p95 {total['p95']:.0f} ms, max {total['max']:.0f} ms")
+        if stages:
+            print(f"  stage medians (ms): {stages}")
+    else:
+        print("\nnode latency: no per-set latency reported in /diagnostics")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,47 +263,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=DemoConfig.frames)
     parser.add_argument("--seed", type=int, default=DemoConfig.seed)
     parser.add_argument("--mode", choices=("rgb", "rgbd"), default=DemoConfig.mode)
+    parser.add_argument("--rate", type=float, default=DemoConfig.rate,
+                        help=f"replay speed factor (default {DemoConfig.rate}; the node drops sets it cannot keep up with)")
     parser.add_argument("--regenerate", action="store_true", help="generate a new workcell even if one exists")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # Every process the demo starts inherits a local-only ROS environment on a domain of its own
-    # (today it starts none; bag replay into the node joins it once the node exists).
+    # The node, the replay and the demo's own subscriber run local-only on a domain of their own;
+    # set before rclpy creates a context, inherited by the subprocesses.
     apply_local_ros_environment()
 
     config = DemoConfig(out_dir=args.out, num_cameras=args.cameras, num_objects=args.objects, frames=args.frames,
-                        seed=args.seed, mode=args.mode)
+                        seed=args.seed, mode=args.mode, rate=args.rate)
     dataset_dir = ensure_workcell(config, args.regenerate)
+    world = read_scene_world(dataset_dir / "scene_world.json")
+    num_frames = sum(len(s["frames"]) for s in world["scenes"])
+    config_file, node_config = write_demo_node_config(config, world)
+    from pose_node.ros.replay_session import ReplaySessionError
 
+    try:
+        run = run_node(config, dataset_dir, config_file, node_config, num_frames)
+    except ReplaySessionError as exc:
+        print(f"pose_demo: {exc}", file=sys.stderr)
+        return 1
+
+    frames, unmatched = evaluate(world, estimates_by_stamp(run.detections))
+    per_object = per_object_summary(frames)
+    latency = latency_summary(run.diagnostics)
+    overlays = write_overlays(dataset_dir, world, frames, config.out_dir / "overlays")
     results_path = config.out_dir / "results.json"
-    t0 = time.perf_counter()
-    results = run(dataset_dir, dataset_dir / "test_targets_multiview.json", EvalConfig(mode=config.mode),
-                  csv_path=results_path.with_suffix(".csv"))
-    results_path.write_text(json.dumps(results, indent=2))
-    print(f"[2/3] evaluated {results['n_targets']} multi-view targets in {time.perf_counter() - t0:.1f} s -> {results_path}")
-    for stage, status in results["stages"].items():
-        print(f"      stage {stage:<15} {status}")
-
-    overlays = write_overlays(dataset_dir, results_path.with_suffix(".csv"), config.out_dir / "overlays")
-    print(f"[3/3] overlays (green: ground truth, magenta: estimates): {overlays[0].parent}/")
-
-    detection = results.get("detection")
-    if detection:
-        lat = detection["latency_ms"]
-        print(f"\ndetection ({detection['mode']}, {detection['n_images']} views): recall {detection['recall']:.3f}, "
-              f"precision {detection['precision']:.3f}, mask AP {detection['mask_ap']:.3f}; per view median "
-              f"{lat['median']:.0f} ms (proposals {lat['proposals_median']:.0f} ms, matching {lat['matching_median']:.0f} ms)")
-    print("\nper object (world frame):")
-    per_object = results.get("per_object", {})
-    if not results["n_estimates"]:
-        print("  no pose estimates: the pose stages are not available (see 'stage ... missing' above)")
-    for obj_id, stats in sorted(per_object.items(), key=lambda kv: int(kv[0])):
-        print(f"  obj {int(obj_id):>3}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()))
-    latency = results["latency_ms"]["total"]
-    print(f"\nAR {results['AR']} (VSD {results['AR_VSD']}, MSSD {results['AR_MSSD']}, MSPD {results['AR_MSPD']})")
-    if latency["median"] is not None:
-        print(f"latency per multi-view frame ({config.num_cameras} views): median {latency['median']:.0f} ms, "
-              f"p95 {latency['p95']:.0f} ms")
-    print(f"bag: {dataset_dir / 'bag'}   results: {results_path}")
+    results_path.write_text(json.dumps({
+        "mode": config.mode, "cameras": config.num_cameras, "n_frames": num_frames, "n_results": len(run.detections),
+        "unmatched_stamps_ns": unmatched, "frames": frames, "per_object": {str(k): v for k, v in per_object.items()},
+        "latency_ms": latency, "node_start_s": run.start_s, "node_exit": run.node_exit, "replay_exit": run.replay_exit,
+        "node_config": str(config_file), "overlays": [str(p) for p in overlays],
+    }, indent=1))
+    print(f"[4/{STEPS}] results {results_path}; overlays (green: ground truth, magenta: estimates) "
+          f"{overlays[0].parent if overlays else 'none'}/")
+    print_report(per_object, latency, frames, num_frames, config)
+    if unmatched:
+        print(f"\n{len(unmatched)} result(s) with a stamp of no frame: {unmatched}")
+    print(f"\nbag: {dataset_dir / 'bag'}   results: {results_path}")
     return 0
 
 

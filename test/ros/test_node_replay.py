@@ -5,7 +5,6 @@ dominate the test's time)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,31 +17,10 @@ NUM_OBJECTS = 3
 START_TIMEOUT_S = 120.0  # onboarding (cold cache) + backend build + warm-up on a shared 2-core CPU
 
 
-def _config(path: Path) -> Path:
-    import yaml
+def _node_config() -> dict:
+    from pose_node.ros.replay_session import workcell_node_config
 
-    cameras = {f"cam{i}": {"color_topic": f"/cam{i}/color/image_raw", "camera_info_topic": f"/cam{i}/color/camera_info",
-                           "depth_topic": f"/cam{i}/depth/image_rect_raw", "depth_encoding": "32FC1"}
-               for i in range(NUM_CAMERAS)}
-    path.write_text(yaml.safe_dump({
-        "world_frame": "world", "cameras": cameras,
-        "objects": [{"procedural": {"seed": SEED, "count": NUM_OBJECTS}}],
-        "pipeline": {"mode": "rgbd", "device": "cpu", "backend": "auto"},
-        "sync": {"slop_s": 0.02, "timeout_s": 0.5, "min_cameras": NUM_CAMERAS, "queue_size": 10},
-    }))
-    return path
-
-
-def _rotation_error_deg(R_a: np.ndarray, R_b: np.ndarray) -> float:
-    return float(np.degrees(np.arccos(np.clip((np.trace(R_a.T @ R_b) - 1.0) / 2.0, -1.0, 1.0))))
-
-
-def _diagnostic_values(messages) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for msg in messages:
-        for status in msg.status:
-            values.update({kv.key: kv.value for kv in status.values})
-    return values
+    return workcell_node_config([f"cam{i}" for i in range(NUM_CAMERAS)], seed=SEED, num_objects=NUM_OBJECTS, mode="rgbd")
 
 
 def test_replay_detections_tf_and_garbage_input(ros, tmp_path):
@@ -52,6 +30,7 @@ def test_replay_detections_tf_and_garbage_input(ros, tmp_path):
     from vision_msgs.msg import Detection3DArray
 
     from pose_node.ros.conversions import msg_to_matrix, numpy_to_image, stamp_to_ns
+    from pose_node.ros.replay_session import diagnostic_values, replay_topics, rotation_error_deg, write_node_config
     from pose_node.scene.cli import main as pose_scene
 
     scene = tmp_path / "scene"
@@ -65,14 +44,13 @@ def test_replay_detections_tf_and_garbage_input(ros, tmp_path):
     detections = ros.collect(Detection3DArray, "/pose_node/detections")
     transforms = ros.collect(TFMessage, "/tf", 100)
     diagnostics = ros.collect(DiagnosticArray, "/diagnostics")
-    node = ros.start_module("pose_node.ros.node", params={"config_file": _config(tmp_path / "pose_node.yaml"),
+    node_config = _node_config()
+    node = ros.start_module("pose_node.ros.node", params={"config_file": write_node_config(tmp_path / "pose_node.yaml", node_config),
                                                            "autostart": True})
     node.wait_for_output("active", timeout_s=START_TIMEOUT_S)
 
-    topics = [t for i in range(NUM_CAMERAS) for t in
-              (f"/cam{i}/color/image_raw", f"/cam{i}/color/camera_info", f"/cam{i}/depth/image_rect_raw")]
     replay = ros.start_module("pose_node.ros.replay", str(scene / "bag"), "--no-clock", "--rate", "0.5",
-                              "--wait-for-subscribers", "1", "--wait-timeout", "30", "--topics", "/tf_static", *topics)
+                              "--wait-for-subscribers", "1", "--wait-timeout", "30", "--topics", *replay_topics(node_config))
     ros.spin_until(lambda: len(detections.messages) >= 1 and not replay.running(), timeout_s=60,
                    what="detections from the replayed bag")
     assert replay.wait() == 0, replay.output()
@@ -95,7 +73,7 @@ def test_replay_detections_tf_and_garbage_input(ros, tmp_path):
             for det in msg.detections:
                 if det.results[0].hypothesis.class_id == name:
                     T = msg_to_matrix(det.results[0].pose.pose)
-                    errors.append((np.linalg.norm(T[:3, 3] - T_true[:3, 3]), _rotation_error_deg(T[:3, :3], T_true[:3, :3])))
+                    errors.append((np.linalg.norm(T[:3, 3] - T_true[:3, 3]), rotation_error_deg(T[:3, :3], T_true[:3, :3])))
             assert any(t <= 0.01 and r <= 3.0 for t, r in errors), (name, errors)
     # TF: world -> <name>_<instance>, same stamps; ids stable across the two frames.
     object_tf = [m for m in transforms.messages if any(t.child_frame_id.startswith("obj_") for t in m.transforms)]
@@ -122,14 +100,14 @@ def test_replay_detections_tf_and_garbage_input(ros, tmp_path):
     depth_pub.publish(nan_depth)
 
     def counted() -> bool:
-        values = _diagnostic_values(diagnostics.messages)
+        values = diagnostic_values(diagnostics.messages)
         return int(values.get("bad_input.color", 0)) >= 1 and int(values.get("bad_input.depth_nan", 0)) >= 1
 
     ros.spin_until(counted, timeout_s=10, what="bad-input counters in /diagnostics")
     assert node.running()
     out = node.output()
     assert "colour image" in out and "no finite depth" in out
-    values = _diagnostic_values(diagnostics.messages)
+    values = diagnostic_values(diagnostics.messages)
     assert "latency_ms.total" in values and "rate_hz.cam0" in values
     node.assert_clean_exit()
 
