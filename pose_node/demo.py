@@ -214,6 +214,8 @@ def write_overlays(dataset_dir: Path, world: dict, frames: list[dict], out_dir: 
     models = {m.object_id: m for m in dataset.models()}
     scenes = {s["scene_id"]: s for s in world["scenes"]}
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("overlay_*.png"):  # from an earlier run
+        stale.unlink()
     paths = []
     for frame in frames:
         scene = scenes[frame["scene_id"]]

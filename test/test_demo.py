@@ -1,5 +1,6 @@
 """``pose_demo`` end to end: workcell, the node on bag replay, errors against ground truth, overlays, results JSON."""
 import json
+import os
 
 import cv2
 import pytest
@@ -7,6 +8,7 @@ import pytest
 pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed; run `make setup`")
 
 from pose_node.demo import main  # noqa: E402
+from pose_node.ros.local_env import local_ros_environment  # noqa: E402
 
 # Seed 3, 3 objects: the workcell of the bag-replay test, on which every object is within
 # 1 cm / 3 deg (the default demo workcell, seed 7 with 4 objects, has one object the pipeline
@@ -16,6 +18,12 @@ ARGS = ["--cameras", "3", "--objects", "3", "--frames", "2", "--seed", "3", "--m
 
 def test_demo_runs_the_node_on_replay_and_reuses_its_workcell(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("POSE_NODE_CACHE", str(tmp_path / "cache"))  # onboarding cache
+    # The demo puts itself on a ROS domain of its own (os.environ); the session's is restored after.
+    for key in ("ROS_DOMAIN_ID", "AMENT_PREFIX_PATH", *local_ros_environment(1)):
+        if key in os.environ:
+            monkeypatch.setenv(key, os.environ[key])
+        else:
+            monkeypatch.delenv(key, raising=False)
     out = tmp_path / "demo"
     args = ["--out", str(out), *ARGS]
     assert main(args) == 0
