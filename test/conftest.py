@@ -73,6 +73,23 @@ def make_renderer():
         renderer.release()
 
 
+@pytest.fixture(scope="session")
+def make_workcell():
+    """``make_workcell(config) -> BopDataset``: generate a workcell (skips without EGL)."""
+    from pose_node.core.errors import StageUnavailableError
+    from pose_node.datasets.bop import BopDataset
+    from pose_node.scene.generator import generate_workcell
+
+    def make(config) -> BopDataset:
+        try:
+            generate_workcell(config)
+        except StageUnavailableError as exc:
+            pytest.skip(f"headless OpenGL unavailable: {exc}")
+        return BopDataset(config.out_dir)
+
+    return make
+
+
 @pytest.fixture(scope="session", autouse=True)
 def local_ros_env() -> dict[str, str]:
     """Apply the local-only ROS environment with a fresh random domain for this session."""

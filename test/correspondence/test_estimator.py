@@ -67,17 +67,13 @@ WEIGHTS = shipped_file("correspondence_effl0.pt")
 
 
 @pytest.fixture(scope="module")
-def workcell(tmp_path_factory, make_renderer):
-    from pose_node.scene.generator import WorkcellConfig, generate_workcell
+def workcell(tmp_path_factory, make_workcell):
+    from pose_node.scene.generator import WorkcellConfig
     from pose_node.scene.layout import LayoutConfig
 
-    make_renderer(64, 64)  # skips without headless OpenGL
-    out = tmp_path_factory.mktemp("workcell")
-    generate_workcell(WorkcellConfig(out_dir=out, num_objects=3, num_scenes=1, frames_per_scene=1, seed=77, write_bag=False,
-                                     overwrite=True, layout=LayoutConfig(num_cameras=2)))
-    from pose_node.datasets.bop import BopDataset
-
-    return BopDataset(out)
+    return make_workcell(WorkcellConfig(out_dir=tmp_path_factory.mktemp("workcell"), num_objects=3, num_scenes=1,
+                                        frames_per_scene=1, seed=77, write_bag=False, overwrite=True,
+                                        layout=LayoutConfig(num_cameras=2)))
 
 
 def pose_errors(dataset, mode: str, tmp_path) -> tuple[list[float], list[float], list[np.ndarray]]:

@@ -20,7 +20,7 @@ from pose_node.detection.proposal_types import Proposal, box_from_mask
 from pose_node.onboarding.templates import TemplateConfig
 from pose_node.render.renderer import Renderer
 from pose_node.scene.appearance import AppearanceConfig
-from pose_node.scene.generator import WorkcellConfig, generate_workcell
+from pose_node.scene.generator import WorkcellConfig
 from pose_node.scene.layout import LayoutConfig
 
 WIDTH, HEIGHT = 320, 240
@@ -39,18 +39,14 @@ class Image:
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> BopDataset:
+def dataset(tmp_path_factory, make_workcell) -> BopDataset:
     out = tmp_path_factory.mktemp("detector_workcell")
     config = WorkcellConfig(
         out_dir=out, num_objects=4, num_scenes=1, frames_per_scene=1, write_bag=False, seed=31,
         layout=LayoutConfig(num_cameras=3, width_px=WIDTH, height_px=HEIGHT),
         appearance=AppearanceConfig(depth_noise=True),
     )
-    try:
-        generate_workcell(config)
-    except StageUnavailableError as exc:
-        pytest.skip(f"headless OpenGL unavailable: {exc}")
-    return BopDataset(out)
+    return make_workcell(config)
 
 
 @pytest.fixture(scope="module")

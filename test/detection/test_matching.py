@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pose_node.core.errors import InvalidInputError, StageUnavailableError
+from pose_node.core.errors import InvalidInputError
 from pose_node.detection.matching import (
     MatchingConfig,
     TemplateBank,
@@ -33,7 +33,6 @@ from pose_node.features import BackboneConfig, create_backbone
 from pose_node.onboarding.cache import RendererPool, load_or_onboard
 from pose_node.onboarding.procedural import make_procedural_objects
 from pose_node.onboarding.templates import TemplateConfig, masked_template_images
-from pose_node.render.renderer import Renderer
 
 TEMPLATES = TemplateConfig(template_size_px=96, num_surface_points=64)
 MATCHING = MatchingConfig()
@@ -42,14 +41,8 @@ K = np.array([[300.0, 0.0, 159.5], [0.0, 300.0, 119.5], [0.0, 0.0, 1.0]])
 
 
 @pytest.fixture(scope="module")
-def scene_renderer():
-    renderer = Renderer(WIDTH, HEIGHT)
-    try:
-        renderer.gl_renderer
-    except StageUnavailableError as exc:
-        pytest.skip(f"headless OpenGL unavailable: {exc}")
-    yield renderer
-    renderer.release()
+def scene_renderer(make_renderer):
+    return make_renderer(WIDTH, HEIGHT)
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pytest
 
-from pose_node.core.errors import InvalidInputError, StageUnavailableError
-from pose_node.datasets.bop import BopDataset
+from pose_node.core.errors import InvalidInputError
 from pose_node.detection.proposal_types import Proposal, box_from_mask, mask_iou
 from pose_node.detection.proposals_depth import (
     DepthProposalConfig,
@@ -22,7 +21,7 @@ from pose_node.detection.proposals_depth import (
     world_support_plane,
 )
 from pose_node.scene.appearance import AppearanceConfig, add_depth_noise
-from pose_node.scene.generator import WorkcellConfig, generate_workcell, read_scene_world
+from pose_node.scene.generator import WorkcellConfig, read_scene_world
 from pose_node.scene.layout import LayoutConfig
 
 WIDTH, HEIGHT = 320, 240
@@ -48,17 +47,13 @@ class Workcell:
 
 
 @pytest.fixture(scope="module")
-def workcell(tmp_path_factory) -> Workcell:
+def workcell(tmp_path_factory, make_workcell) -> Workcell:
     out = tmp_path_factory.mktemp("proposals_workcell")
     config = WorkcellConfig(
         out_dir=out, num_objects=4, num_scenes=3, frames_per_scene=1, write_bag=False, seed=7,
         layout=LayoutConfig(num_cameras=2, width_px=WIDTH, height_px=HEIGHT),
     )
-    try:
-        generate_workcell(config)
-    except StageUnavailableError as exc:
-        pytest.skip(f"headless OpenGL unavailable: {exc}")
-    dataset = BopDataset(out)
+    dataset = make_workcell(config)
     frames = []
     for scene_id in dataset.scene_ids():
         for im_id in dataset.image_ids(scene_id):

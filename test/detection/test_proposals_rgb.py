@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from pose_node.core.errors import InvalidInputError, StageUnavailableError
-from pose_node.datasets.bop import BopDataset
 from pose_node.detection.proposal_types import box_from_mask
 from pose_node.detection.proposals_rgb import (
     ONNX_CONTRACT,
@@ -44,7 +43,7 @@ from pose_node.detection.train_rgb_proposals import (
     train_head,
 )
 from pose_node.features import BackboneConfig, create_backbone
-from pose_node.scene.generator import WorkcellConfig, generate_workcell
+from pose_node.scene.generator import WorkcellConfig
 from pose_node.scene.layout import LayoutConfig
 
 WIDTH, HEIGHT = 640, 480
@@ -70,16 +69,12 @@ def backbone():
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory) -> list[Image]:
+def images(tmp_path_factory, make_workcell) -> list[Image]:
     out = tmp_path_factory.mktemp("rgb_proposals_workcell")
     assert not any(s.first_seed <= SEED < s.first_seed + 1000 for s in (TRAIN_SPLIT, VAL_SPLIT, TEST_SPLIT))
     config = WorkcellConfig(out_dir=out, num_objects=4, num_scenes=2, frames_per_scene=1, write_bag=False, seed=SEED,
                             layout=LayoutConfig(num_cameras=2, width_px=WIDTH, height_px=HEIGHT))
-    try:
-        generate_workcell(config)
-    except StageUnavailableError as exc:
-        pytest.skip(f"headless OpenGL unavailable: {exc}")
-    dataset = BopDataset(out)
+    dataset = make_workcell(config)
     result = []
     for scene_id in dataset.scene_ids():
         for im_id in dataset.image_ids(scene_id):

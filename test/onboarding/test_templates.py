@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from pose_node.core.errors import InvalidInputError, StageUnavailableError
+from pose_node.core.errors import InvalidInputError
 from pose_node.features import BackboneConfig, create_backbone
 from pose_node.onboarding.procedural import make_procedural_object
 from pose_node.onboarding.templates import (
@@ -25,14 +25,8 @@ CONFIG = TemplateConfig(template_size_px=SIZE_PX, num_surface_points=512)
 
 
 @pytest.fixture(scope="module")
-def renderer():
-    r = Renderer(SIZE_PX, SIZE_PX)
-    try:
-        r.gl_renderer
-    except StageUnavailableError as exc:
-        pytest.skip(f"headless OpenGL unavailable: {exc}")
-    yield r
-    r.release()
+def renderer(make_renderer):
+    return make_renderer(SIZE_PX, SIZE_PX)
 
 
 @pytest.fixture(scope="module")
