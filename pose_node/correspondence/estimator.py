@@ -45,8 +45,8 @@ from pose_node.correspondence.hypotheses import (
     rotate_images,
 )
 from pose_node.correspondence.network import cell_centres_px, masked_cosine, mean_best_cosine, to_grid
-from pose_node.correspondence.pnp import PnPConfig, initial_poses_ransac, solve_pnp
-from pose_node.detection.matching import box_outline, crop_cameras, crop_images, mask_outline
+from pose_node.correspondence.pnp import PnPConfig, initial_poses_ransac, project_points, solve_pnp
+from pose_node.detection.matching import box_outline, crop_cameras, crop_images, crop_intrinsics, mask_outline
 from pose_node.onboarding.templates import ObjectTemplates
 
 logger = logging.getLogger(__name__)
@@ -125,10 +125,8 @@ def inlier_share(x3d: torch.Tensor, x2d: torch.Tensor, w2d: torch.Tensor, K: tor
     Returns:
         (B,) in [0, 1].
     """
-    p = x3d @ T[:, :3, :3].transpose(1, 2) + T[:, None, :3, 3]
-    z = p[..., 2:].clamp_min(1e-6)
-    uv = (p[..., :2] / z) @ K[:, :2, :2].transpose(1, 2) + K[:, None, :2, 2]
-    inlier = ((uv - x2d).norm(dim=-1) < threshold_px) & (p[..., 2] > 0)
+    uv, z = project_points(x3d, T[:, :3, :3], T[:, :3, 3], K, min_depth_m=1e-6)
+    inlier = ((uv - x2d).norm(dim=-1) < threshold_px) & (z > 0)
     w = w2d.mean(-1)
     return (w * inlier).sum(-1) / w.sum(-1).clamp_min(1e-12)
 
@@ -210,6 +208,11 @@ class CorrespondenceEstimator:
         timings = {"correspondence": 0.0, "pnp": 0.0}
         if not detections:
             return [], timings
+        for det in detections:
+            if det.object_id not in self.templates:
+                raise InvalidInputError(f"detection of object {det.object_id}: no templates (known: {sorted(self.templates)})")
+            if len(det.template_indices) == 0:
+                raise InvalidInputError(f"detection of object {det.object_id}: no template_indices (from the detector)")
         started = time.perf_counter()
         cfg = self.config
         S, g, dev = self.size_px, self.grid, self.device
@@ -234,11 +237,7 @@ class CorrespondenceEstimator:
         R_ = len(self.angles)
         chosen_desc, chosen_xyz, chosen_mask, inits, centers, radii = [], [], [], [], [], []
         for b, det in enumerate(detections):
-            if det.object_id not in self.templates:
-                raise InvalidInputError(f"detection of object {det.object_id}: no templates (known: {sorted(self.templates)})")
             t_idx = np.asarray(det.template_indices, dtype=np.int64)[: cfg.num_templates]
-            if t_idx.size == 0:
-                raise InvalidInputError(f"detection of object {det.object_id}: no template_indices (from the detector)")
             enc = self.encoded_templates(det.object_id, t_idx)
             desc = torch.cat([e.descriptors for e in enc])  # (T*R, D, g, g)
             xyz = torch.cat([e.xyz_norm for e in enc])
@@ -270,11 +269,7 @@ class CorrespondenceEstimator:
         x3d = (center[:, None, None] + radius[:, None, None, None] * out.xyz_norm.detach().cpu().to(f64)).reshape(D * H, N, 3)
         w2d = out.weights.detach().cpu().to(f64).reshape(D * H, N, 2)
         x2d = cell_centres_px(g, dtype=f64)[None].expand(D * H, N, 2)
-        K_crop = torch.zeros(D, 3, 3, dtype=f64)
-        K_crop[:, 0, 0] = K_crop[:, 1, 1] = torch.from_numpy(focal)
-        K_crop[:, :2, 2] = (S - 1) / 2.0
-        K_crop[:, 2, 2] = 1.0
-        K_crop = K_crop.repeat_interleave(H, 0)
+        K_crop = torch.from_numpy(crop_intrinsics(focal, S)).repeat_interleave(H, 0)
         depth = None
         if cfg.use_depth and view.depth is not None:
             mask_prob = torch.sigmoid(out.mask_logit.detach().cpu().to(f64))  # (D, N)

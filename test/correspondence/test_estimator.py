@@ -59,6 +59,25 @@ def test_mixture_covariance_widens_by_the_doubt_of_other_hypotheses():
     only = hypothesis_mixture_covariance(T, cov, torch.tensor([[0.5, 0.5, -1.0]], dtype=torch.float64), pick, float("inf"))[0]
     torch.testing.assert_close(only, cov[0, 0])
 
+
+def test_a_detection_of_an_unknown_object_is_a_clear_error():
+    from pose_node.core.errors import InvalidInputError
+    from pose_node.core.types import Camera, Detection, View
+    from pose_node.correspondence.backends import TorchBackend
+    from pose_node.correspondence.estimator import CorrespondenceConfig, CorrespondenceEstimator
+    from pose_node.correspondence.network import CorrespondenceNet
+
+    estimator = CorrespondenceEstimator(TorchBackend(CorrespondenceNet(pretrained_trunk=False)), {}, CorrespondenceConfig(), S)
+    K = np.array([[300.0, 0, 159.5], [0, 300.0, 119.5], [0, 0, 1]])
+    view = View(camera=Camera(K=K, width=320, height=240), rgb=np.zeros((240, 320, 3), np.uint8))
+    mask = np.zeros((240, 320), bool)
+    mask[100:140, 100:160] = True
+    detection = Detection(object_id=5, view_index=0, score=0.9, box_xyxy=np.array([100.0, 100, 160, 140]), mask=mask,
+                          template_indices=np.array([0]))
+    with pytest.raises(InvalidInputError, match="object 5: no templates"):
+        estimator.estimate_view(view, [detection])
+    assert estimator.estimate_view(view, []) == ([], {"correspondence": 0.0, "pnp": 0.0})
+
 # -- end to end with the shipped weights --------------------------------------------------------
 
 from pose_node.core.resources import shipped_file  # noqa: E402
