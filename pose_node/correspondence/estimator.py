@@ -223,14 +223,10 @@ class CorrespondenceEstimator:
         R_cc, focal = crop_cameras(K, outlines, S, tc0.crop_margin_fraction)
         D = len(detections)
         image = torch.from_numpy(np.ascontiguousarray(view.rgb)).to(dev).permute(2, 0, 1)[None].float().div_(255.0)
-        everything = torch.ones(D, H_img, W_img, dtype=torch.bool, device=dev)
-        Kt, Rt, ft = torch.from_numpy(K), torch.from_numpy(R_cc), torch.from_numpy(focal)
-        crops = crop_images(image, everything, Kt, Rt, ft, S, (0, 0, 0))
         det_masks = torch.stack([
             torch.from_numpy(np.array(d.mask, dtype=bool)).to(dev) if d.mask is not None else _box_mask(d.box_xyxy, H_img, W_img, dev) for d in detections
         ]).float()
-        det_crop = crop_images(det_masks[:, None].expand(-1, 3, -1, -1), everything, Kt, Rt, ft, S, (0, 0, 0))[:, :1]
-        det_grid = to_grid(det_crop, g)
+        crops, det_grid = crop_detections(image, det_masks, K, R_cc, focal, S, g)
         crop_desc, crop_feat = self.backend.encode(crops)
 
         # Hypotheses: each detection's templates x angles, the best few by descriptor agreement.
@@ -350,6 +346,26 @@ def hypothesis_mixture_covariance(T: torch.Tensor, covariance: torch.Tensor, sha
     p = torch.softmax(logits, dim=1)
     terms = torch.where(valid[..., None, None], covariance + d[..., :, None] * d[..., None, :], torch.zeros_like(covariance))
     return (p[..., None, None] * terms).sum(1)
+
+
+def crop_detections(image: torch.Tensor, masks: torch.Tensor, K: np.ndarray, R_camera_crop: np.ndarray, focal_px: np.ndarray,
+                    size_px: int, grid_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network's input for D detections of one image: unmasked crop-camera crops and the
+    detection masks on the grid (what training samples and the stage both feed the network).
+
+    Args:
+        image: (1, 3, H, W) float in [0, 1]. masks: (D, H, W) float in [0, 1].
+        K: (3, 3) intrinsics. R_camera_crop: (D, 3, 3). focal_px: (D,) (:func:`crop_cameras`).
+        size_px: S. grid_size: g.
+    Returns:
+        crops (D, 3, S, S) and masks (D, 1, g, g), on ``image``'s device.
+    """
+    D, H, W = masks.shape
+    everything = torch.ones(D, H, W, dtype=torch.bool, device=image.device)
+    Kt, Rt, ft = torch.from_numpy(np.asarray(K, dtype=np.float64)), torch.from_numpy(R_camera_crop), torch.from_numpy(focal_px)
+    crops = crop_images(image, everything, Kt, Rt, ft, size_px, (0, 0, 0))
+    mask_crops = crop_images(masks[:, None].expand(-1, 3, -1, -1), everything, Kt, Rt, ft, size_px, (0, 0, 0))[:, :1]
+    return crops, to_grid(mask_crops, grid_size)
 
 
 def _with_depth_weight(config: PnPConfig, depth_weight: float) -> PnPConfig:

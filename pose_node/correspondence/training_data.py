@@ -27,6 +27,7 @@ from pose_node.correspondence.hypotheses import (
     rotate_images,
     rotation_about_z,
 )
+from pose_node.correspondence.estimator import crop_detections
 from pose_node.correspondence.network import CorrespondenceNetConfig, to_grid
 from pose_node.detection.matching import crop_cameras, crop_images, crop_intrinsics, mask_outline
 from pose_node.onboarding.templates import TemplateConfig, render_templates
@@ -154,20 +155,21 @@ class TrainingSampler:
         return np.array([[f, 0, (c.image_width_px - 1) / 2 + self.rng.normal(0, 5)],
                          [0, f, (c.image_height_px - 1) / 2 + self.rng.normal(0, 5)], [0, 0, 1.0]])
 
-    def _place(self, K: np.ndarray, model: ObjectModel, distance_m: float) -> np.ndarray:
-        """A random pose whose centre projects inside the central 80 % of the image."""
+    def _place(self, K: np.ndarray, index: int, distance_m: float) -> np.ndarray:
+        """A random pose of object ``index`` whose centre projects inside the central 80 % of the image."""
         c = self.config
         u = self.rng.uniform(0.1, 0.9) * c.image_width_px
         v = self.rng.uniform(0.1, 0.9) * c.image_height_px
-        ray = np.linalg.solve(K, [u, v, 1.0])
+        return self._pose_on_ray(K, np.array([u, v]), index, distance_m)
+
+    def _pose_on_ray(self, K: np.ndarray, uv: np.ndarray, index: int, distance_m: float) -> np.ndarray:
+        """A random rotation of object ``index`` with its bounding-sphere centre at depth
+        ``distance_m`` on the ray through pixel ``uv``."""
+        ray = np.linalg.solve(K, [*uv, 1.0])
         T = np.eye(4)
         T[:3, :3] = random_rotation(self.rng)
-        center = self.crops_center(model)
-        T[:3, 3] = ray / ray[2] * distance_m - T[:3, :3] @ center
+        T[:3, 3] = ray / ray[2] * distance_m - T[:3, :3] @ self.crops[index].sphere_center_obj_m
         return T
-
-    def crops_center(self, model: ObjectModel) -> np.ndarray:
-        return self.crops[self.models.index(model)].sphere_center_obj_m
 
     def _scene(self):
         """Render one target (index 0) with an optional occluder; retry until enough is visible."""
@@ -177,22 +179,18 @@ class TrainingSampler:
             model = self.models[i]
             K = self._camera()
             distance = max(c.min_distance_m, self.rng.uniform(*c.distance_range_diameters) * model.diameter_m)
-            T_target = self._place(K, model, distance)
+            T_target = self._place(K, i, distance)
             poses, handles = [T_target], [self.handles[i]]
             if self.rng.random() < c.occluder_probability:
                 j = int(self.rng.integers(len(self.models)))
                 occluder = self.models[j]
                 d_occ = distance - self.rng.uniform(0.6, 1.2) * 0.5 * (model.diameter_m + occluder.diameter_m)
                 if d_occ > c.min_distance_m:
-                    p_target = K @ (T_target[:3, :3] @ self.crops_center(model) + T_target[:3, 3])
+                    p_target = K @ (T_target[:3, :3] @ self.crops[i].sphere_center_obj_m + T_target[:3, 3])
                     uv = p_target[:2] / p_target[2]
                     offset = self.rng.normal(size=2)
                     offset *= self.rng.uniform(0.4, 0.9) * K[0, 0] * model.diameter_m / distance / np.linalg.norm(offset)
-                    ray = np.linalg.solve(K, [*(uv + offset), 1.0])
-                    T_occ = np.eye(4)
-                    T_occ[:3, :3] = random_rotation(self.rng)
-                    T_occ[:3, 3] = ray / ray[2] * d_occ - T_occ[:3, :3] @ self.crops_center(occluder)
-                    poses.append(T_occ)
+                    poses.append(self._pose_on_ray(K, uv + offset, j, d_occ))
                     handles.append(self.handles[j])
             background = self.backgrounds[int(self.rng.integers(len(self.backgrounds)))]
             if self.rng.random() < 0.5:
@@ -250,10 +248,8 @@ class TrainingSampler:
             det = self._jitter_mask(visible)
             R_cc, focal = crop_cameras(K, [mask_outline(det)], S, cfg.templates.crop_margin_fraction)
             image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
+            crop, det_grid = crop_detections(image, torch.from_numpy(det)[None].float(), K, R_cc, focal, S, g)
             Kt, Rt, ft = torch.from_numpy(K), torch.from_numpy(R_cc), torch.from_numpy(focal)
-            everything = torch.ones(1, *visible.shape, dtype=torch.bool)
-            crop = crop_images(image, everything, Kt, Rt, ft, S, (0, 0, 0))
-            det_crop = crop_images(torch.from_numpy(det)[None, None].float().expand(1, 3, -1, -1), everything, Kt, Rt, ft, S, (0, 0, 0))[:, :1]
             xyz_img = torch.from_numpy((xyz - tc.sphere_center_obj_m) / tc.sphere_radius_m).float().permute(2, 0, 1)[None]
             xyz_crop, vis_crop = crop_images(xyz_img, torch.from_numpy(visible)[None], Kt, Rt, ft, S, (0, 0, 0), return_masks=True)
             T_crop = np.eye(4)
@@ -275,7 +271,7 @@ class TrainingSampler:
             t_xyz.append(to_grid(rotate_images(tc.xyz_norm[t:t + 1], angle), g))
             t_mask.append(to_grid(rotate_images(tc.mask[t:t + 1], angle), g))
             crops.append(crop)
-            det_masks.append(to_grid(det_crop, g))
+            det_masks.append(det_grid)
             gt_xyz.append(to_grid(xyz_crop, g).flatten(2).transpose(1, 2))
             gt_vis.append((to_grid(vis_crop[:, None], g) > 0.99).float().flatten(1))
             K_crops.append(crop_intrinsics(focal, S)[0])
