@@ -30,13 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pose_node.evaluation.calibration import COVERAGE_LEVELS, POSE_DOF
 from pose_node.correspondence.stage import CorrespondenceStageConfig, default_weights_path
+from pose_node.correspondence.train import DEFAULT_HOLDOUT_BOP_IDS
+from pose_node.evaluation.calibration import COVERAGE_LEVELS, POSE_DOF
 from pose_node.evaluation.runner import EvalConfig, run
 
 logger = logging.getLogger(__name__)
 
-HOLDOUT_YCB_IDS: tuple[int, ...] = (2, 5, 8, 11)
+HOLDOUT_YCB_IDS: tuple[int, ...] = DEFAULT_HOLDOUT_BOP_IDS  # the objects pose_train never sees
 TEST_SEED_PROCEDURAL = 2026
 TEST_SEED_YCB = 2027
 VALIDATION_SEED = 3031
@@ -59,6 +60,7 @@ def holdout_models_dir(ycb_models: Path, out_dir: Path, ids: tuple[int, ...] = H
 
 def ensure_workcell(out: Path, objects: str, num_objects: int, seed: int, scenes: int) -> Path:
     """Generate a 4-camera workcell with depth noise unless ``out`` already holds one."""
+    from pose_node.scene.appearance import AppearanceConfig
     from pose_node.scene.generator import WorkcellConfig, generate_workcell
     from pose_node.scene.layout import LayoutConfig
 
@@ -67,15 +69,9 @@ def ensure_workcell(out: Path, objects: str, num_objects: int, seed: int, scenes
     generate_workcell(WorkcellConfig(
         out_dir=out, objects=objects, num_objects=num_objects, num_scenes=scenes, frames_per_scene=1, seed=seed,
         write_bag=False, overwrite=True, layout=LayoutConfig(num_cameras=4),
-        appearance=_noisy_depth(),
+        appearance=AppearanceConfig(depth_noise=True),
     ))
     return out
-
-
-def _noisy_depth():
-    from pose_node.scene.appearance import AppearanceConfig
-
-    return AppearanceConfig(depth_noise=True)
 
 
 def evaluate(dataset: Path, mode: str, stage: CorrespondenceStageConfig, max_targets: int | None) -> dict:

@@ -80,13 +80,13 @@ def coordinate_loss(pred: torch.Tensor, gt: torch.Tensor, visible: torch.Tensor,
     return (per_cell * visible).sum() / visible.sum().clamp_min(1.0)
 
 
-def pose_kl_loss(batch: TrainingBatch, xyz_norm: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, dict]:
+def pose_kl_loss(batch: TrainingBatch, xyz_norm: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, float]:
     """EPro-PnP's Monte Carlo KL loss of a batch (one hypothesis per sample).
 
     Args:
         xyz_norm: (B, N, 3) predicted normalized coordinates. weights: (B, N, 2).
     Returns:
-        the mean loss and diagnostics.
+        the mean loss over the samples the solver handled, and that share of the batch.
     """
     from pose_node.correspondence.amis import monte_carlo_pose_loss
     from pose_node.correspondence.pnp import PnPConfig, huber_delta, solve_pnp
@@ -104,10 +104,9 @@ def pose_kl_loss(batch: TrainingBatch, xyz_norm: torch.Tensor, weights: torch.Te
     config = PnPConfig(max_iterations=5)
     result = solve_pnp(x3d.detach(), x2d, w2d.detach(), K, inits, config=config)
     delta = huber_delta(x2d, w2d, config.huber_relative_delta)
-    loss, diagnostics = monte_carlo_pose_loss(x3d, x2d, w2d, K, delta, result.T_camera_object, result.covariance, T_gt)
+    loss, _ = monte_carlo_pose_loss(x3d, x2d, w2d, K, delta, result.T_camera_object, result.covariance, T_gt)
     ok = result.valid & torch.isfinite(loss)
-    diagnostics = {"kl_valid_fraction": float(ok.float().mean())}
-    return (loss[ok].mean() if bool(ok.any()) else loss.new_zeros(())), diagnostics
+    return (loss[ok].mean() if bool(ok.any()) else loss.new_zeros(())), float(ok.float().mean())
 
 
 def training_objects(num_procedural: int, bop_models_dir: Path | None, holdout: tuple[int, ...]):
@@ -168,7 +167,7 @@ def train(out: Path, config: TrainConfig, net_config: CorrespondenceNetConfig, s
         }
         total = config.coord_weight * losses["coord"] + config.mask_weight * losses["mask"]
         if step >= config.kl_start_step and config.kl_weight > 0:
-            kl, diag = pose_kl_loss(batch, xyz.cpu(), weights.cpu())
+            kl, kl_valid_fraction = pose_kl_loss(batch, xyz.cpu(), weights.cpu())
             losses["kl"] = kl
             total = total + config.kl_weight * kl.to(device)
         optimizer.zero_grad(set_to_none=True)
@@ -176,8 +175,10 @@ def train(out: Path, config: TrainConfig, net_config: CorrespondenceNetConfig, s
         torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
         optimizer.step()
         step += 1
-        for k, v in losses.items():
-            value = float(v.detach())
+        logged = {k: float(v.detach()) for k, v in losses.items()}
+        if "kl" in losses:
+            logged["kl_valid_fraction"] = kl_valid_fraction
+        for k, value in logged.items():
             running[k] = 0.98 * running.get(k, value) + 0.02 * value
         if step % 50 == 0:
             entry = {"step": step, "wall_s": round(wall_before + time.monotonic() - start, 1),
