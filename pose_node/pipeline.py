@@ -220,20 +220,13 @@ class PosePipeline:
         Raises:
             InvalidInputError: a view lacks depth in RGB-D mode.
         """
+        from pose_node.correspondence.stage import detect_and_estimate
+
         started = time.perf_counter()
-        timings = {"proposals": 0.0, "matching": 0.0, "correspondence": 0.0, "pnp": 0.0}
-        estimates: list[PoseEstimate] = []
         with self._lock:
             thresholds = dict(self._thresholds)
-        for index, view in enumerate(views):
-            detections, t = self.detector.detect(view, view_index=index)
-            for k, v in t.items():
-                timings[k] = timings.get(k, 0.0) + v
-            detections = [d for d in detections if d.score >= thresholds[d.object_id].detection_score]
-            poses, t = self.estimator.estimate_view(view, detections)
-            for k, v in t.items():
-                timings[k] = timings.get(k, 0.0) + v
-            estimates += self.estimator.to_world(view, poses, first_instance_id=len(estimates))
+        estimates, timings, _ = detect_and_estimate(
+            self.detector, self.estimator, views, keep=lambda d: d.score >= thresholds[d.object_id].detection_score)
         t_fusion = time.perf_counter()
         fused = fuse_by_distance(estimates, self._diameters, self.options.fusion_gate_diameters)
         fused = [e for e in fused if passes_thresholds(e, thresholds[e.object_id])]

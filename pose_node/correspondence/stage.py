@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pose_node.core.errors import InvalidInputError, StageUnavailableError
 from pose_node.core.resources import shipped_file
-from pose_node.core.types import ObjectModel, PoseEstimate, View
+from pose_node.core.types import Detection, ObjectModel, PoseEstimate, View
 from pose_node.correspondence.estimator import CorrespondenceConfig, CorrespondenceEstimator
 from pose_node.detection.stage import DetectionEstimator, detection_factory
 from pose_node.evaluation.runner import EvalConfig, ViewDetections, register_stage
@@ -64,6 +64,37 @@ def covariance_scales(weights_path: Path) -> dict[str, float]:
     return {k: float(v) for k, v in json.loads(meta.read_text()).get("covariance_scale", {}).items()}
 
 
+def detect_and_estimate(
+    detector, estimator: CorrespondenceEstimator, views: Sequence[View], *, object_ids: Sequence[int] | None = None,
+    keep: Callable[[Detection], bool] | None = None,
+) -> tuple[list[PoseEstimate], dict[str, float], list[ViewDetections]]:
+    """Per view: detect, keep the detections ``keep`` accepts, pose each one, map it to the world.
+
+    Shared by this stage and :class:`pose_node.pipeline.PosePipeline`.
+
+    Args:
+        detector: a built :class:`~pose_node.detection.detector.Detector`.
+        object_ids: look only for these objects (None: all the detector knows).
+        keep: filter applied to the detections before the pose stage (None: keep all).
+    Returns:
+        World-frame estimates, milliseconds per step summed over the views (``proposals``,
+        ``matching``, ``correspondence``, ``pnp``) and each view's detections (all of them, before
+        ``keep``) with their detection timings.
+    """
+    timings = {"proposals": 0.0, "matching": 0.0, "correspondence": 0.0, "pnp": 0.0}
+    estimates: list[PoseEstimate] = []
+    per_view: list[ViewDetections] = []
+    for index, view in enumerate(views):
+        detections, detection_ms = detector.detect(view, object_ids=object_ids, view_index=index)
+        per_view.append(ViewDetections(tuple(detections), dict(detection_ms)))
+        kept = detections if keep is None else [d for d in detections if keep(d)]
+        poses, pose_ms = estimator.estimate_view(view, kept)
+        for k, v in {**detection_ms, **pose_ms}.items():
+            timings[k] = timings.get(k, 0.0) + v
+        estimates += estimator.to_world(view, poses, first_instance_id=len(estimates))
+    return estimates, timings, per_view
+
+
 class CorrespondenceStage:
     """:class:`pose_node.evaluation.runner.Estimator`: detection, then a pose per detection."""
 
@@ -74,15 +105,8 @@ class CorrespondenceStage:
 
     def estimate(self, views: list[View], object_models: Sequence[ObjectModel]) -> tuple[list[PoseEstimate], dict[str, float]]:
         """World-frame estimates of every detection of every view, and milliseconds per step."""
-        _, timings = self.detection.estimate(views, object_models)
-        self.last_detections = self.detection.last_detections
-        timings = {**timings, "correspondence": 0.0, "pnp": 0.0}
-        estimates: list[PoseEstimate] = []
-        for view, found in zip(views, self.last_detections):
-            poses, t = self.estimator.estimate_view(view, found.detections)
-            for k, v in t.items():
-                timings[k] += v
-            estimates += self.estimator.to_world(view, poses, first_instance_id=len(estimates))
+        estimates, timings, self.last_detections = detect_and_estimate(
+            self.detection.detector, self.estimator, views, object_ids=[m.object_id for m in object_models])
         return estimates, timings
 
 
