@@ -214,8 +214,14 @@ def run_node_on_bag(config_file: Path, bag: Path, topics: Sequence[str], expecte
     ``result_timeout_s`` passed), with both processes stopped by SIGINT.
 
     Raises:
-        ReplaySessionError: the node did not become active, or a process failed.
+        ReplaySessionError: the environment is not local-only, the node did not become active, or
+            a process failed.
     """
+    if os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") != "LOCALHOST":
+        # Both processes and the collector inherit this environment: refuse rather than let DDS
+        # discovery leave the machine.
+        raise ReplaySessionError("run_node_on_bag: ROS_AUTOMATIC_DISCOVERY_RANGE is not LOCALHOST; call "
+                                 "pose_node.ros.local_env.apply_local_ros_environment() first")
     log_dir.mkdir(parents=True, exist_ok=True)
     run = ReplayRun(node_log=log_dir / "pose_node.log", replay_log=log_dir / "pose_replay.log")
     collector = _Collector(run)

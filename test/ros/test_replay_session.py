@@ -5,6 +5,8 @@ import pytest
 
 from pose_node.ros.node_config import load_node_config
 from pose_node.ros.replay_session import (
+    ReplaySessionError,
+    run_node_on_bag,
     replay_topics, rotation_error_deg, set_latencies_ms, workcell_node_config, write_node_config,
 )
 
@@ -39,3 +41,10 @@ def test_set_latencies_one_entry_per_processed_set():
 
     sets = set_latencies_ms([msg(0, None), msg(1, 700.0), msg(1, 700.0), msg(3, 650.0)])
     assert sets == [{"total": 700.0, "pnp": 1.0}, {"total": 650.0, "pnp": 1.0}]
+
+
+def test_refuses_to_start_ros_processes_outside_the_local_only_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "SUBNET")
+    with pytest.raises(ReplaySessionError, match="LOCALHOST"):
+        run_node_on_bag(tmp_path / "c.yaml", tmp_path / "bag", [], 1, tmp_path / "logs")
+    assert not (tmp_path / "logs").exists()  # nothing started
