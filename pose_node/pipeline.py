@@ -1,18 +1,20 @@
 """The pose pipeline behind the ROS node (ROS-free): views in, world-frame pose estimates out.
 
 One :class:`PosePipeline` is built once (onboarding from the cache, the correspondence backend,
-warm-up), then called per synchronized multi-view frame:
+the refinement's renderer and features, warm-up), then called per synchronized multi-view frame:
 
     detection per view -> pose + 6x6 covariance per detection -> world frame
-    -> interim fusion across views -> thresholds -> stable instance ids (tracking)
+    -> association across views -> feature-metric refinement (all views at once)
+    -> thresholds -> stable instance ids (tracking)
 
-The interim fusion keeps, among estimates of the same object whose positions lie within
-``fusion_gate_diameters`` x the object's diameter of each other, the one with the smallest
-covariance trace. The multi-view refinement stage (a later issue) replaces it.
+Association and refinement are :class:`pose_node.refinement.fusion.MultiViewFusion`
+(``PipelineConfig.multiview`` selects refinement or association only).
 
 Instance ids are stable across frames: each estimate takes the id of the nearest estimate of the
 same object in the previous frame within ``tracking_gate_m`` (greedy, closest pairs first); the
-others get fresh ids. :meth:`PosePipeline.reset` forgets the tracked state (re-detection).
+others get fresh ids. A tracked symmetric object is reported as the symmetric equivalent closest
+to its previous pose, so its frame does not jump between equivalent orientations.
+:meth:`PosePipeline.reset` forgets the tracked state (re-detection).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import numpy as np
 
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.types import ObjectModel, PoseEstimate, View
+from pose_node.refinement.association import closest_equivalent, equivalent_with_covariance
 from pose_node.ros.node_config import NodeConfig, PipelineConfig, Thresholds
 
 logger = logging.getLogger(__name__)
@@ -39,8 +42,6 @@ class PipelineOptions:
     Attributes:
         weights_path: correspondence checkpoint (None: ``stage.default_weights_path()``).
         cache_dir: onboarding cache (None: the default cache).
-        fusion_gate_diameters: estimates of one object closer than this many diameters are one
-            instance (interim fusion, see the module docstring).
         tracking_gate_m: an estimate keeps the id of the previous frame's nearest estimate of
             the same object when it is within this distance, metres.
         warm_up: encode every template when the pipeline is built.
@@ -48,46 +49,12 @@ class PipelineOptions:
 
     weights_path: str | None = None
     cache_dir: str | None = None
-    fusion_gate_diameters: float = 0.3
     tracking_gate_m: float = 0.05
     warm_up: bool = True
 
     def __post_init__(self) -> None:
-        if not self.fusion_gate_diameters > 0:
-            raise InvalidInputError(f"PipelineOptions.fusion_gate_diameters: expected > 0, got {self.fusion_gate_diameters}")
         if not self.tracking_gate_m > 0:
             raise InvalidInputError(f"PipelineOptions.tracking_gate_m: expected > 0 m, got {self.tracking_gate_m}")
-
-
-def fuse_by_distance(estimates: Sequence[PoseEstimate], diameters_m: Mapping[int, float],
-                     gate_diameters: float) -> list[PoseEstimate]:
-    """Interim cross-view fusion: one estimate per cluster of close estimates of the same object.
-
-    Estimates are taken in order of increasing covariance trace; each one is kept unless a kept
-    estimate of the same object lies within ``gate_diameters x diameter`` (position distance),
-    in which case its views are added to that kept estimate's ``view_indices``.
-
-    Args:
-        estimates: world-frame estimates of all views.
-        diameters_m: object id -> diameter, metres.
-        gate_diameters: the gate as a fraction of the object's diameter.
-    Returns:
-        The kept estimates (most certain first).
-    """
-    order = sorted(range(len(estimates)), key=lambda i: float(np.trace(estimates[i].covariance)))
-    kept: list[PoseEstimate] = []
-    for i in order:
-        e = estimates[i]
-        gate = gate_diameters * diameters_m[e.object_id]
-        t = e.T_world_object[:3, 3]
-        for k, other in enumerate(kept):
-            if other.object_id == e.object_id and np.linalg.norm(other.T_world_object[:3, 3] - t) <= gate:
-                views = tuple(sorted(set(other.view_indices) | set(e.view_indices)))
-                kept[k] = replace(other, view_indices=views)
-                break
-        else:
-            kept.append(e)
-    return kept
 
 
 def passes_thresholds(estimate: PoseEstimate, thresholds: Thresholds) -> bool:
@@ -106,9 +73,12 @@ class InstanceTracker:
 
     Attributes:
         gate_m: association gate, metres.
+        symmetries: object id -> (S, 4, 4) symmetry transforms: a tracked estimate is re-expressed
+            as the equivalent closest to its previous pose (objects not listed: no symmetry).
     """
 
     gate_m: float
+    symmetries: Mapping[int, np.ndarray] = field(default_factory=dict)
     _previous: list[PoseEstimate] = field(default_factory=list)
     _next_id: int = 0
 
@@ -131,11 +101,16 @@ class InstanceTracker:
             if i not in ids and j not in used:
                 ids[i] = self._previous[j].instance_id
                 used.add(j)
+        previous = {self._previous[j].instance_id: self._previous[j] for j in used}
         out = []
         for i, e in enumerate(estimates):
             if i not in ids:
                 ids[i] = self._next_id
                 self._next_id += 1
+            elif e.object_id in self.symmetries:
+                T, cov = equivalent_with_covariance(e.T_world_object, e.covariance, closest_equivalent(
+                    e.T_world_object, previous[ids[i]].T_world_object, self.symmetries[e.object_id]))
+                e = replace(e, T_world_object=T, covariance=cov)
             out.append(replace(e, instance_id=ids[i]))
         self._next_id = max([self._next_id] + [x + 1 for x in ids.values()])
         self._previous = out
@@ -143,7 +118,7 @@ class InstanceTracker:
 
 
 class PosePipeline:
-    """Detection + per-detection pose + interim fusion + tracking (module docstring).
+    """Detection + per-detection pose + multi-view fusion + tracking (module docstring).
 
     Args:
         models: the known objects.
@@ -161,6 +136,7 @@ class PosePipeline:
         from pose_node.correspondence.stage import CorrespondenceStageConfig, build_estimator, check_weights
         from pose_node.detection.detector import Detector, DetectorConfig
         from pose_node.detection.matching import MatchingConfig
+        from pose_node.refinement.fusion import FusionConfig, MultiViewFusion
 
         self.models = list(models)
         if not self.models:
@@ -170,7 +146,6 @@ class PosePipeline:
         self._lock = threading.Lock()
         self._thresholds = {m.object_id: config.thresholds for m in self.models}
         self._thresholds.update(dict(object_thresholds or {}))
-        self._diameters = {m.object_id: float(m.diameter_m) for m in self.models}
         stage_config = CorrespondenceStageConfig(weights_path=options.weights_path, backend=config.backend,
                                                  device=config.device, warm_up=options.warm_up)
         check_weights(stage_config)  # fail before onboarding
@@ -182,7 +157,8 @@ class PosePipeline:
         )
         self.detector = Detector(self.models, detector_config, cache_dir=options.cache_dir)
         self.estimator = build_estimator(stage_config, self.detector.templates, [m.object_id for m in self.models])
-        self.tracker = InstanceTracker(options.tracking_gate_m)
+        self.fusion = MultiViewFusion(self.models, FusionConfig(method=config.multiview, device=config.device))
+        self.tracker = InstanceTracker(options.tracking_gate_m, {m.object_id: m.symmetries for m in self.models if len(m.symmetries) > 1})
         self.build_s = time.perf_counter() - started
         logger.info("pose pipeline: %d objects, mode %s, ready in %.1f s", len(self.models), config.mode, self.build_s)
 
@@ -216,7 +192,7 @@ class PosePipeline:
         Returns:
             Estimates (fused, thresholded, tracked ids) and milliseconds per step:
             ``proposals``, ``matching``, ``correspondence``, ``pnp`` (summed over views),
-            ``fusion`` and ``total``.
+            ``association``, ``refinement`` (with its parts ``refinement_*``) and ``total``.
         Raises:
             InvalidInputError: a view lacks depth in RGB-D mode.
         """
@@ -227,14 +203,13 @@ class PosePipeline:
             thresholds = dict(self._thresholds)
         estimates, timings, _ = detect_and_estimate(
             self.detector, self.estimator, views, keep=lambda d: d.score >= thresholds[d.object_id].detection_score)
-        t_fusion = time.perf_counter()
-        fused = fuse_by_distance(estimates, self._diameters, self.options.fusion_gate_diameters)
+        fused, fusion_ms = self.fusion(views, estimates, with_depth=self.config.mode == "rgbd")
+        timings.update(fusion_ms)
         fused = [e for e in fused if passes_thresholds(e, thresholds[e.object_id])]
         with self._lock:
             tracked = self.tracker.assign(fused)
-        timings["fusion"] = (time.perf_counter() - t_fusion) * 1e3
         timings["total"] = (time.perf_counter() - started) * 1e3
         return tracked, timings
 
 
-__all__ = ["InstanceTracker", "PipelineOptions", "PosePipeline", "fuse_by_distance", "passes_thresholds"]
+__all__ = ["InstanceTracker", "PipelineOptions", "PosePipeline", "passes_thresholds"]

@@ -1,4 +1,4 @@
-"""PosePipeline's ROS-free parts: interim fusion, thresholds, instance tracking, no rclpy import."""
+"""PosePipeline's ROS-free parts: thresholds, instance tracking (symmetric objects too), no rclpy import."""
 from __future__ import annotations
 
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import numpy as np
 
 from pose_node.core.types import PoseEstimate
-from pose_node.pipeline import InstanceTracker, fuse_by_distance, passes_thresholds
+from pose_node.pipeline import InstanceTracker, passes_thresholds
 from pose_node.ros.node_config import Thresholds
 
 
@@ -17,15 +17,6 @@ def _estimate(object_id: int, xyz, std_m: float = 0.001, view: int = 0, score: f
     cov = np.diag([std_m**2] * 3 + [1e-4] * 3)
     return PoseEstimate(object_id=object_id, instance_id=0, T_world_object=T, covariance=cov, score=score,
                         view_indices=(view,))
-
-
-def test_fusion_keeps_the_most_certain_estimate_within_the_gate():
-    estimates = [_estimate(1, [0, 0, 0], 0.004, view=0), _estimate(1, [0.01, 0, 0], 0.001, view=1),
-                 _estimate(1, [0.5, 0, 0], 0.001, view=2), _estimate(2, [0.0, 0, 0], 0.002, view=0)]
-    fused = fuse_by_distance(estimates, {1: 0.1, 2: 0.1}, 0.3)
-    assert len(fused) == 3
-    first = [e for e in fused if e.object_id == 1 and e.T_world_object[0, 3] < 0.1]
-    assert len(first) == 1 and first[0].T_world_object[0, 3] == 0.01 and first[0].view_indices == (0, 1)
 
 
 def test_thresholds():
@@ -49,6 +40,18 @@ def test_tracker_keeps_ids_and_reset_gives_new_ones():
     tracker.reset()
     d = tracker.assign([_estimate(1, [0.0, 0.2, 0])])
     assert d[0].instance_id not in ids + [c[0].instance_id]
+
+
+def test_tracker_keeps_the_symmetric_equivalent_closest_to_the_previous_pose():
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])  # 180 degrees about z: a box's symmetry
+    tracker = InstanceTracker(gate_m=0.05, symmetries={1: np.stack([np.eye(4), flip])})
+    first = tracker.assign([_estimate(1, [0, 0, 0])])[0]
+    flipped = _estimate(1, [0.002, 0, 0])
+    flipped = PoseEstimate(1, 0, flipped.T_world_object @ flip, flipped.covariance, 0.9, (0,))
+    second = tracker.assign([flipped])[0]
+    assert second.instance_id == first.instance_id
+    np.testing.assert_allclose(second.T_world_object[:3, :3], np.eye(3), atol=1e-12)  # not the flipped equivalent
+    np.testing.assert_allclose(second.T_world_object[:3, 3], [0.002, 0, 0])
 
 
 def test_pipeline_imports_without_rclpy():

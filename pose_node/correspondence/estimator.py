@@ -383,19 +383,33 @@ def crop_cell_depth(depth_m: np.ndarray, K: np.ndarray, R_camera_crop: np.ndarra
                     grid_size: int) -> torch.Tensor:
     """Observed depth of each crop cell, along the crop camera's axis (the solver's z).
 
-    The cell's ray is followed into the image (nearest pixel); the crop-frame depth of the
-    observed point is ``d / r_z`` for a crop ray ``[x, y, 1]`` whose camera-frame direction has
-    z component ``r_z`` and camera depth ``d``.
-
     Args:
         depth_m: (H, W) metres, 0 or NaN = no measurement. K: (3, 3). R_camera_crop: (D, 3, 3).
         focal_px: (D,). size_px: S. grid_size: g.
     Returns:
         (D, g * g) float64 metres, NaN where there is no measurement or the ray leaves the image.
     """
+    uv = cell_centres_px(grid_size, dtype=torch.float64).numpy()
+    return torch.from_numpy(crop_depth_at(depth_m, K, R_camera_crop, focal_px, size_px, uv))
+
+
+def crop_depth_at(depth_m: np.ndarray, K: np.ndarray, R_camera_crop: np.ndarray, focal_px: np.ndarray, size_px: int,
+                  uv_crop: np.ndarray) -> np.ndarray:
+    """Observed depth at crop pixels, along the crop camera's axis.
+
+    The crop pixel's ray is followed into the image (nearest pixel: no mixing across depth
+    edges); the crop-frame depth of the observed point is ``d / r_z`` for a crop ray ``[x, y, 1]``
+    whose camera-frame direction has z component ``r_z`` and camera depth ``d``.
+
+    Args:
+        depth_m: (H, W) metres, 0 or NaN = no measurement. K: (3, 3). R_camera_crop: (D, 3, 3).
+        focal_px: (D,). size_px: S. uv_crop: (N, 2) crop pixels.
+    Returns:
+        (D, N) float64 metres, NaN where there is no measurement or the ray leaves the image.
+    """
     depth = np.asarray(depth_m, dtype=np.float64)
     H, W = depth.shape
-    uv = cell_centres_px(grid_size, dtype=torch.float64).numpy()  # (N, 2)
+    uv = np.asarray(uv_crop, dtype=np.float64)
     rays = np.concatenate([(uv - (size_px - 1) / 2.0)[None] / np.asarray(focal_px)[:, None, None],
                            np.ones((len(focal_px), len(uv), 1))], axis=-1)  # (D, N, 3) crop frame
     cam = rays @ np.swapaxes(np.asarray(R_camera_crop), 1, 2)  # R_cc @ r
@@ -406,5 +420,4 @@ def crop_cell_depth(depth_m: np.ndarray, K: np.ndarray, R_camera_crop: np.ndarra
     inside = (cam[..., 2] > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
     d = np.full(u.shape, np.nan)
     d[inside] = depth[v[inside].astype(np.int64), u[inside].astype(np.int64)]
-    d = np.where(np.isfinite(d) & (d > 0), d / np.where(inside, cam[..., 2], 1.0), np.nan)
-    return torch.from_numpy(d)
+    return np.where(np.isfinite(d) & (d > 0), d / np.where(inside, cam[..., 2], 1.0), np.nan)

@@ -98,6 +98,9 @@ def detect_and_estimate(
 class CorrespondenceStage:
     """:class:`pose_node.evaluation.runner.Estimator`: detection, then a pose per detection."""
 
+    #: Each estimate comes from one view; the runner scores an image with its own view's estimates.
+    per_view_estimates = True
+
     def __init__(self, detection: DetectionEstimator, estimator: CorrespondenceEstimator) -> None:
         self.detection = detection
         self.estimator = estimator

@@ -29,6 +29,10 @@ When a later stage is missing, the requested stages before it still run: detecti
 reports the detection block while the pose scores stay 0; detection + correspondence give
 single-view poses (in a multi-view frame, one estimate per view that detected the object).
 
+An estimator whose ``per_view_estimates`` attribute is true (the single-view stages) is scored per
+image with only the estimates of that image's own view (``view_indices``): the single-view
+baseline on the same images as the multi-view pipeline, without borrowing other views' poses.
+
 Multi-view protocol
 -------------------
 A multi-view target ``{scene_id, im_ids, obj_id, inst_count}`` is scored per image, as AlignPose
@@ -68,7 +72,7 @@ STAGE_ALIASES: Mapping[str, tuple[str, ...]] = {"full": KNOWN_STAGES}
 STAGE_MODULES: Mapping[str, str] = {
     "detection": "pose_node.detection.stage",
     "correspondence": "pose_node.correspondence.stage",
-    "refinement": "pose_node.refinement",
+    "refinement": "pose_node.refinement.stage",
 }
 MULTIVIEW_PROTOCOL = (
     "per-image: world estimates mapped into every view of the group; each image scored with the "
@@ -181,6 +185,8 @@ class EvalConfig:
             :func:`pose_node.onboarding.cache.default_cache_dir`).
         correspondence: settings of the correspondence stage, a
             :class:`pose_node.correspondence.stage.CorrespondenceStageConfig`; None: its defaults.
+        refinement: settings of the refinement stage, a
+            :class:`pose_node.refinement.fusion.FusionConfig`; None: its defaults.
     """
 
     mode: str = "rgbd"
@@ -194,6 +200,7 @@ class EvalConfig:
     detector: object | None = None
     cache_dir: str | None = None
     correspondence: object | None = None
+    refinement: object | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -311,6 +318,9 @@ class _WorldMatches:
     T_est: list[np.ndarray] = field(default_factory=list)
     covariance: list[np.ndarray] = field(default_factory=list)
     T_gt: list[np.ndarray] = field(default_factory=list)  # closest symmetric equivalent
+    score: list[float] = field(default_factory=list)
+    mssd_m: list[float] = field(default_factory=list)  # symmetry-aware max vertex displacement
+    diameter_m: list[float] = field(default_factory=list)
 
 
 def _assign_world(estimates: Sequence[PoseEstimate], gts: list[tuple[int, np.ndarray]],
@@ -334,6 +344,9 @@ def _assign_world(estimates: Sequence[PoseEstimate], gts: list[tuple[int, np.nda
             out.T_est.append(np.asarray(est.T_world_object, dtype=np.float64))
             out.covariance.append(np.asarray(est.covariance, dtype=np.float64))
             out.T_gt.append(best[2])
+            out.score.append(float(est.score))
+            out.mssd_m.append(float(best[1]))
+            out.diameter_m.append(float(info.diameter_m) if info.diameter_m else float("nan"))
 
 
 class _DetectionTally:
@@ -431,6 +444,7 @@ def evaluate(
     frame_errors: list[str] = []
     n_estimates = 0
     detection = _DetectionTally(config.detection_metrics) if estimator is not None and hasattr(estimator, "last_detections") else None
+    own_view_only = bool(getattr(estimator, "per_view_estimates", False))
 
     for frame in frames:
         obj_ids = sorted({t.obj_id for t in frame.targets})
@@ -486,7 +500,9 @@ def evaluate(
                 if not im_targets:
                     continue
             depth_test = dataset.depth_m(frame.scene_id, im) if dataset.has_depth(frame.scene_id, im) else None
-            im_ests = [ImageEstimate(e.object_id, float(e.score), cam.T_camera_world @ e.T_world_object) for e in estimates]
+            k_im = frame.im_ids.index(im)
+            im_ests = [ImageEstimate(e.object_id, float(e.score), cam.T_camera_world @ e.T_world_object) for e in estimates
+                       if not own_view_only or k_im in e.view_indices]
             scorer.add_image(cam.K, cam.width, cam.height, gt_inst, im_targets, im_ests, depth_test,
                              key=(frame.scene_id, im))
         if estimates:
@@ -530,6 +546,7 @@ def evaluate(
         "covariance_coverage": coverage,
         "covariance_coverage_n": len(world.T_est),
         "covariance_d2": d2_list,
+        "matched_estimates": {"score": world.score, "mssd_m": world.mssd_m, "diameter_m": world.diameter_m},
         "pose_errors": pose_errors,
         "per_object": {str(k): v for k, v in summary.per_object.items()},
         "stages": dict(stages or {}),

@@ -329,9 +329,34 @@ class Backbone(torch.nn.Module):
             descriptor = F.normalize(descriptor.float(), dim=-1).to(self.dtype)
         return BackboneFeatures(global_descriptor=descriptor, feature_maps=maps, image_hw=(H, W))
 
+    def dense_maps(self, images: torch.Tensor, max_stride: int) -> dict[str, torch.Tensor]:
+        """Only the feature maps at strides <= ``max_stride``, without autograd (dense alignment
+        needs no descriptor; backbones that can stop early override :meth:`_extract_maps`).
+
+        Args:
+            images: (B, 3, H, W) float RGB in [0, 1] on ``self.device``.
+            max_stride: largest stride wanted, pixels; must be one of :attr:`strides`.
+        Returns:
+            ``stride_key(s)`` -> (B, C_s, ceil(H / s), ceil(W / s)) for every ``s <= max_stride``.
+        Raises:
+            InvalidInputError: wrong images (as :meth:`forward`) or an unknown stride.
+        """
+        if max_stride not in self.channels_per_stride:
+            raise InvalidInputError(f"max_stride: {max_stride} is not a stride of {self.name!r} {self.strides}")
+        if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point() or images.device != self.device:
+            return self.forward(images).feature_maps  # raises the detailed error
+        with torch.no_grad():
+            x = (images.to(self.dtype) - self._mean) / self._std
+            maps = self._extract_maps(x, max_stride)
+        return {stride_key(s): maps[stride_key(s)] for s in self.strides if s <= max_stride}
+
     def _extract(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Raw (unnormalized) descriptor (B, D) and feature maps of normalized images (B, 3, H, W)."""
         raise NotImplementedError
+
+    def _extract_maps(self, x: torch.Tensor, max_stride: int) -> dict[str, torch.Tensor]:
+        """Feature maps of normalized images, at least those at strides <= ``max_stride``."""
+        return self._extract(x)[1]
 
     def _empty_features(self, H: int, W: int) -> BackboneFeatures:
         kw = {"device": self.device, "dtype": self.dtype}

@@ -88,16 +88,49 @@ class EfficientNetLiteBackbone(Backbone):
         self.net = net
         self._tap_to_stride = {index: s for s, index in taps.items()}
         self.requires_grad_(False)
+        _fold_batch_norms(net)
         self.to(device=device, dtype=DTYPES[config.dtype])
         self.eval()
 
     def _extract(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        maps, x = self._blocks_until(x, None)
+        net = self.net
+        head = net._swish(net._bn1(net._conv_head(x)))
+        return head.mean(dim=(2, 3)), maps
+
+    def _extract_maps(self, x: torch.Tensor, max_stride: int) -> dict[str, torch.Tensor]:
+        return self._blocks_until(x, max_stride)[0]
+
+    def _blocks_until(self, x: torch.Tensor, max_stride: int | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Run the stem and the blocks, stopping after the tap of ``max_stride`` (None: all)."""
         net = self.net
         x = net._swish(net._bn0(net._conv_stem(x)))
         maps = {}
         for index, block in enumerate(net._blocks):
             x = block(x)  # drop-connect is inactive in eval mode
             if index in self._tap_to_stride:
-                maps[stride_key(self._tap_to_stride[index])] = x
-        head = net._swish(net._bn1(net._conv_head(x)))
-        return head.mean(dim=(2, 3)), maps
+                stride = self._tap_to_stride[index]
+                maps[stride_key(stride)] = x
+                if stride == max_stride:
+                    break
+        return maps, x
+
+
+def _fold_batch_norms(net: torch.nn.Module) -> None:
+    """Fold every (convolution, batch norm) pair into the convolution, in place.
+
+    The backbone is frozen and always in eval mode, so each batch norm is a fixed per-channel
+    affine map: folding it into the preceding convolution gives the same function (up to float
+    rounding) and saves about a fifth of the CPU time of a forward pass.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    net.eval()
+    pairs = [(net, "_conv_stem", "_bn0"), (net, "_conv_head", "_bn1")]
+    for block in net._blocks:
+        pairs += [(block, "_expand_conv", "_bn0"), (block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+    for owner, conv_name, bn_name in pairs:
+        conv, bn = getattr(owner, conv_name, None), getattr(owner, bn_name, None)
+        if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d):
+            setattr(owner, conv_name, fuse_conv_bn_eval(conv, bn))
+            setattr(owner, bn_name, torch.nn.Identity())

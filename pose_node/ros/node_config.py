@@ -10,7 +10,7 @@ One YAML file describes a workcell (``config/pose_node.yaml`` is a commented exa
       - {id: 1, name: mug, mesh: meshes/mug.ply, units: mm, symmetries_continuous: [...], thresholds: {...}}
       - {bop_models: ../models, ids: [1, 2]}
       - {procedural: {seed: 0, count: 4}}
-    pipeline: {mode: rgbd, device: cpu, backend: auto, thresholds: {...}}
+    pipeline: {mode: rgbd, device: cpu, backend: auto, multiview: refinement, thresholds: {...}}
     sync: {slop_s: 0.02, timeout_s: 0.1, min_cameras: 1, queue_size: 10}
 
 Every error is an :class:`~pose_node.core.errors.InvalidInputError` whose message starts with
@@ -45,6 +45,7 @@ from pose_node.ros.sync import SyncConfig
 DEPTH_ENCODINGS: tuple[str, ...] = ("16UC1", "32FC1")
 MODES: tuple[str, ...] = ("rgb", "rgbd")  # pose_node.detection.detector.DETECTOR_MODES
 BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "onnxruntime", "torch")  # "auto" + correspondence BACKEND_KINDS
+MULTIVIEW_METHODS: tuple[str, ...] = ("refinement", "association")  # pose_node.refinement.fusion.METHODS
 MESH_UNITS: tuple[str, ...] = ("m", "cm", "mm")  # a subset of mesh_loading.UNIT_TO_METRES
 OBJECT_SOURCES: tuple[str, ...] = ("mesh", "bop_models", "procedural")
 
@@ -185,12 +186,15 @@ class PipelineConfig:
         mode: ``rgbd`` (depth proposals; every camera needs a depth topic) or ``rgb``.
         device: torch device, ``cpu`` or ``cuda[:N]``.
         backend: correspondence-network backend: ``auto``, ``tensorrt``, ``onnxruntime`` or ``torch``.
+        multiview: after the single-view poses: ``refinement`` (association, then feature-metric
+            refinement against all views) or ``association`` (association and fusion only).
         thresholds: defaults for every object (see :meth:`NodeConfig.thresholds_for`).
     """
 
     mode: str = "rgbd"
     device: str = "cpu"
     backend: str = "auto"
+    multiview: str = "refinement"
     thresholds: Thresholds = field(default_factory=Thresholds)
 
 
@@ -404,7 +408,7 @@ def _threshold_values(value: Any, path: str) -> dict[str, float]:
 
 
 def _parse_pipeline(value: Any) -> PipelineConfig:
-    section = _Section({} if value is None else value, "pipeline", ("mode", "device", "backend", "thresholds"))
+    section = _Section({} if value is None else value, "pipeline", ("mode", "device", "backend", "multiview", "thresholds"))
     defaults = PipelineConfig()
     raw_thresholds = section.raw("thresholds")
     thresholds = Thresholds(**_threshold_values({} if raw_thresholds is None else raw_thresholds, "pipeline.thresholds"))
@@ -412,6 +416,7 @@ def _parse_pipeline(value: Any) -> PipelineConfig:
         mode=section.string("mode", defaults.mode, choices=MODES),
         device=section.string("device", defaults.device, pattern=_DEVICE_RE, what="cpu, cuda or cuda:N"),
         backend=section.string("backend", defaults.backend, choices=BACKENDS),
+        multiview=section.string("multiview", defaults.multiview, choices=MULTIVIEW_METHODS),
         thresholds=thresholds,
     )
 

