@@ -1,7 +1,8 @@
 """``pose_eval``: run the pipeline over BOP targets and write BOP scores.
 
     pose_eval --dataset DIR --targets FILE [--mode rgb|rgbd] [--max-targets N]
-              [--stages detection|correspondence|refinement|full ...] [--cache-dir DIR] --out results.json
+              [--stages detection|correspondence|refinement|full ...] [--multiview refinement|association]
+              [--cache-dir DIR] --out results.json
 
 Writes ``results.json`` (AR, AR_VSD / AR_MSSD / AR_MSPD, recalls, ADD-S recall, latency,
 covariance coverage, per-object scores, stage status, config, and the ``detection`` block:
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="correspondence network checkpoint (default: models/correspondence_effl0.pt)")
     p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"],
                    help="inference backend of the correspondence network")
+    p.add_argument("--multiview", default="refinement", choices=["refinement", "association"],
+                   help="refinement stage: association + feature-metric refinement, or association only (ablation)")
     p.add_argument("--device", default="cpu", help="torch device of the pose stages (cpu, cuda:0)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch CPU threads (default: torch's choice; 1 is steadier on a CPU shared with other processes)")
@@ -113,6 +116,17 @@ def _correspondence_config(args: argparse.Namespace):
     return CorrespondenceStageConfig(weights_path=args.weights, backend=args.backend, device=args.device)
 
 
+def _refinement_config(args: argparse.Namespace):
+    """The refinement stage's settings, or None when that stage is not requested."""
+    if "refinement" not in expand_stages(args.stages):
+        return None
+    try:
+        from pose_node.refinement.fusion import FusionConfig
+    except ImportError:  # the runner reports the stage as missing, with the reason
+        return None
+    return FusionConfig(method=args.multiview, device=args.device)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -127,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     config = EvalConfig(mode=args.mode, stages=expand_stages(args.stages), max_targets=args.max_targets, cache_dir=args.cache_dir,
-                        correspondence=_correspondence_config(args))
+                        correspondence=_correspondence_config(args), refinement=_refinement_config(args))
     csv_path = args.out.with_suffix(".csv")
     try:
         results = run(args.dataset, args.targets, config, split=args.split, csv_path=csv_path)

@@ -20,10 +20,10 @@ object instance:
    (a flipped single-view pose is a hypothesis, not noise).
 4. **Initial pose.** ``fused``: information-weighted fusion in the tangent space at the anchor,
    ``delta = (sum Lambda_k)^-1 sum Lambda_k delta_k`` with ``Lambda_k = Sigma_k^-1``, whose
-   translation part triangulates the views' rays; covariance ``(sum Lambda_k)^-1``. When some
-   members disagree in rotation, the position is fused over all of them (where an object is does
-   not depend on which way it is turned) and the alternatives take that position. ``best``: the
-   anchor as it is.
+   translation part triangulates the views' rays; covariance ``(sum Lambda_k)^-1``. When the
+   agreeing members cannot pin the position (one RGB view) and others disagree in rotation, the
+   position is fused over all of them (where an object is does not depend on which way it is
+   turned) and the alternatives take that position. ``best``: the anchor as it is.
 """
 from __future__ import annotations
 
@@ -54,6 +54,8 @@ class AssociationConfig:
         agree_rotation_deg: members whose rotation (after symmetry) is within this of the
             anchor's are fused; the others become alternatives.
         initial_pose: ``fused`` or ``best`` (module docstring).
+        weak_position_std_diameters: when the agreeing members' fused position is less certain
+            than this many diameters (largest std), the alternatives' positions are fused in too.
     """
 
     gate_diameters: float = 0.5
@@ -61,6 +63,7 @@ class AssociationConfig:
     max_gate_diameters: float = 3.0
     agree_rotation_deg: float = 20.0
     initial_pose: str = "fused"
+    weak_position_std_diameters: float = 0.05
 
     def __post_init__(self) -> None:
         if not 0 < self.gate_diameters <= self.max_gate_diameters:
@@ -290,9 +293,11 @@ def _candidate(object_id: int, hyps: list[PoseEstimate], model: ObjectModel, con
         T, cov = fuse_in_tangent_space(T_anchor, [m.T_world_object for m in members], [m.covariance for m in members])
     else:
         T, cov = T_anchor.copy(), hyps[anchor].covariance.copy()
-    if config.initial_pose == "fused" and alternatives:
-        # Where the object is does not depend on which way it is turned: every view's position
-        # (the disagreeing ones too) goes into the position, which triangulates the views' rays.
+    position_std = float(np.sqrt(max(np.linalg.eigvalsh(cov[:3, :3]).max(), 0.0)))
+    if config.initial_pose == "fused" and alternatives and position_std > config.weak_position_std_diameters * diameter:
+        # The agreeing views cannot pin the position (e.g. one RGB view: depth unknown). Where the
+        # object is does not depend on which way it is turned: every view's position (the
+        # disagreeing ones too) goes into the position, which triangulates the views' rays.
         T[:3, 3], cov[:3, :3] = fuse_positions([h.T_world_object[:3, 3] for h in hyps], [h.covariance[:3, :3] for h in hyps])
         cov[:3, 3:] = cov[3:, :3] = 0.0  # position and rotation now come from different sets of views
         alternatives = [PoseEstimate(a.object_id, a.instance_id, _with_position(a.T_world_object, T[:3, 3]), a.covariance, a.score,

@@ -197,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", action="store_true", help=f"write scales and table to models/{default_calibration_path().name}")
     parser.add_argument("--sensitivity", nargs="*", default=[], metavar="MM/DEG",
                         help="extrinsic errors to test, e.g. 2/0.2 5/0.5 (procedural, refinement)")
+    parser.add_argument("--crop-size", type=int, default=None, help="refinement crop side, pixels (default: CropConfig's)")
+    parser.add_argument("--max-points", type=int, default=None, help="refinement points per view (default: CropConfig's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=Path("out/bench_refinement.json"))
@@ -215,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
             models = holdout_models_dir(args.ycb_models, out)
             datasets["ycb_holdout"] = ensure_workcell(out / "test_ycb", str(models), 4, TEST_SEED_YCB, scenes)
     fusion_config = FusionConfig(device=args.device)
+    crops = fusion_config.refinement.crops
+    crops = replace(crops, size_px=args.crop_size or crops.size_px, max_points_per_view=args.max_points or crops.max_points_per_view)
+    fusion_config = replace(fusion_config, refinement=replace(fusion_config.refinement, crops=crops))
     started = time.perf_counter()
     scales = None
     if args.calibrate:

@@ -55,7 +55,7 @@ class CropConfig:
     feature_strides: tuple[int, ...] = (4, 8)
     min_inside_fraction: float = 0.3
     erode_px: int = 1
-    max_points_per_view: int = 400
+    max_points_per_view: int = 200
 
     def __post_init__(self) -> None:
         if self.size_px < 32 or not self.feature_strides or list(self.feature_strides) != sorted(self.feature_strides):
