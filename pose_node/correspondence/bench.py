@@ -43,9 +43,10 @@ TEST_SEED_YCB = 2027
 VALIDATION_SEED = 3031
 
 
-def holdout_models_dir(ycb_models: Path, out_dir: Path, ids: tuple[int, ...] = HOLDOUT_YCB_IDS) -> Path:
-    """A BOP models directory with only the held-out objects (copied)."""
-    dst = out_dir / "ycb_holdout_models"
+def holdout_models_dir(ycb_models: Path, out_dir: Path, ids: tuple[int, ...] = HOLDOUT_YCB_IDS,
+                       folder: str = "ycb_holdout_models") -> Path:
+    """A BOP models directory ``out_dir / folder`` with only the objects ``ids`` (copied)."""
+    dst = out_dir / folder
     dst.mkdir(parents=True, exist_ok=True)
     info = json.loads((ycb_models / "models_info.json").read_text())
     keep = {k: v for k, v in info.items() if int(k) in ids}

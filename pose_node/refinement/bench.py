@@ -11,9 +11,10 @@ runner's multi-view protocol). "single view" scores each image with its own view
 The single-view stage runs once per dataset and mode; association and refinement reuse its
 estimates (the rows differ only in what comes after it).
 
-Calibration (``--calibrate``): on ``val_proc``, per mode, the refined covariance is scaled so that
-the 95.45 % chi-square(6) region covers 95.45 % of the matched estimates; the factors go to
-``models/refinement_effl0.json`` with ``--record`` (with the table).
+Calibration (``--calibrate``): on ``val_proc`` and, with ``--ycb-models``, ``val_ycb`` (the YCB
+objects that are not held out: real meshes, never in a test row), pooled, per mode, the refined
+covariance is scaled so that the 95.45 % chi-square(6) region covers 95.45 % of the matched
+estimates; the factors go to ``models/refinement_effl0.json`` with ``--record`` (with the table).
 
 Extrinsic sensitivity (``--sensitivity``): every camera's ``T_world_camera`` is perturbed by a
 random rotation and translation of the given sizes (fixed seed) before association and refinement,
@@ -39,7 +40,9 @@ import torch
 
 from pose_node.core.geometry import so3_exp
 from pose_node.core.types import Camera, PoseEstimate, View
-from pose_node.correspondence.bench import TEST_SEED_PROCEDURAL, TEST_SEED_YCB, VALIDATION_SEED, ensure_workcell, holdout_models_dir
+from pose_node.correspondence.bench import (
+    HOLDOUT_YCB_IDS, TEST_SEED_PROCEDURAL, TEST_SEED_YCB, VALIDATION_SEED, ensure_workcell, holdout_models_dir,
+)
 from pose_node.evaluation.calibration import COVERAGE_LEVELS, POSE_DOF
 from pose_node.evaluation.runner import EvalConfig, run
 from pose_node.refinement.fusion import FusionConfig, MultiViewFusion, default_calibration_path
@@ -47,6 +50,7 @@ from pose_node.refinement.fusion import FusionConfig, MultiViewFusion, default_c
 logger = logging.getLogger(__name__)
 
 TARGETS = "test_targets_multiview.json"
+VALIDATION_SEED_YCB = 3032
 STAGES = ("detection", "correspondence", "refinement")
 
 
@@ -162,15 +166,16 @@ def evaluate_dataset(path: Path, name: str, mode: str, fusion_config: FusionConf
     return rows, raw
 
 
-def calibrate(val: Path, modes: list[str], fusion_config: FusionConfig, max_targets: int | None) -> dict[str, float]:
-    """Covariance scale per mode (module docstring)."""
+def calibrate(vals: list[Path], modes: list[str], fusion_config: FusionConfig, max_targets: int | None) -> dict[str, float]:
+    """Covariance scale per mode, fitted on the validation workcells pooled (module docstring)."""
     from scipy.stats import chi2
 
     unscaled = replace(fusion_config, refinement=replace(fusion_config.refinement, covariance_scale={"rgb": 1.0, "rgbd": 1.0}))
     scales = {}
     for mode in modes:
-        _, raw = evaluate_dataset(val, "val", mode, unscaled, max_targets, ["refinement"], [])
-        d2 = np.asarray(raw["refinement"]["covariance_d2"])
+        d2 = np.concatenate([
+            np.asarray(evaluate_dataset(val, "val", mode, unscaled, max_targets, ["refinement"], [])[1]["refinement"]["covariance_d2"])
+            for val in vals])
         level = COVERAGE_LEVELS["95"]
         scales[mode] = float(np.quantile(d2, level) / chi2.ppf(level, POSE_DOF)) if len(d2) else 1.0
         logger.info("calibration %s: %d estimates, scale %.3g", mode, len(d2), scales[mode])
@@ -223,8 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     scales = None
     if args.calibrate:
-        val = ensure_workcell(out / "val_proc", "procedural", 4, VALIDATION_SEED, scenes)
-        scales = calibrate(val, args.modes, fusion_config, args.max_targets)
+        vals = [ensure_workcell(out / "val_proc", "procedural", 4, VALIDATION_SEED, scenes)]
+        if args.ycb_models is not None:
+            # Real meshes too, but only the YCB objects the test never sees (the training ones).
+            train_ids = tuple(sorted(int(k) for k in json.loads((args.ycb_models / "models_info.json").read_text())
+                                     if int(k) not in HOLDOUT_YCB_IDS))
+            models = holdout_models_dir(args.ycb_models, out, train_ids, folder="ycb_validation_models")
+            vals.append(ensure_workcell(out / "val_ycb", str(models), 4, VALIDATION_SEED_YCB, scenes))
+        scales = calibrate(vals, args.modes, fusion_config, args.max_targets)
         fusion_config = replace(fusion_config, refinement=replace(fusion_config.refinement, covariance_scale=scales))
         print(f"covariance scales: {scales}")
     sensitivity = [tuple(float(x) for x in s.split("/")) for s in args.sensitivity]
@@ -245,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         if scales is not None:
             meta["covariance_scale"] = scales
             meta["covariance_calibration"] = {
-                "dataset": "val_proc", "seed": VALIDATION_SEED,
-                "rule": "the 95.45 % chi-square(6) region covers 95.45 % of the validation workcell's matched refined estimates",
+                "datasets": {"val_proc": VALIDATION_SEED, "val_ycb (YCB ids not held out)": VALIDATION_SEED_YCB},
+                "rule": "the 95.45 % chi-square(6) region covers 95.45 % of the validation workcells' matched refined estimates (pooled)",
             }
         meta["evaluation"] = {"command": result["command"], "rows": rows}
         path.write_text(json.dumps(meta, indent=2) + "\n")

@@ -88,15 +88,19 @@ class MultiViewFusion:
         if config.method == "refinement":
             from pose_node.features.backbones import BackboneConfig
             from pose_node.features.registry import create_backbone
+            from pose_node.render.context import create_egl_context
             from pose_node.render.renderer import Renderer
 
             refinement = config.refinement
             if not refinement.covariance_scale:
                 path = Path(config.calibration_path) if config.calibration_path else default_calibration_path()
                 refinement = replace(refinement, covariance_scale=load_covariance_scales(path))
+            # The renderer's context is created on first use, in the thread that refines (the node's
+            # worker): an EGL context stays current in the thread that created it and cannot be made
+            # current in another. A throwaway context checks now that one can be created at all.
+            create_egl_context(None).release()
             S = refinement.crops.size_px
             renderer = Renderer(S, S)
-            renderer.gl_renderer  # noqa: B018 - create the context now: fail at build, not on the first frame
             backbone = create_backbone(BackboneConfig(name=config.backbone, device=config.device))
             self.refiner = MultiViewRefiner(list(models), renderer, backbone, refinement)
 

@@ -126,6 +126,8 @@ class MultiViewRefiner:
             for T in self._starts(candidates[c]):
                 start_owner.append(c)
                 start_T.append(T)
+        if not start_owner:  # no view sees any candidate: nothing to refine against
+            return [c.to_estimate(i) for i, c in enumerate(candidates)], timings
         res = self._align(obs, start_owner, candidates, start_T, None, timings)
         costs = torch.where(res.valid, res.mean_cost, torch.full_like(res.mean_cost, math.inf))
         winners: dict[int, int] = {}
