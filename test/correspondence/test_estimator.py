@@ -78,6 +78,53 @@ def test_a_detection_of_an_unknown_object_is_a_clear_error():
         estimator.estimate_view(view, [detection])
     assert estimator.estimate_view(view, []) == ([], {"correspondence": 0.0, "pnp": 0.0})
 
+
+def test_templates_are_encoded_in_bounded_batches_with_the_same_result(tmp_path, make_renderer, monkeypatch):
+    """One network call per TEMPLATE_ENCODE_BATCH crops (a single call for all of an object's
+    templates made ONNX Runtime keep gigabytes); the encodings equal those of a single call."""
+    import pose_node.correspondence.estimator as estimator_module
+    from pose_node.correspondence.backends import TorchBackend
+    from pose_node.correspondence.estimator import CorrespondenceConfig, CorrespondenceEstimator
+    from pose_node.correspondence.network import CorrespondenceNet
+    from pose_node.detection.detector import Detector, DetectorConfig
+    from pose_node.onboarding.procedural import make_procedural_objects
+
+    make_renderer(16, 16)  # skips without headless OpenGL (onboarding renders the templates)
+    models = make_procedural_objects(1, 31)
+    detector = Detector(models, DetectorConfig(mode="rgbd"), cache_dir=str(tmp_path / "cache"))
+
+    class RecordingBackend(TorchBackend):
+        def __init__(self, net):
+            super().__init__(net)
+            self.batches = []
+
+        def _encode(self, images):
+            self.batches.append(images.shape[0])
+            return super()._encode(images)
+
+    torch.manual_seed(0)
+    net = CorrespondenceNet(pretrained_trunk=False)
+    config = CorrespondenceConfig()
+    templates = range(6)  # 6 x 8 angles = 48 crops: more than one batch, cheap enough for a test
+    n_crops = len(templates) * config.in_plane_rotations
+    batch = estimator_module.TEMPLATE_ENCODE_BATCH
+    assert batch < n_crops
+    chunked_backend = RecordingBackend(net)
+    chunked = CorrespondenceEstimator(chunked_backend, detector.templates, config, S)
+    chunked.encoded_templates(1, templates)
+    assert chunked_backend.batches == [batch] * (n_crops // batch) + ([n_crops % batch] if n_crops % batch else [])
+
+    monkeypatch.setattr(estimator_module, "TEMPLATE_ENCODE_BATCH", n_crops)
+    single_backend = RecordingBackend(net)
+    single = CorrespondenceEstimator(single_backend, detector.templates, config, S)
+    single.encoded_templates(1, templates)
+    assert single_backend.batches == [n_crops]
+    assert chunked._encoded.keys() == single._encoded.keys() and len(chunked._encoded) == len(templates)
+    for key, encoded in chunked._encoded.items():
+        torch.testing.assert_close(encoded.descriptors, single._encoded[key].descriptors, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(encoded.xyz_norm, single._encoded[key].xyz_norm)
+
+
 # -- end to end with the shipped weights --------------------------------------------------------
 
 from pose_node.core.resources import shipped_file  # noqa: E402
