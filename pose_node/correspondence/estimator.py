@@ -370,9 +370,11 @@ def crop_detections(image: torch.Tensor, masks: torch.Tensor, K: np.ndarray, R_c
     D, H, W = masks.shape
     everything = torch.ones(D, H, W, dtype=torch.bool, device=image.device)
     Kt, Rt, ft = torch.from_numpy(np.asarray(K, dtype=np.float64)), torch.from_numpy(R_camera_crop), torch.from_numpy(focal_px)
-    crops = crop_images(image, everything, Kt, Rt, ft, size_px, (0, 0, 0))
-    mask_crops = crop_images(masks[:, None].expand(-1, 3, -1, -1), everything, Kt, Rt, ft, size_px, (0, 0, 0))[:, :1]
-    return crops, to_grid(mask_crops, grid_size)
+    # Image and masks through one sampling grid, as one 4-channel image: the same crops as two
+    # calls (grid_sample and pooling work channel by channel) without computing the grid twice.
+    stacked = torch.cat([image.expand(D, -1, -1, -1), masks[:, None].to(image.dtype)], dim=1)
+    crops = crop_images(stacked, everything, Kt, Rt, ft, size_px, (0, 0, 0, 0))
+    return crops[:, :3].contiguous(), to_grid(crops[:, 3:], grid_size)
 
 
 def _with_depth_weight(config: PnPConfig, depth_weight: float) -> PnPConfig:

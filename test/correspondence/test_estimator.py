@@ -29,6 +29,30 @@ def test_crop_cell_depth_puts_points_on_the_observed_plane():
     assert np.isnan(z_left).mean() > 0.5
 
 
+def test_crop_detections_equals_separate_image_and_mask_crops():
+    from pose_node.correspondence.estimator import crop_detections
+    from pose_node.correspondence.network import to_grid
+    from pose_node.detection.matching import box_outline, crop_images
+
+    H, W = 120, 160
+    K = np.array([[150.0, 0, 79.5], [0, 150.0, 59.5], [0, 0, 1]])
+    torch.manual_seed(1)
+    image = torch.rand(1, 3, H, W)
+    masks = (torch.rand(3, H, W) > 0.5).float()
+    # The last box is small: its crop camera zooms in, so every crop is supersampled.
+    cams = [crop_camera(K, box_outline(box), S, 0.05) for box in ((20, 20, 100, 90), (90, 10, 150, 110), (70, 60, 80, 68))]
+    R, f = np.stack([c[0] for c in cams]), np.array([c[1] for c in cams])
+    crops, grid_masks = crop_detections(image, masks, K, R, f, S, G)
+    everything = torch.ones(3, H, W, dtype=torch.bool)
+    Kt, Rt, ft = torch.from_numpy(K), torch.from_numpy(R), torch.from_numpy(f)
+    expected_crops = crop_images(image, everything, Kt, Rt, ft, S, (0, 0, 0))
+    expected_masks = to_grid(crop_images(masks[:, None].expand(-1, 3, -1, -1), everything, Kt, Rt, ft, S, (0, 0, 0))[:, :1], G)
+    assert crops.shape == (3, 3, S, S) and crops.is_contiguous() and grid_masks.shape == (3, 1, G, G)
+    assert torch.equal(crops, expected_crops) and torch.equal(grid_masks, expected_masks)
+    empty_crops, empty_masks = crop_detections(image, masks[:0], K, R[:0], f[:0], S, G)
+    assert empty_crops.shape == (0, 3, S, S) and empty_masks.shape == (0, 1, G, G)
+
+
 def test_inlier_share_counts_weighted_agreement():
     torch.manual_seed(0)
     K = torch.from_numpy(crop_intrinsics(np.array([300.0]), S))
