@@ -42,6 +42,7 @@ setup(
             "pose_train = pose_node.correspondence.train:main",
             "pose_export = pose_node.correspondence.export:main",
             "pose_correspondence_bench = pose_node.correspondence.bench:main",
+            "pose_bench = pose_node.benchmark.cli:main",
         ],
     },
 )
