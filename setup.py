@@ -43,6 +43,7 @@ setup(
             "pose_export = pose_node.correspondence.export:main",
             "pose_correspondence_bench = pose_node.correspondence.bench:main",
             "pose_refinement_bench = pose_node.refinement.bench:main",
+            "pose_bench = pose_node.benchmark.cli:main",
         ],
     },
 )

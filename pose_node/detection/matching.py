@@ -277,30 +277,33 @@ def crop_images(
     """Masked crop-camera images (module docstring), batched.
 
     Args:
-        rgb: (B, 3, H, W) or (1, 3, H, W) float in [0, 1] (one image shared by all crops).
+        rgb: (B, C, H, W) or (1, C, H, W) float in [0, 1] (one image shared by all crops); C is
+            3 for a colour image, any other count crops several images through one sampling grid
+            (an image and its masks: channel by channel the same as separate calls, for less).
         masks: (B, H, W) bool or float in [0, 1]: the object's pixels in its image.
         K: (3, 3) or (B, 3, 3) intrinsics of the image(s), pixels.
         R_camera_crop: (B, 3, 3) crop camera orientations (:func:`crop_cameras`).
         focal_px: (B,) crop focal lengths, pixels.
         size_px: S.
-        background_rgb: (3,) 0..255 colour of every pixel outside the mask or the image.
+        background_rgb: (C,) 0..255 value per channel of every pixel outside the mask or the image.
         return_masks: also return the crops' masks.
     Returns:
-        crops (B, 3, S, S) float32 in [0, 1] on ``rgb``'s device; with ``return_masks`` also their
+        crops (B, C, S, S) float32 in [0, 1] on ``rgb``'s device; with ``return_masks`` also their
         masks (B, S, S) float32 in [0, 1] (share of object sub-samples per pixel).
     Raises:
         InvalidInputError: inconsistent shapes.
     """
-    B = masks.shape[0]
-    if rgb.ndim != 4 or rgb.shape[1] != 3 or rgb.shape[0] not in (1, B) or masks.ndim != 3 or masks.shape[1:] != rgb.shape[2:]:
-        raise InvalidInputError(f"crop_images: rgb (B|1, 3, H, W) and masks (B, H, W) expected, got {tuple(rgb.shape)}, {tuple(masks.shape)}")
+    B, C = masks.shape[0], len(background_rgb)
+    if rgb.ndim != 4 or rgb.shape[1] != C or rgb.shape[0] not in (1, B) or masks.ndim != 3 or masks.shape[1:] != rgb.shape[2:]:
+        raise InvalidInputError(f"crop_images: rgb (B|1, {C}, H, W) ({C} background values) and masks (B, H, W) expected, "
+                                f"got {tuple(rgb.shape)}, {tuple(masks.shape)}")
     if R_camera_crop.shape != (B, 3, 3) or focal_px.shape != (B,) or K.shape not in ((3, 3), (B, 3, 3)):
         raise InvalidInputError(f"crop_images: K (3, 3) or ({B}, 3, 3), R_camera_crop ({B}, 3, 3) and focal_px ({B},) expected, "
                                 f"got {tuple(K.shape)}, {tuple(R_camera_crop.shape)}, {tuple(focal_px.shape)}")
     device = rgb.device
-    background = torch.tensor([float(c) / 255.0 for c in background_rgb], device=device).view(1, 3, 1, 1)
+    background = torch.tensor([float(c) / 255.0 for c in background_rgb], device=device).view(1, C, 1, 1)
     if B == 0:
-        empty = torch.zeros(0, 3, size_px, size_px, device=device)
+        empty = torch.zeros(0, C, size_px, size_px, device=device)
         return (empty, empty[:, 0]) if return_masks else empty
     H, W = rgb.shape[2:]
     f64 = {"device": device, "dtype": torch.float64}

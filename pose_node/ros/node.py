@@ -42,12 +42,13 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Empty
 from vision_msgs.msg import Detection3DArray
-from visualization_msgs.msg import Marker, MarkerArray
+from visualization_msgs.msg import MarkerArray
 
 from pose_node.core.errors import PoseNodeError
 from pose_node.core.types import View
 from pose_node.ros import conversions as conv
 from pose_node.ros.node_config import Thresholds, load_node_config, load_object_models
+from pose_node.ros.outputs import SetOutputBuilder
 from pose_node.ros.sync import ApproximateTimeSynchronizer, SyncedSet
 from pose_node.ros.tf_io import TfBroadcaster, TfListener
 
@@ -104,6 +105,7 @@ class PoseNode(Node):
             return TransitionCallbackReturn.FAILURE
         self.sync = ApproximateTimeSynchronizer(self.config.sync_streams(), self.config.sync)
         self.names = {o.object_id: o.name for o in self.config.objects}
+        self.outputs = SetOutputBuilder(self.config.world_frame, self.names, self.models)
         self.tf = TfListener(self, on_error=lambda message: self._bad_input("tf", message))
         defaults = self.config.pipeline.thresholds
         for name in RUNTIME_THRESHOLDS:
@@ -348,25 +350,10 @@ class PoseNode(Node):
             self._publish(synced.stamp_ns, estimates)
 
     def _publish(self, stamp_ns: int, estimates) -> None:
-        header = conv.make_header(stamp_ns, self.config.world_frame)
-        detections = Detection3DArray(header=header)
-        transforms = []
-        markers = MarkerArray(markers=[Marker(header=header, action=Marker.DELETEALL)])
-        for k, e in enumerate(estimates):
-            name = f"{self.names[e.object_id]}_{e.instance_id}"
-            model = self.models[e.object_id]
-            detections.detections.append(conv.estimate_to_detection3d(e, header, model.bbox_min_max, self.names[e.object_id]))
-            transforms.append(conv.estimate_to_transform(e, header, name))
-            position = e.T_world_object[:3, 3]
-            markers.markers += [
-                conv.mesh_marker(header, e.T_world_object, model=model, marker_id=k, max_triangles=2000),
-                conv.covariance_ellipsoid_marker(header, position, e.covariance[:3, :3], marker_id=k),
-                conv.label_marker(header, position + np.array([0.0, 0.0, 0.6 * model.diameter_m]),
-                                  f"{name} {e.score:.2f}", marker_id=k),
-            ]
-        self._pubs["tf"].send(transforms)
-        self._pubs["detections"].publish(detections)
-        self._pubs["markers"].publish(markers)
+        outputs = self.outputs.build(stamp_ns, estimates)
+        self._pubs["tf"].send(outputs.transforms)
+        self._pubs["detections"].publish(outputs.detections)
+        self._pubs["markers"].publish(outputs.markers)
 
     # ------------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:

@@ -5,6 +5,12 @@ with ``rosbags`` and republishes each record's serialized CDR bytes unchanged: h
 frame ids and payloads are exactly what was recorded. ``/clock`` (rosgraph_msgs/Clock) carries
 the bag's receive time, so nodes started with ``use_sim_time:=true`` see the recorded timeline.
 
+``--restamp`` (for latency measurements, with ``--no-clock``) rewrites the header stamp of every
+message that starts with a ``std_msgs/Header`` (images, camera infos, ...) to the wall-clock time
+it is published at; the records of one recorded stamp (the cameras of one frame) all get the time
+the first of them went out, so they still synchronize, and a looped bag keeps moving forward in
+time. The rest of each message is unchanged (the stamp is patched in the CDR bytes).
+
 QoS: ``/tf_static`` is reliable + transient local (late joiners still get every static
 transform of the bag); every other topic and ``/clock`` are reliable with depth 10.
 
@@ -13,6 +19,7 @@ Examples::
     pose_replay demo.mcap
     pose_replay demo_bag/ --rate 0.5 --loop --topics /cam0/image_raw /cam0/camera_info /tf_static
     pose_replay demo.mcap --wait-for-subscribers 1 --ros-args -r /cam0/image_raw:=/image
+    pose_replay demo_bag/ --rate 3 --loop --restamp --no-clock   # stamps = publication time
 
 Exit status: 0 after the last message (or on Ctrl-C), 1 on a bad bag or argument, 2 on a
 ``--wait-timeout`` that expired before the subscribers matched.
@@ -21,9 +28,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import struct
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +43,11 @@ DEFAULT_DEPTH = 10
 TF_STATIC_MIN_DEPTH = 100
 # Longest single sleep while pacing, so Ctrl-C and /clock publishing stay responsive.
 MAX_SLEEP_S = 0.05
+HEADER_TYPE = "std_msgs/Header"
+# CDR encapsulation identifiers (first two bytes of a serialized message) -> struct byte order.
+_CDR_BYTE_ORDER = {b"\x00\x00": ">", b"\x00\x01": "<"}
+_ENCAPSULATION_BYTES = 4  # identifier + options; the message's first field starts here
+NS_PER_S = 1_000_000_000
 
 
 class ReplayError(RuntimeError):
@@ -60,6 +73,7 @@ class ReplayOptions:
             acknowledge everything published.
         local_only: apply :func:`pose_node.ros.local_env.apply_local_ros_environment` before
             joining the graph (the default; ``--network`` turns it off).
+        restamp: rewrite header stamps to the publication time (module docstring).
     """
 
     bag: Path
@@ -72,6 +86,7 @@ class ReplayOptions:
     clock_hz: float = 100.0
     ack_timeout_s: float = 5.0
     local_only: bool = True
+    restamp: bool = False
 
 
 def parse_args(argv: Sequence[str]) -> ReplayOptions:
@@ -99,7 +114,12 @@ def parse_args(argv: Sequence[str]) -> ReplayOptions:
                              "shared-memory profile, see pose_node.ros.local_env; a set ROS_DOMAIN_ID is kept)")
     parser.add_argument("--ack-timeout", type=float, default=5.0, metavar="S",
                         help="at the end, wait up to S seconds for subscribers to acknowledge")
+    parser.add_argument("--restamp", action="store_true",
+                        help="set header stamps to the wall-clock publication time (latency measurements; "
+                             "needs --no-clock)")
     args = parser.parse_args(list(argv))
+    if args.restamp and not args.no_clock:
+        parser.error("--restamp sets stamps to wall-clock time while /clock would carry bag time: add --no-clock")
     for name in ("rate", "wait_timeout", "clock_hz", "ack_timeout"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
@@ -109,6 +129,7 @@ def parse_args(argv: Sequence[str]) -> ReplayOptions:
         bag=args.bag, rate=args.rate, loop=args.loop, topics=tuple(args.topics),
         wait_for_subscribers=args.wait_for_subscribers, wait_timeout_s=args.wait_timeout,
         clock=not args.no_clock, clock_hz=args.clock_hz, ack_timeout_s=args.ack_timeout, local_only=not args.network,
+        restamp=args.restamp,
     )
 
 
@@ -128,6 +149,69 @@ def message_class(msgtype: str) -> type:
         return getattr(importlib.import_module(f"{package}.{kind}"), name)
     except (ImportError, AttributeError) as exc:
         raise ReplayError(f"message type {msgtype} is not installed ({exc})") from exc
+
+
+def starts_with_header(msg_class: type) -> bool:
+    """Whether a ROS message class's first field is a ``std_msgs/Header``."""
+    fields = msg_class.get_fields_and_field_types()
+    return bool(fields) and next(iter(fields.values())) == HEADER_TYPE
+
+
+def _byte_order(cdr: bytes) -> str:
+    order = _CDR_BYTE_ORDER.get(bytes(cdr[:2]))
+    if order is None or len(cdr) < _ENCAPSULATION_BYTES + 8:
+        raise ReplayError(f"not a plain CDR message (encapsulation {bytes(cdr[:4]).hex()}, {len(cdr)} bytes)")
+    return order
+
+
+def read_header_stamp_ns(cdr: bytes) -> int:
+    """The header stamp (nanoseconds) of a CDR-serialized message whose first field is a Header.
+
+    Raises:
+        ReplayError: not plain CDR (the encapsulation is not CDR_LE / CDR_BE) or too short.
+    """
+    sec, nanosec = struct.unpack_from(_byte_order(cdr) + "iI", cdr, _ENCAPSULATION_BYTES)
+    return sec * NS_PER_S + nanosec
+
+
+def with_header_stamp(cdr: bytes, stamp_ns: int) -> bytes:
+    """A copy of a CDR-serialized message (first field a Header) with its stamp set to ``stamp_ns`` (>= 0).
+
+    The stamp (int32 sec, uint32 nanosec) is the first thing after the 4-byte encapsulation in
+    either byte order, so patching it leaves every other byte (and the CDR alignment) as it was.
+
+    Raises:
+        ReplayError: not plain CDR, or a negative stamp.
+    """
+    if stamp_ns < 0:
+        raise ReplayError(f"with_header_stamp: negative stamp {stamp_ns}")
+    out = bytearray(cdr)
+    struct.pack_into(_byte_order(cdr) + "iI", out, _ENCAPSULATION_BYTES, *divmod(int(stamp_ns), NS_PER_S))
+    return bytes(out)
+
+
+class Restamper:
+    """Maps each recorded header stamp to the time its first record is published (module docstring).
+
+    Args:
+        clock: wall-clock time in nanoseconds (``time.time_ns``: what DDS source timestamps and
+            ROS system time use).
+    """
+
+    def __init__(self, clock: Callable[[], int] = time.time_ns) -> None:
+        self._clock = clock
+        self._new_stamps: dict[int, int] = {}
+
+    def reset(self) -> None:
+        """Forget the mapping (a loop starts over with the bag's first stamps)."""
+        self._new_stamps.clear()
+
+    def restamp(self, cdr: bytes) -> bytes:
+        recorded = read_header_stamp_ns(cdr)
+        new = self._new_stamps.get(recorded)
+        if new is None:
+            new = self._new_stamps[recorded] = self._clock()
+        return with_header_stamp(cdr, new)
 
 
 def _open_reader(bag: Path):
@@ -174,6 +258,8 @@ class BagPlayer:
         self._connections = connections
 
         self._publishers = {}
+        self._restamp_topics: set[str] = set()
+        self._restamper = Restamper()
         for topic in sorted({c.topic for c in connections}):
             types = {c.msgtype for c in connections if c.topic == topic}
             if len(types) != 1:
@@ -190,7 +276,10 @@ class BagPlayer:
                     history=HistoryPolicy.KEEP_LAST, depth=DEFAULT_DEPTH,
                     reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
                 )
-            self._publishers[topic] = node.create_publisher(message_class(types.pop()), topic, qos)
+            msg_class = message_class(types.pop())
+            self._publishers[topic] = node.create_publisher(msg_class, topic, qos)
+            if options.restamp and starts_with_header(msg_class):
+                self._restamp_topics.add(topic)
         self._clock_type = Clock
         self._clock_publisher = (
             node.create_publisher(Clock, CLOCK_TOPIC, DEFAULT_DEPTH) if options.clock else None
@@ -274,6 +363,7 @@ class BagPlayer:
         published = 0
         wall_start = None
         bag_start_ns = 0
+        self._restamper.reset()
         for topic, timestamp_ns, data in self._records():
             if wall_start is None:
                 wall_start, bag_start_ns = time.monotonic(), timestamp_ns
@@ -284,6 +374,8 @@ class BagPlayer:
             if not rclpy.ok(context=self._node.context):
                 break
             self._publish_clock(timestamp_ns)
+            if topic in self._restamp_topics:
+                data = self._restamper.restamp(data)
             self._publishers[topic].publish(data)
             published += 1
         return published

@@ -5,10 +5,11 @@ Used by the demo (``pose_demo``) and the bag-replay tests:
 * :func:`workcell_node_config` / :func:`write_node_config`: a node YAML config for a workcell
   (its cameras' topics, its procedural objects by seed and count, the pipeline mode).
 * :func:`replay_topics`: the bag topics that config consumes (plus ``/tf_static``).
-* :func:`run_node_on_bag`: start the node (subprocess, ``autostart``), wait until it is active,
-  play the bag with ``pose_replay`` (subprocess, ``--wait-for-subscribers``), collect its
-  ``Detection3DArray`` and ``/diagnostics`` messages in an rclpy node of this process, then stop
-  both with SIGINT.
+* :class:`NodeSession`: the node (subprocess, ``autostart``) and an rclpy node of this process
+  collecting its ``Detection3DArray`` (with their publish and receive times) and ``/diagnostics``;
+  bags are played into it with ``pose_replay`` (subprocess, ``--wait-for-subscribers``), once or
+  looping; leaving it stops everything with SIGINT.
+* :func:`run_node_on_bag`: one session, one replay of a bag, until the expected results arrived.
 * :func:`diagnostic_values`, :func:`rotation_error_deg`: reading the results.
 
 Subprocesses inherit this process's environment: apply
@@ -148,10 +149,12 @@ class _Process:
 
 @dataclass
 class ReplayRun:
-    """What :func:`run_node_on_bag` collected.
+    """What :func:`run_node_on_bag` (or a :class:`NodeSession`) collected.
 
     Attributes:
         detections: ``vision_msgs/Detection3DArray`` messages of the node, in arrival order.
+        detection_times_ns: per detection message, ``(source, received)``: the DDS source timestamp
+            (when the node published it) and when this process received it, wall-clock nanoseconds.
         diagnostics: ``diagnostic_msgs/DiagnosticArray`` messages of the node.
         node_exit, replay_exit: exit statuses (0: clean).
         node_log, replay_log: their output files.
@@ -159,6 +162,7 @@ class ReplayRun:
     """
 
     detections: list = field(default_factory=list)
+    detection_times_ns: list[tuple[int, int]] = field(default_factory=list)
     diagnostics: list = field(default_factory=list)
     node_exit: int | None = None
     replay_exit: int | None = None
@@ -183,7 +187,12 @@ class _Collector:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.node = rclpy.create_node("pose_replay_collector", context=self.context)
         self.executor.add_node(self.node)
-        self.detections = self.node.create_subscription(Detection3DArray, DETECTIONS_TOPIC, run.detections.append, 10)
+
+        def on_detections(msg, info) -> None:
+            run.detections.append(msg)
+            run.detection_times_ns.append((int(info["source_timestamp"]), int(info["received_timestamp"])))
+
+        self.detections = self.node.create_subscription(Detection3DArray, DETECTIONS_TOPIC, on_detections, 10)
         self.node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, run.diagnostics.append, 10)
 
     def spin_until(self, predicate: Callable[[], bool], timeout_s: float, what: str,
@@ -206,6 +215,144 @@ class _Collector:
         self._rclpy.try_shutdown(context=self.context)
 
 
+def _check_local_only(what: str) -> None:
+    if os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") != "LOCALHOST":
+        # Every process and the collector inherit this environment: refuse rather than let DDS
+        # discovery leave the machine.
+        raise ReplaySessionError(f"{what}: ROS_AUTOMATIC_DISCOVERY_RANGE is not LOCALHOST; call "
+                                 "pose_node.ros.local_env.apply_local_ros_environment() first")
+
+
+class NodeSession:
+    """``pose_node`` on a config file (subprocess, ``autostart``) and a collector of its outputs.
+
+    A context manager: entering starts the node and waits until it is active (its diagnostics
+    arrive and its detections publisher is matched); leaving stops the replays still running and
+    the node with SIGINT, and raises :class:`ReplaySessionError` unless the node exited 0. Bags are
+    played into it with :meth:`play` (to the end) or :meth:`start_replay` (e.g. looping, stopped
+    with :meth:`stop_replay`); what it publishes accumulates in :attr:`run`.
+
+    Args:
+        config_file: the node's YAML config.
+        log_dir: the processes' output files.
+        start_timeout_s: longest wait for the node to become active (onboarding, engines, warm-up).
+    Raises:
+        ReplaySessionError: (on entering) the environment is not local-only, or the node failed to start.
+    """
+
+    def __init__(self, config_file: Path, log_dir: Path, *, start_timeout_s: float = 180.0) -> None:
+        self.config_file = Path(config_file)
+        self.log_dir = Path(log_dir)
+        self.start_timeout_s = start_timeout_s
+        self.run = ReplayRun(node_log=self.log_dir / "pose_node.log", replay_log=self.log_dir / "pose_replay.log")
+        self.collector: _Collector | None = None
+        self._node: _Process | None = None
+        self._replays: list[_Process] = []
+
+    def __enter__(self) -> NodeSession:
+        _check_local_only("NodeSession")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.collector = _Collector(self.run)
+        try:
+            t0 = time.monotonic()
+            self._node = _Process([sys.executable, "-m", "pose_node.ros.node", "--ros-args", "-p",
+                                   f"config_file:={self.config_file}", "-p", "autostart:=true"], self.run.node_log)
+            self.collector.spin_until(
+                lambda: bool(self.run.diagnostics) and self.collector.detections.get_publisher_count() >= 1,
+                self.start_timeout_s, "pose_node active", [self._node])
+            self.run.start_s = time.monotonic() - t0
+        except BaseException:
+            self._shutdown()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._shutdown()
+        if exc_type is None and self.run.node_exit != 0:
+            raise ReplaySessionError(f"pose_node exited with {self.run.node_exit} after SIGINT:\n{self._node.output()}")
+
+    def _shutdown(self) -> None:
+        for replay in self._replays:
+            if replay.running():
+                code = replay.stop()
+                if self.run.replay_exit is None:
+                    self.run.replay_exit = code
+        if self._node is not None and self.run.node_exit is None:
+            self.run.node_exit = self._node.stop()
+        if self.collector is not None:
+            self.collector.close()
+            self.collector = None
+
+    @property
+    def node_output(self) -> str:
+        return self._node.output() if self._node is not None else ""
+
+    def node_running(self) -> bool:
+        return self._node is not None and self._node.running()
+
+    def subscribe(self, msg_type: type, topic: str, callback: Callable, qos: int = 10):
+        """Another subscription of the collector (e.g. an input topic, to count what the node was sent)."""
+        return self.collector.node.create_subscription(msg_type, topic, callback, qos)
+
+    def start_replay(self, bag: Path, topics: Sequence[str], *, rate: float, extra_args: Sequence[str] = ()) -> _Process:
+        """Start ``pose_replay`` on ``topics`` of ``bag`` (``--no-clock``, waits for the node's subscriptions).
+
+        Args:
+            rate: speed factor (0: as fast as possible).
+            extra_args: more ``pose_replay`` arguments (``--loop``, ``--restamp``, ...).
+        """
+        log = self.run.replay_log if not self._replays else self.log_dir / f"pose_replay-{len(self._replays)}.log"
+        replay = _Process([sys.executable, "-m", "pose_node.ros.replay", str(bag), "--no-clock", "--rate", str(rate),
+                           "--wait-for-subscribers", "1", "--wait-timeout", "30", *extra_args, "--topics", *topics], log)
+        self._replays.append(replay)
+        return replay
+
+    def stop_replay(self, replay: _Process) -> int:
+        """SIGINT a replay (a looping one, typically) and wait; returns its exit status."""
+        self.run.replay_exit = replay.stop()
+        return self.run.replay_exit
+
+    def play(self, bag: Path, topics: Sequence[str], *, rate: float, timeout_s: float,
+             extra_args: Sequence[str] = ()) -> int:
+        """Replay ``bag`` once, spinning the collector meanwhile; returns 0.
+
+        Raises:
+            ReplaySessionError: the replay did not finish within ``timeout_s``, exited non-zero, or the node died.
+        """
+        replay = self.start_replay(bag, topics, rate=rate, extra_args=extra_args)
+        self.collector.spin_until(lambda: not replay.running(), timeout_s, "replay finished", [self._node])
+        code = self.stop_replay(replay)
+        if code != 0:
+            raise ReplaySessionError(f"pose_replay exited with {code}:\n{replay.output()}")
+        return code
+
+    def spin_for(self, duration_s: float) -> None:
+        """Collect for ``duration_s`` seconds."""
+        deadline = time.monotonic() + duration_s
+        while time.monotonic() < deadline:
+            self.collector.executor.spin_once(timeout_sec=min(0.02, max(0.0, deadline - time.monotonic())))
+
+    def spin_until(self, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+        """Collect until ``predicate()`` holds.
+
+        Raises:
+            ReplaySessionError: not within ``timeout_s``, or the node died.
+        """
+        self.collector.spin_until(predicate, timeout_s, what, [self._node])
+
+    def wait_idle(self, idle_s: float, timeout_s: float) -> bool:
+        """Collect until no detection message arrived for ``idle_s`` seconds; False after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        seen, last_change = len(self.run.detections), time.monotonic()
+        while time.monotonic() < deadline:
+            self.collector.executor.spin_once(timeout_sec=0.02)
+            if len(self.run.detections) != seen:
+                seen, last_change = len(self.run.detections), time.monotonic()
+            elif time.monotonic() - last_change >= idle_s:
+                return True
+        return False
+
+
 def run_node_on_bag(config_file: Path, bag: Path, topics: Sequence[str], expected_results: int, log_dir: Path, *,
                     rate: float = 0.5, start_timeout_s: float = 180.0, result_timeout_s: float = 120.0) -> ReplayRun:
     """Start the node on ``config_file``, replay ``topics`` of ``bag`` into it, collect its results.
@@ -217,45 +364,18 @@ def run_node_on_bag(config_file: Path, bag: Path, topics: Sequence[str], expecte
         ReplaySessionError: the environment is not local-only, the node did not become active, or
             a process failed.
     """
-    if os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") != "LOCALHOST":
-        # Both processes and the collector inherit this environment: refuse rather than let DDS
-        # discovery leave the machine.
-        raise ReplaySessionError("run_node_on_bag: ROS_AUTOMATIC_DISCOVERY_RANGE is not LOCALHOST; call "
-                                 "pose_node.ros.local_env.apply_local_ros_environment() first")
-    log_dir.mkdir(parents=True, exist_ok=True)
-    run = ReplayRun(node_log=log_dir / "pose_node.log", replay_log=log_dir / "pose_replay.log")
-    collector = _Collector(run)
-    node = replay = None
-    try:
+    _check_local_only("run_node_on_bag")
+    with NodeSession(config_file, log_dir, start_timeout_s=start_timeout_s) as session:
+        run = session.run
         t0 = time.monotonic()
-        node = _Process([sys.executable, "-m", "pose_node.ros.node", "--ros-args", "-p", f"config_file:={config_file}",
-                         "-p", "autostart:=true"], run.node_log)
-        # Active: its diagnostics timer runs and its detections publisher is matched.
-        collector.spin_until(lambda: bool(run.diagnostics) and collector.detections.get_publisher_count() >= 1,
-                             start_timeout_s, "pose_node active", [node])
-        run.start_s = time.monotonic() - t0
-        t0 = time.monotonic()
-        replay = _Process([sys.executable, "-m", "pose_node.ros.replay", str(bag), "--no-clock", "--rate", str(rate),
-                           "--wait-for-subscribers", "1", "--wait-timeout", "30", "--topics", *topics], run.replay_log)
-        collector.spin_until(lambda: not replay.running(), result_timeout_s, "replay finished", [node])
-        run.replay_exit = replay.stop()
-        if run.replay_exit != 0:
-            raise ReplaySessionError(f"pose_replay exited with {run.replay_exit}:\n{replay.output()}")
+        run.replay_exit = session.play(bag, topics, rate=rate, timeout_s=result_timeout_s)
         deadline = time.monotonic() + result_timeout_s
-        while len(run.detections) < expected_results and time.monotonic() < deadline and node.running():
-            collector.executor.spin_once(timeout_sec=0.02)
+        while len(run.detections) < expected_results and time.monotonic() < deadline and session.node_running():
+            session.collector.executor.spin_once(timeout_sec=0.02)
         run.replay_s = time.monotonic() - t0
         # One more diagnostics message, so the last set's latency is reported.
         seen = len(run.diagnostics)
         deadline = time.monotonic() + 3.0
         while len(run.diagnostics) == seen and time.monotonic() < deadline:
-            collector.executor.spin_once(timeout_sec=0.02)
-    finally:
-        if replay is not None and run.replay_exit is None:
-            run.replay_exit = replay.stop()
-        if node is not None:
-            run.node_exit = node.stop()
-        collector.close()
-    if run.node_exit != 0:
-        raise ReplaySessionError(f"pose_node exited with {run.node_exit} after SIGINT:\n{node.output()}")
+            session.collector.executor.spin_once(timeout_sec=0.02)
     return run

@@ -29,6 +29,30 @@ def test_crop_cell_depth_puts_points_on_the_observed_plane():
     assert np.isnan(z_left).mean() > 0.5
 
 
+def test_crop_detections_equals_separate_image_and_mask_crops():
+    from pose_node.correspondence.estimator import crop_detections
+    from pose_node.correspondence.network import to_grid
+    from pose_node.detection.matching import box_outline, crop_images
+
+    H, W = 120, 160
+    K = np.array([[150.0, 0, 79.5], [0, 150.0, 59.5], [0, 0, 1]])
+    torch.manual_seed(1)
+    image = torch.rand(1, 3, H, W)
+    masks = (torch.rand(3, H, W) > 0.5).float()
+    # The last box is small: its crop camera zooms in, so every crop is supersampled.
+    cams = [crop_camera(K, box_outline(box), S, 0.05) for box in ((20, 20, 100, 90), (90, 10, 150, 110), (70, 60, 80, 68))]
+    R, f = np.stack([c[0] for c in cams]), np.array([c[1] for c in cams])
+    crops, grid_masks = crop_detections(image, masks, K, R, f, S, G)
+    everything = torch.ones(3, H, W, dtype=torch.bool)
+    Kt, Rt, ft = torch.from_numpy(K), torch.from_numpy(R), torch.from_numpy(f)
+    expected_crops = crop_images(image, everything, Kt, Rt, ft, S, (0, 0, 0))
+    expected_masks = to_grid(crop_images(masks[:, None].expand(-1, 3, -1, -1), everything, Kt, Rt, ft, S, (0, 0, 0))[:, :1], G)
+    assert crops.shape == (3, 3, S, S) and crops.is_contiguous() and grid_masks.shape == (3, 1, G, G)
+    assert torch.equal(crops, expected_crops) and torch.equal(grid_masks, expected_masks)
+    empty_crops, empty_masks = crop_detections(image, masks[:0], K, R[:0], f[:0], S, G)
+    assert empty_crops.shape == (0, 3, S, S) and empty_masks.shape == (0, 1, G, G)
+
+
 def test_inlier_share_counts_weighted_agreement():
     torch.manual_seed(0)
     K = torch.from_numpy(crop_intrinsics(np.array([300.0]), S))
@@ -77,6 +101,53 @@ def test_a_detection_of_an_unknown_object_is_a_clear_error():
     with pytest.raises(InvalidInputError, match="object 5: no templates"):
         estimator.estimate_view(view, [detection])
     assert estimator.estimate_view(view, []) == ([], {"correspondence": 0.0, "pnp": 0.0})
+
+
+def test_templates_are_encoded_in_bounded_batches_with_the_same_result(tmp_path, make_renderer, monkeypatch):
+    """One network call per TEMPLATE_ENCODE_BATCH crops (a single call for all of an object's
+    templates made ONNX Runtime keep gigabytes); the encodings equal those of a single call."""
+    import pose_node.correspondence.estimator as estimator_module
+    from pose_node.correspondence.backends import TorchBackend
+    from pose_node.correspondence.estimator import CorrespondenceConfig, CorrespondenceEstimator
+    from pose_node.correspondence.network import CorrespondenceNet
+    from pose_node.detection.detector import Detector, DetectorConfig
+    from pose_node.onboarding.procedural import make_procedural_objects
+
+    make_renderer(16, 16)  # skips without headless OpenGL (onboarding renders the templates)
+    models = make_procedural_objects(1, 31)
+    detector = Detector(models, DetectorConfig(mode="rgbd"), cache_dir=str(tmp_path / "cache"))
+
+    class RecordingBackend(TorchBackend):
+        def __init__(self, net):
+            super().__init__(net)
+            self.batches = []
+
+        def _encode(self, images):
+            self.batches.append(images.shape[0])
+            return super()._encode(images)
+
+    torch.manual_seed(0)
+    net = CorrespondenceNet(pretrained_trunk=False)
+    config = CorrespondenceConfig()
+    templates = range(6)  # 6 x 8 angles = 48 crops: more than one batch, cheap enough for a test
+    n_crops = len(templates) * config.in_plane_rotations
+    batch = estimator_module.TEMPLATE_ENCODE_BATCH
+    assert batch < n_crops
+    chunked_backend = RecordingBackend(net)
+    chunked = CorrespondenceEstimator(chunked_backend, detector.templates, config, S)
+    chunked.encoded_templates(1, templates)
+    assert chunked_backend.batches == [batch] * (n_crops // batch) + ([n_crops % batch] if n_crops % batch else [])
+
+    monkeypatch.setattr(estimator_module, "TEMPLATE_ENCODE_BATCH", n_crops)
+    single_backend = RecordingBackend(net)
+    single = CorrespondenceEstimator(single_backend, detector.templates, config, S)
+    single.encoded_templates(1, templates)
+    assert single_backend.batches == [n_crops]
+    assert chunked._encoded.keys() == single._encoded.keys() and len(chunked._encoded) == len(templates)
+    for key, encoded in chunked._encoded.items():
+        torch.testing.assert_close(encoded.descriptors, single._encoded[key].descriptors, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(encoded.xyz_norm, single._encoded[key].xyz_norm)
+
 
 # -- end to end with the shipped weights --------------------------------------------------------
 

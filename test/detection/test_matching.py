@@ -161,6 +161,27 @@ def test_crop_images_outside_the_mask_is_the_background_colour():
         crop_images(rgb, mask[:, :10], torch.from_numpy(Kw), torch.from_numpy(R[None]), torch.tensor([f]), S, (0, 0, 0))
 
 
+def test_crop_images_of_several_channels_equal_separate_crops():
+    # Two crops, one of them close up (supersampled): a 4-channel crop is the 3-channel crop of
+    # the first three channels and the crop of the fourth, bit for bit.
+    S, H, W = 24, 60, 80
+    Kw = np.array([[90.0, 0.0, 39.5], [0.0, 90.0, 29.5], [0.0, 0.0, 1.0]])
+    torch.manual_seed(0)
+    rgb, extra = torch.rand(1, 3, H, W), torch.rand(2, 1, H, W)
+    mask = torch.rand(2, H, W) > 0.3
+    cams = [crop_camera(Kw, box_outline(box), S, 0.05) for box in ((10, 10, 70, 50), (30, 20, 36, 26))]
+    R, f = torch.from_numpy(np.stack([c[0] for c in cams])), torch.tensor([c[1] for c in cams])
+    K = torch.from_numpy(Kw)
+    both, coverage = crop_images(torch.cat([rgb.expand(2, -1, -1, -1), extra], 1), mask, K, R, f, S, (10, 20, 30, 40),
+                                 return_masks=True)
+    colour, colour_coverage = crop_images(rgb, mask, K, R, f, S, (10, 20, 30), return_masks=True)
+    alone = crop_images(extra.expand(-1, 3, -1, -1), mask, K, R, f, S, (40, 40, 40))
+    assert both.shape == (2, 4, S, S)
+    assert torch.equal(both[:, :3], colour) and torch.equal(both[:, 3], alone[:, 0]) and torch.equal(coverage, colour_coverage)
+    with pytest.raises(InvalidInputError, match=r"\(B\|1, 4, H, W\)"):
+        crop_images(rgb, mask, K, R, f, S, (0, 0, 0, 0))
+
+
 def test_whole_template_crop_is_exactly_the_onboarding_input(onboarded):
     # The query path applied to a template image with the whole-template crop reproduces the
     # image the onboarding descriptors were computed on: queries and templates compare alike.

@@ -241,3 +241,94 @@ def test_replay_defaults_to_the_local_only_environment(monkeypatch):
     assert replay.main(["pose_replay", "some_bag", "--network"]) == 0
     assert not seen["options"].local_only
     assert seen["env"]["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SUBNET"
+
+
+# --------------------------------------------------------------------------------- --restamp
+def test_restamp_patches_the_header_stamp_and_nothing_else():
+    pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed; run `make setup`")
+    from rclpy.serialization import deserialize_message, serialize_message
+    from sensor_msgs.msg import CameraInfo, Image
+    from std_msgs.msg import Header
+
+    from pose_node.ros.replay import read_header_stamp_ns, with_header_stamp
+
+    image = Image(header=Header(frame_id="cam0_optical"), height=2, width=3, encoding="rgb8", step=9, data=bytes(range(18)))
+    image.header.stamp.sec, image.header.stamp.nanosec = 1_700_000_000, 5
+    info = CameraInfo(header=Header(frame_id="cam0_optical"), width=3, height=2, k=[1.0, 0, 1, 0, 1, 1, 0, 0, 1])
+    for msg, msg_type in ((image, Image), (info, CameraInfo)):
+        cdr = serialize_message(msg)
+        assert read_header_stamp_ns(cdr) == msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        patched = with_header_stamp(cdr, 1_800_000_000_123_456_789)
+        assert len(patched) == len(cdr) and read_header_stamp_ns(patched) == 1_800_000_000_123_456_789
+        back = deserialize_message(patched, msg_type)
+        assert (back.header.stamp.sec, back.header.stamp.nanosec) == (1_800_000_000, 123_456_789)
+        back.header.stamp = msg.header.stamp
+        assert back == msg
+
+
+def test_restamp_reads_big_endian_and_rejects_what_is_not_plain_cdr():
+    import struct
+
+    from pose_node.ros.replay import ReplayError, read_header_stamp_ns, with_header_stamp
+
+    big = b"\x00\x00\x00\x00" + struct.pack(">iI", 12, 34) + b"\x00\x00\x00\x01x\x00"
+    assert read_header_stamp_ns(big) == 12 * 10**9 + 34
+    assert with_header_stamp(big, 56 * 10**9 + 78)[4:12] == struct.pack(">iI", 56, 78)
+    with pytest.raises(ReplayError, match="not a plain CDR"):
+        read_header_stamp_ns(b"\x00\x03\x00\x00" + bytes(12))  # PL_CDR (XCDR1 parameter list)
+    with pytest.raises(ReplayError, match="not a plain CDR"):
+        read_header_stamp_ns(b"\x00\x01\x00\x00")  # too short
+
+
+def test_restamper_gives_one_new_stamp_per_recorded_stamp():
+    import struct
+
+    from pose_node.ros.replay import Restamper, read_header_stamp_ns
+
+    def cdr(stamp_s: int) -> bytes:
+        return b"\x00\x01\x00\x00" + struct.pack("<iI", stamp_s, 0) + bytes(8)
+
+    now = iter(range(1000, 2000, 10))
+    restamper = Restamper(clock=lambda: next(now))
+    stamps = [read_header_stamp_ns(restamper.restamp(cdr(s))) for s in (1, 1, 1, 2, 2, 1)]
+    assert stamps == [1000, 1000, 1000, 1010, 1010, 1000]  # the cameras of one frame share it
+    restamper.reset()  # the next loop
+    assert read_header_stamp_ns(restamper.restamp(cdr(1))) == 1020
+
+
+def test_restamp_needs_no_clock():
+    with pytest.raises(SystemExit):
+        parse_args(["some.mcap", "--restamp"])
+    assert parse_args(["some.mcap", "--restamp", "--no-clock"]).restamp
+    assert not parse_args(["some.mcap"]).restamp
+
+
+def test_replay_restamps_headers_to_publication_time(ros, tmp_path):
+    import time
+
+    from sensor_msgs.msg import CameraInfo, Image
+    from tf2_msgs.msg import TFMessage
+
+    from pose_node.ros.replay import starts_with_header
+
+    assert starts_with_header(Image) and starts_with_header(CameraInfo) and not starts_with_header(TFMessage)
+    bag = write_bag(tmp_path / "bag", "mcap")
+    images = ros.collect(Image, IMAGE_TOPIC, _reliable())
+    infos = ros.collect(CameraInfo, INFO_TOPIC, _reliable())
+    statics = ros.collect(TFMessage, "/tf_static", _reliable(depth=100, latched=True))
+    before = time.time_ns()
+    process = ros.start("pose_replay", str(bag.path), "--restamp", "--no-clock", "--wait-for-subscribers", "1")
+    n = len(bag.image_stamps_ns)
+    ros.spin_until(lambda: len(images.messages) == n and len(infos.messages) == n and statics.messages,
+                   what="every replayed message")
+    assert process.wait() == 0, process.output()
+    after = time.time_ns()
+    image_stamps = [_stamp_ns(m.header.stamp) for m in images.messages]
+    assert all(before <= s <= after for s in image_stamps)
+    assert image_stamps == sorted(image_stamps) and len(set(image_stamps)) == n
+    # 10 Hz recording at rate 1: new stamps about 100 ms apart, like the recorded ones.
+    gaps_ms = [(b - a) / 1e6 for a, b in zip(image_stamps, image_stamps[1:])]
+    assert all(80.0 <= g <= 200.0 for g in gaps_ms), gaps_ms
+    assert [_stamp_ns(m.header.stamp) for m in infos.messages] == image_stamps  # same recorded stamp, same new one
+    assert [bytes(m.data) for m in images.messages] == bag.image_bytes
+    assert {_stamp_ns(t.header.stamp) for t in statics.messages[0].transforms} == {T0_NS}  # no header first: untouched

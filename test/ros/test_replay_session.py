@@ -48,3 +48,13 @@ def test_refuses_to_start_ros_processes_outside_the_local_only_environment(tmp_p
     with pytest.raises(ReplaySessionError, match="LOCALHOST"):
         run_node_on_bag(tmp_path / "c.yaml", tmp_path / "bag", [], 1, tmp_path / "logs")
     assert not (tmp_path / "logs").exists()  # nothing started
+
+
+def test_node_session_refuses_outside_the_local_only_environment(tmp_path, monkeypatch):
+    from pose_node.ros.replay_session import NodeSession
+
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "SUBNET")
+    with pytest.raises(ReplaySessionError, match="LOCALHOST"):
+        with NodeSession(tmp_path / "c.yaml", tmp_path / "logs"):
+            pass
+    assert not (tmp_path / "logs").exists()

@@ -1,0 +1,12 @@
+"""Performance harness (``pose_bench``): latency, throughput, memory and scaling of the pipeline.
+
+The core (scenarios, statistics, the in-process runner, sweeps, profiling, plots) needs no ROS
+graph; :mod:`pose_node.benchmark.ros_io` (message decoding and publishing costs) needs the ROS
+message packages and :mod:`pose_node.benchmark.throughput` a ROS installation to run the node.
+"""
+from pose_node.benchmark.harness import BenchConfig, BenchRun, FrameRunner, FrameTiming, run_benchmark
+from pose_node.benchmark.scenario import RESOLUTIONS, ScenarioConfig, ensure_scenario
+from pose_node.benchmark.stats import STAGE_GROUPS, LatencyStats, group_timings, stage_table, summarize
+
+__all__ = ["BenchConfig", "BenchRun", "FrameRunner", "FrameTiming", "LatencyStats", "RESOLUTIONS", "STAGE_GROUPS",
+           "ScenarioConfig", "ensure_scenario", "group_timings", "run_benchmark", "stage_table", "summarize"]
