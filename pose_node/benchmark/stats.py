@@ -89,9 +89,15 @@ def group_timings(timings_ms: Mapping[str, float]) -> dict[str, float]:
         if present:
             grouped[group] = float(sum(present))
     for key, value in timings_ms.items():
-        if key not in AGGREGATE_KEYS and group_of(key) == key and key not in grouped:
+        if key not in AGGREGATE_KEYS and not is_part(key) and group_of(key) == key and key not in grouped:
             grouped[key] = float(value)
     return grouped
+
+
+def is_part(key: str) -> bool:
+    """Whether a timing key is a part of a stage's time (``refinement_align`` of ``refinement``):
+    reported raw, never added as a stage of its own (it would be counted twice)."""
+    return any(key.startswith(group + "_") and group in keys for group, keys in STAGE_GROUPS)
 
 
 def stage_table(per_frame_ms: Sequence[Mapping[str, float]]) -> dict[str, LatencyStats | None]:

@@ -26,6 +26,7 @@ either) has no per-camera grouping, ``min_cameras`` or timeout, which the workce
 """
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import time
@@ -119,6 +120,9 @@ class PoseNode(Node):
             self._param_callback = self.add_on_set_parameters_callback(self._on_set_parameters)
         self.get_logger().info(f"configured: {len(self.config.cameras)} cameras, {len(models)} objects, "
                                f"pipeline ready in {self.pipeline.build_s:.1f} s")
+        # The models, templates and networks live as long as the node: moving them out of the
+        # collector's reach saves the ~100 ms full collections that otherwise hit one set in several.
+        gc.freeze()
         return TransitionCallbackReturn.SUCCESS
 
     def _load_models(self) -> list:

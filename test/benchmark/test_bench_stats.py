@@ -35,9 +35,9 @@ def test_group_timings_maps_todays_keys_to_the_issue_stages():
 
 def test_group_timings_takes_new_and_unknown_keys_without_failing():
     # The refinement issue replaces fusion with association and adds refinement (and maybe more).
-    timings = {"proposals": 1.0, "association": 2.0, "refinement": 3.0, "refinement_render": 4.0, "total": 11.0}
+    timings = {"proposals": 1.0, "association": 2.0, "refinement": 3.0, "tracking": 4.0, "total": 11.0}
     grouped = group_timings(timings)
-    assert grouped == {"detection": 1.0, "association": 2.0, "refinement": 3.0, "refinement_render": 4.0}
+    assert grouped == {"detection": 1.0, "association": 2.0, "refinement": 3.0, "tracking": 4.0}
     assert group_of("refinement_render") == "refinement_render" and group_of("pnp") == "correspondence_pnp"
     assert group_timings({}) == {}
 
@@ -55,3 +55,10 @@ def test_rate_hz():
     assert rate_hz([0, 10**9, 2 * 10**9]) == pytest.approx(1.0)
     assert rate_hz([5 * 10**8, 0]) == pytest.approx(2.0)  # order does not matter
     assert rate_hz([7]) is None and rate_hz([3, 3]) is None
+
+
+def test_parts_of_a_stage_are_not_counted_as_stages():
+    from pose_node.benchmark.stats import group_timings
+
+    grouped = group_timings({"association": 1.0, "refinement": 10.0, "refinement_align": 6.0, "refinement_render": 3.0})
+    assert grouped == {"association": 1.0, "refinement": 10.0}
