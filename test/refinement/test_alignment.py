@@ -100,3 +100,24 @@ def test_wrong_shapes_are_named():
     with pytest.raises(InvalidInputError, match="point_valid"):
         AlignmentProblem(problem.points_obj, problem.template_features, problem.point_valid[:, :1], problem.observed_features,
                          4, problem.K_crop, problem.T_crop_world)
+
+
+def test_warp_to_crops_matches_the_supersampled_crop():
+    """The homography + pyramid crop of the refinement shows what the detector's crop shows."""
+    import cv2
+    import numpy as np
+
+    from pose_node.detection.matching import crop_camera, crop_images
+    from pose_node.refinement.problem import warp_to_crops
+
+    H, W = 480, 640
+    yy, xx = np.mgrid[0:H, 0:W]
+    image = cv2.GaussianBlur(np.stack([(xx * 0.3) % 255, (yy * 0.4) % 255, ((xx + yy) * 0.2) % 255], -1).astype(np.uint8), (0, 0), 6)
+    K = np.array([[600.0, 0, 319.5], [0, 600.0, 239.5], [0, 0, 1]])
+    for box in ([300, 200, 340, 240], [100, 60, 500, 440], [60, 20, 620, 470]):  # zoom in, out by ~3 and ~4.5
+        R, f = crop_camera(K, np.array(box, dtype=float).reshape(2, 2), 128, 0.1)
+        ours = warp_to_crops(image, K, R[None], np.array([f]), 128)[0].astype(float)
+        ref = crop_images(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255, torch.ones(1, H, W, dtype=torch.bool),
+                          torch.from_numpy(K), torch.from_numpy(R[None]), torch.tensor([f]), 128, (0, 0, 0))
+        ref = ref[0].permute(1, 2, 0).numpy() * 255
+        assert np.abs(ours - ref)[8:-8, 8:-8].mean() < 1.0, box
