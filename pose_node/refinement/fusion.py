@@ -41,7 +41,8 @@ class FusionConfig:
     Attributes:
         method: ``association`` or ``refinement``.
         association: grouping and initial poses.
-        refinement: the refiner (its ``covariance_scale`` empty: read from ``calibration_path``).
+        refinement: the refiner (its ``covariance_scale`` empty: scale and score exponent read
+            from ``calibration_path``).
         calibration_path: json with ``covariance_scale`` per mode (None: the shipped file).
         device: ``cpu`` or ``cuda[:N]`` for features and alignment.
         backbone: dense feature backbone name (``efficientnet_lite0``; the calibration is for it).
@@ -63,12 +64,15 @@ def default_calibration_path() -> Path:
     return shipped_file(CALIBRATION_FILE_NAME)
 
 
-def load_covariance_scales(path: Path) -> dict[str, float]:
-    """``covariance_scale`` of a calibration json ({} when the file does not exist)."""
+def load_covariance_calibration(path: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """``covariance_scale`` and ``covariance_score_exponent`` per mode of a calibration json
+    (empty when the file does not exist)."""
     if not path.is_file():
         logger.warning("refinement covariance calibration %s not found: unscaled covariance", path)
-        return {}
-    return {k: float(v) for k, v in json.loads(path.read_text()).get("covariance_scale", {}).items()}
+        return {}, {}
+    meta = json.loads(path.read_text())
+    return ({k: float(v) for k, v in meta.get("covariance_scale", {}).items()},
+            {k: float(v) for k, v in meta.get("covariance_score_exponent", {}).items()})
 
 
 class MultiViewFusion:
@@ -94,7 +98,8 @@ class MultiViewFusion:
             refinement = config.refinement
             if not refinement.covariance_scale:
                 path = Path(config.calibration_path) if config.calibration_path else default_calibration_path()
-                refinement = replace(refinement, covariance_scale=load_covariance_scales(path))
+                scales, exponents = load_covariance_calibration(path)
+                refinement = replace(refinement, covariance_scale=scales, covariance_score_exponent=exponents)
             # The renderer's context is created on first use, in the thread that refines (the node's
             # worker): an EGL context stays current in the thread that created it and cannot be made
             # current in another. A throwaway context checks now that one can be created at all.
@@ -128,4 +133,4 @@ class MultiViewFusion:
         return sorted(refined, key=lambda e: -e.score), timings
 
 
-__all__ = ["CALIBRATION_FILE_NAME", "FusionConfig", "METHODS", "MultiViewFusion", "default_calibration_path", "load_covariance_scales"]
+__all__ = ["CALIBRATION_FILE_NAME", "FusionConfig", "METHODS", "MultiViewFusion", "default_calibration_path", "load_covariance_calibration"]

@@ -11,10 +11,11 @@ Per frame (everything batched over objects, starts and views):
    more than ``rerender_dt_m`` / ``rerender_drot_deg`` (at most ``rounds`` in all). From the second
    round on, a view whose points mostly disagree with the render (occluded, wrong extrinsics,
    another object) is left out.
-4. **Covariance** ``covariance_scale x sigma^2 (J^T W J)^-1`` at the final pose, moment-matched with
+4. **Covariance** ``covariance_scale x score^-k x sigma^2 (J^T W J)^-1`` at the final pose
+   (score: step 5; a worse fit is wrong by more than its Hessian says), moment-matched with
    the other starts' solutions weighted by ``exp(-hypothesis_sharpness x cost difference)``, so
-   doubt between a pose and its flip widens it (as the single-view stage does). The scale is
-   calibrated per mode on validation workcells (``pose_refinement_bench --calibrate``).
+   doubt between a pose and its flip widens it (as the single-view stage does). The scale and k
+   are calibrated per mode on validation workcells (``pose_refinement_bench --calibrate``).
 5. **Score** in [0, 1]: the share of points whose features agree with the observation (residual
    below ``alignment.inlier_threshold``), averaged over every view that should see the object
    (first round, before views are dropped), times the winner's mixture weight.
@@ -42,6 +43,9 @@ from pose_node.refinement.problem import CropConfig, ProblemBuilder
 
 logger = logging.getLogger(__name__)
 
+#: Scores below this inflate the covariance no further (a wrong pose is the mixture's business).
+MIN_SCORE_FOR_SCALE = 0.05
+
 
 @dataclass(frozen=True)
 class RefinementConfig:
@@ -56,6 +60,7 @@ class RefinementConfig:
         min_view_inlier_share: after the first round, views whose points agree less are dropped.
         hypothesis_sharpness: mixture weights ``exp(-sharpness * (cost - best cost))``.
         covariance_scale: mode (``rgb`` / ``rgbd``) -> calibrated factor (missing: 1).
+        covariance_score_exponent: mode -> k: the factor is divided by ``score^k`` (missing: 0).
         use_depth: add the depth residual when views have depth.
     """
 
@@ -68,6 +73,7 @@ class RefinementConfig:
     min_view_inlier_share: float = 0.3
     hypothesis_sharpness: float = 20.0
     covariance_scale: Mapping[str, float] = field(default_factory=dict)
+    covariance_score_exponent: Mapping[str, float] = field(default_factory=dict)
     use_depth: bool = True
 
     def __post_init__(self) -> None:
@@ -201,13 +207,21 @@ class MultiViewRefiner:
         model = self.models[cand.object_id]
         res, b, used = final
         T = res.T_world_object[b].numpy()
-        scale = float(cfg.covariance_scale.get("rgbd" if with_depth else "rgb", 1.0))
-        cov = res.covariance[b].numpy() * scale
-        # Mixture over this candidate's starts (their first-round solutions) about the final pose.
         mine = [k for k, o in enumerate(owners) if o == c]
         own_cost = costs[mine]
         weights = torch.softmax(-cfg.hypothesis_sharpness * (own_cost - own_cost.min()), 0)
         winner_weight = float(weights[int(own_cost.argmin())])
+        # Agreement averaged over the views that should see the object: a candidate that only one
+        # view supports while the others see something else there scores low.
+        agreement = float(first.view_inlier_share[mine[int(own_cost.argmin())], :len(slots)].mean())
+        score = float(np.clip(agreement * winner_weight, 0.0, 1.0))
+        mode = "rgbd" if with_depth else "rgb"
+        # A pose the views agree with less is wrong by more than its Hessian says (appearance the
+        # render cannot explain): the calibrated scale grows as score^-exponent.
+        scale = float(cfg.covariance_scale.get(mode, 1.0)) * max(score, MIN_SCORE_FOR_SCALE) ** -float(
+            cfg.covariance_score_exponent.get(mode, 0.0))
+        cov = res.covariance[b].numpy() * scale
+        # Mixture over this candidate's starts (their first-round solutions) about the final pose.
         mix = winner_weight * cov
         ref = Pose.from_matrix(torch.from_numpy(T))
         for w, k in zip(weights.tolist(), mine):
@@ -218,10 +232,6 @@ class MultiViewRefiner:
             mix = mix + w * (first.covariance[k].numpy() * scale + np.outer(d, d))
         T_out, cov_out = canonical_equivalent(T, 0.5 * (mix + mix.T), model.symmetries)
         views = tuple(v for v, u in zip(slots, used) if u)
-        # Agreement averaged over the views that should see the object: a candidate that only one
-        # view supports while the others see something else there scores low.
-        agreement = float(first.view_inlier_share[mine[int(own_cost.argmin())], :len(slots)].mean())
-        score = float(np.clip(agreement * winner_weight, 0.0, 1.0))
         return PoseEstimate(cand.object_id, instance_id, T_out, cov_out, score, views)
 
 

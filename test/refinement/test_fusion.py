@@ -9,7 +9,7 @@ import pytest
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.types import PoseEstimate
 from pose_node.evaluation.runner import stage_status
-from pose_node.refinement.fusion import FusionConfig, MultiViewFusion, default_calibration_path, load_covariance_scales
+from pose_node.refinement.fusion import FusionConfig, MultiViewFusion, default_calibration_path, load_covariance_calibration
 from pose_node.refinement.refiner import RefinementConfig
 from scene import HEIGHT, WIDTH, errors, make_scene, perturbed
 
@@ -48,8 +48,9 @@ def test_refinement_improves_on_association_and_applies_the_calibrated_scale(sce
 
 
 def test_shipped_calibration_and_stage_registration():
-    scales = load_covariance_scales(default_calibration_path())
-    assert set(scales) == {"rgb", "rgbd"} and all(0.1 < s < 1e4 for s in scales.values())
+    scales, exponents = load_covariance_calibration(default_calibration_path())
+    assert set(scales) == {"rgb", "rgbd"} and all(0.1 < s < 1e5 for s in scales.values())
+    assert set(exponents) <= {"rgb", "rgbd"} and all(0 <= k <= 8 for k in exponents.values())
     assert stage_status(["refinement"])["refinement"] == "available"
     with pytest.raises(InvalidInputError, match="method"):
         FusionConfig(method="nearest")

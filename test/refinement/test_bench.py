@@ -1,0 +1,27 @@
+"""pose_refinement_bench's pure parts: the covariance fit and the score AUROC."""
+from __future__ import annotations
+
+import numpy as np
+
+from pose_node.refinement.bench import auroc, fit_covariance
+
+
+def test_fit_finds_the_score_dependence_of_the_errors():
+    """Two validation sets whose errors grow as score^-2: the fit finds k = 2 and covers both."""
+    rng = np.random.default_rng(0)
+    scores = [np.full(300, 0.9), np.full(300, 0.4)]
+    d2 = [rng.chisquare(6, 300) * 50.0 / s**2 for s in scores]
+    scale, exponent, coverages = fit_covariance(d2, scores)
+    assert exponent == 2.0
+    assert abs(scale - 50.0) / 50.0 < 0.15
+    assert all(0.92 <= c <= 0.98 for c in coverages)
+    # Without a score dependence k = 0 is as good as any: the first (0) stays.
+    flat = [rng.chisquare(6, 300) * 7.0, rng.chisquare(6, 300) * 7.0]
+    assert fit_covariance(flat, scores)[1] == 0.0
+
+
+def test_auroc():
+    assert auroc([0.9, 0.8, 0.2], [True, True, False]) == 1.0
+    assert auroc([0.1, 0.8], [True, False]) == 0.0
+    assert auroc([0.5, 0.5], [True, False]) == 0.5
+    assert auroc([0.5], [True]) is None
