@@ -1,7 +1,7 @@
 """Performance harness (``pose_bench``): latency, throughput, memory and scaling of the pipeline.
 
 The core (scenarios, statistics, the in-process runner, sweeps, profiling, plots) needs no ROS
-graph; :mod:`pose_node.benchmark.ros_io` (message decoding and publishing costs) needs the ROS
+graph; :mod:`pose_node.ros.bench_io` (message decoding and publishing costs) needs the ROS
 message packages and :mod:`pose_node.benchmark.throughput` a ROS installation to run the node.
 """
 from pose_node.benchmark.harness import BenchConfig, BenchRun, FrameRunner, FrameTiming, run_benchmark

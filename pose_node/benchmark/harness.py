@@ -259,7 +259,7 @@ def build_runner(config: BenchConfig, directory: Path) -> tuple[FrameRunner, dic
     # node config's {procedural: {seed, count}} does.
     models = make_procedural_objects(config.scenario.objects, config.scenario.seed)
     if config.ros_messages:
-        from pose_node.benchmark.ros_io import OutputPublisher, RosMessageInput
+        from pose_node.ros.bench_io import OutputPublisher, RosMessageInput
 
         frame_input: FrameInput = RosMessageInput(frames)
         output_publisher = OutputPublisher(models)
