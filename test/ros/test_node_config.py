@@ -90,6 +90,7 @@ def test_example_file_parses():
     assert [(o.object_id, o.name, o.source) for o in config.objects] == [
         (i, f"obj_{i:06d}", "procedural") for i in range(1, 5)]
     assert config.pipeline.mode == "rgbd" and config.pipeline.device == "cpu" and config.pipeline.backend == "auto"
+    assert config.pipeline.multiview == "refinement"
     assert math.isinf(config.pipeline.thresholds.max_position_std_m)
     assert config.sync.min_cameras == 2 and config.sync.timeout_s == 0.1
     assert config.sync_streams()["cam2"] == ("color", "info", "depth")
@@ -143,6 +144,10 @@ def test_constants_match_the_modules_they_mirror():
     assert BACKENDS == ("auto", *BACKEND_KINDS)
     assert set(MESH_UNITS) <= set(UNIT_TO_METRES)
     assert set(DEPTH_ENCODINGS) == set(BAG_DEPTH_ENCODINGS)
+    from pose_node.refinement.fusion import METHODS
+    from pose_node.ros.node_config import MULTIVIEW_METHODS
+
+    assert set(MULTIVIEW_METHODS) == set(METHODS)
 
 
 BAD_VALUES = [
@@ -164,6 +169,7 @@ BAD_VALUES = [
     (("pipeline", "mode"), "depth", "pipeline.mode: expected one of rgb, rgbd, got 'depth'"),
     (("pipeline", "device"), "gpu", "pipeline.device: expected cpu, cuda or cuda:N, got 'gpu'"),
     (("pipeline", "backend"), "tflite", "pipeline.backend: expected one of auto, tensorrt, onnxruntime, torch"),
+    (("pipeline", "multiview"), "nearest", "pipeline.multiview: expected one of refinement, association"),
     (("pipeline", "thresholds", "detection_score"), 1.5, "pipeline.thresholds.detection_score: expected a number <= 1.0"),
     (("pipeline", "thresholds", "pose_score"), "high", "pipeline.thresholds.pose_score: expected a number, got 'high' (str)"),
     (("pipeline", "thresholds", "max_position_std_m"), 0, "pipeline.thresholds.max_position_std_m: expected a number > 0.0"),
