@@ -95,7 +95,8 @@ class Thresholds:
 
     Attributes:
         detection_score: template-matching score below which a detection is dropped, in [0, 1].
-        pose_score: calibrated probability below which a pose is not published, in [0, 1].
+        pose_score: pose score in [0, 1] (the share of feature points the views agree with at the
+            refined pose, times the weight of the winning start) below which a pose is not published.
         max_position_std_m: a pose whose largest position standard deviation exceeds this is
             not published, metres (> 0; ``.inf`` = no limit).
         max_rotation_std_deg: the same for the largest rotation standard deviation, degrees.
