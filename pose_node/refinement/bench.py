@@ -40,7 +40,6 @@ import numpy as np
 import torch
 
 from pose_node.core.geometry import so3_exp
-from pose_node.core.types import Camera, PoseEstimate, View
 from pose_node.correspondence.bench import (
     HOLDOUT_YCB_IDS, TEST_SEED_PROCEDURAL, TEST_SEED_YCB, VALIDATION_SEED, ensure_workcell, holdout_models_dir,
 )
