@@ -32,7 +32,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.geometry import Pose, perturb_pose
@@ -174,14 +173,9 @@ def gradient_maps(features: torch.Tensor, stride_px: int) -> torch.Tensor:
     return torch.cat([features, du / stride_px, dv / stride_px], dim=-3)
 
 
-def _to_grid(uv: torch.Tensor, stride_px: int, h: int, w: int) -> torch.Tensor:
-    """Crop pixels (..., 2) -> grid_sample coordinates of an (h, w) map (align_corners=False)."""
-    scale = uv.new_tensor([2.0 / (stride_px * w), 2.0 / (stride_px * h)])
-    return (uv + 0.5) * scale - 1.0
-
-
 def sample_map(features: torch.Tensor, uv: torch.Tensor, stride_px: int) -> torch.Tensor:
-    """Bilinear features of one map at crop pixels (the convention the solver samples with).
+    """Bilinear features of one map at crop pixels, with the solver's own sampler (so a template
+    feature and the observation sampled at the same pixel agree exactly).
 
     Args:
         features: (C, h, w). uv: (N, 2) crop pixels.
@@ -189,8 +183,8 @@ def sample_map(features: torch.Tensor, uv: torch.Tensor, stride_px: int) -> torc
         (N, C).
     """
     C, h, w = features.shape
-    grid = _to_grid(uv.to(features.dtype), stride_px, h, w)[None, :, None]
-    return F.grid_sample(features[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0, :, :, 0].T
+    rows, weights = _bilinear_rows(uv.to(features.dtype)[None, None], stride_px, h, w)
+    return _gather(features.reshape(C, h * w).T.contiguous(), rows, weights)[0, 0]
 
 
 def _bilinear_rows(uv: torch.Tensor, stride_px: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -140,16 +140,8 @@ def warp_to_crops(image: np.ndarray, K: np.ndarray, R_camera_crop: np.ndarray, f
     return out
 
 
-def _project(K: np.ndarray, T_camera_object: np.ndarray, points_obj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    p = points_obj @ T_camera_object[:3, :3].T + T_camera_object[:3, 3]
-    z = p[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uv = (p[:, :2] / z[:, None]) * np.diag(K)[:2] + K[:2, 2]
-    return uv, z
-
-
 def _box_corners(model: ObjectModel) -> np.ndarray:
-    lo, hi = model.vertices.min(0), model.vertices.max(0)
+    lo, hi = model.bbox_min_max
     return np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])], dtype=np.float64)
 
 
@@ -192,8 +184,7 @@ class ProblemBuilder:
         out = []
         for v, view in enumerate(views):
             cam = view.camera
-            T_co = invert_rigid(cam.T_world_camera) @ T_world_object
-            uv, z = _project(cam.K, T_co, self._corners[object_id])
+            uv, z = cam.project(self._corners[object_id] @ T_world_object[:3, :3].T + T_world_object[:3, 3])
             if not (z > 0.01).all():
                 continue
             lo, hi = uv.min(0), uv.max(0)
@@ -235,7 +226,7 @@ class ProblemBuilder:
         R_all = np.zeros((M, 3, 3))
         f_all = np.zeros(M)
         T_cw = np.zeros((M, 4, 4))
-        rgb = torch.zeros(M, 3, S, S, device=self.device)
+        rgb = np.zeros((M, S, S, 3), np.uint8)
         depth = torch.full((M, S, S), float("nan"), dtype=torch.float64) if with_depth else None
         uv_pixels = np.stack(np.meshgrid(np.arange(S, dtype=np.float64), np.arange(S, dtype=np.float64), indexing="xy"), -1).reshape(-1, 2)
         for v, items in per_view.items():
@@ -249,15 +240,18 @@ class ProblemBuilder:
                 T_cw[i] = np.eye(4)
                 T_cw[i, :3, :3] = r.T @ T_camera_world[:3, :3]
                 T_cw[i, :3, 3] = r.T @ T_camera_world[:3, 3]
-            crops = warp_to_crops(view.rgb, np.asarray(view.camera.K, dtype=np.float64), R, f, S)
-            rgb[idx] = torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+            rgb[idx] = warp_to_crops(view.rgb, np.asarray(view.camera.K, dtype=np.float64), R, f, S)
             if with_depth:
                 d = crop_depth_at(view.depth, view.camera.K, R, f, S, uv_pixels)
                 depth[idx] = torch.from_numpy(d.reshape(len(idx), S, S))
-        features = dense_features(self.backbone, rgb, cfg.feature_strides) if M else torch.zeros(0, 1, 1, 1, device=self.device)
-        rgb_u8 = (rgb.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        features = dense_features(self.backbone, self._to_images(rgb), cfg.feature_strides) if M else \
+            torch.zeros(0, 1, 1, 1, device=self.device)
         return Observations(slots, offsets, torch.from_numpy(crop_intrinsics(f_all, S)), torch.from_numpy(T_cw), R_all,
-                            rgb_u8, features, None if depth is None else depth.to(self.device))
+                            rgb, features, None if depth is None else depth.to(self.device))
+
+    def _to_images(self, rgb: np.ndarray) -> torch.Tensor:
+        """(M, S, S, 3) uint8 crops -> (M, 3, S, S) float in [0, 1] on the backbone's device."""
+        return torch.from_numpy(rgb).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
 
     def problem(self, obs: Observations, candidates: Sequence[int], object_ids: Sequence[int],
                 T_world_object: Sequence[np.ndarray], view_mask: Sequence[Sequence[bool]] | None = None) -> AlignmentProblem:
@@ -300,8 +294,7 @@ class ProblemBuilder:
                                        light_dir_cam=light, background=obs.rgb[ms])
             xyz[ps], depth_r[ps], rgb_r[ps] = out.xyz, out.depth, out.rgb
         dev = self.device
-        render_features = dense_features(self.backbone, torch.from_numpy(rgb_r).to(dev).permute(0, 3, 1, 2).float().div_(255.0),
-                                         cfg.feature_strides) if P else None
+        render_features = dense_features(self.backbone, self._to_images(rgb_r), cfg.feature_strides) if P else None
         h = w = S // s0
         centres = (torch.arange(h) * s0 + (s0 - 1) / 2.0)
         pix = centres.round().long().clamp(0, S - 1)  # the rendered pixel read for each cell

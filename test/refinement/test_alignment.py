@@ -121,3 +121,18 @@ def test_warp_to_crops_matches_the_supersampled_crop():
                           torch.from_numpy(K), torch.from_numpy(R[None]), torch.tensor([f]), 128, (0, 0, 0))
         ref = ref[0].permute(1, 2, 0).numpy() * 255
         assert np.abs(ours - ref)[8:-8, 8:-8].mean() < 1.0, box
+
+
+def test_sample_map_is_grid_samples_bilinear_border_rule():
+    """Template features are read with the solver's sampler; it is torch's bilinear grid_sample
+    (border padding, align_corners=False) under the cell-centre convention, edges included."""
+    import torch.nn.functional as F
+
+    from pose_node.refinement.alignment import sample_map
+
+    features = torch.randn(16, 8, 8, generator=torch.Generator().manual_seed(0))
+    s = 4
+    uv = torch.rand(300, 2, generator=torch.Generator().manual_seed(1)) * (s * 8 + 4) - 2  # a little outside too
+    grid = ((uv + 0.5) * (2.0 / (s * 8)) - 1.0)[None, :, None]
+    reference = F.grid_sample(features[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0, :, :, 0].T
+    torch.testing.assert_close(sample_map(features, uv, s), reference, atol=1e-5, rtol=1e-5)
