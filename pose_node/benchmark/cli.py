@@ -23,43 +23,38 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from pose_node.benchmark.scenario import DEFAULT_ROOT, RESOLUTIONS, ScenarioConfig
 from pose_node.core.errors import InvalidInputError, PoseNodeError
+from pose_node.ros.node_config import DEVICE_PATTERN
 
 logger = logging.getLogger("pose_bench")
 
-_DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
-
 
 def _device(text: str) -> str:
-    if not _DEVICE_RE.match(text):
+    if not DEVICE_PATTERN.match(text):
         raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
     return text
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _positive(cast, what: str):
+    """An argparse type: ``cast(text)`` when it is > 0, else an error naming ``what``."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+_positive_int = _positive(int, "a positive integer")
+_positive_float = _positive(float, "a positive number")
 
 
 def _int_list(text: str) -> list[int]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import re
 import resource
 import time
 from collections.abc import Callable, Sequence
@@ -33,13 +32,11 @@ from pose_node.benchmark.scenario import ScenarioConfig, load_frames
 from pose_node.benchmark.stats import group_timings, stage_table, summarize
 from pose_node.core.errors import InvalidInputError, StageUnavailableError
 from pose_node.core.types import PoseEstimate
+from pose_node.ros.node_config import BACKENDS, DEVICE_PATTERN, MODES
 from pose_node.ros.sync import ApproximateTimeSynchronizer, SyncConfig, SyncedSet
 
 logger = logging.getLogger(__name__)
 
-MODES = ("rgb", "rgbd")
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
-_DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 FIRST_STAMP_NS = 1_700_000_000_000_000_000
 # The node's synchronizer settings for a workcell (replay_session.workcell_node_config).
 SYNC_SLOP_S = 0.02
@@ -79,7 +76,7 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise InvalidInputError(f"BenchConfig.mode: expected one of {', '.join(MODES)}, got {self.mode!r}")
-        if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
+        if not isinstance(self.device, str) or not DEVICE_PATTERN.match(self.device):
             raise InvalidInputError(f"BenchConfig.device: expected cpu or cuda[:N], got {self.device!r}")
         if self.backend not in BACKENDS:
             raise InvalidInputError(f"BenchConfig.backend: expected one of {', '.join(BACKENDS)}, got {self.backend!r}")

@@ -52,7 +52,7 @@ OBJECT_SOURCES: tuple[str, ...] = ("mesh", "bop_models", "procedural")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOPIC_TOKEN = r"[A-Za-z_][A-Za-z0-9_]*"
 _TOPIC_RE = re.compile(rf"^(~/|/)?{_TOPIC_TOKEN}(/{_TOPIC_TOKEN})*$")
-_DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")  # a torch device name: cpu, cuda or cuda:N
 # A quaternion whose norm is this far from 1 is a typo (or Euler angles), not rounding.
 _QUATERNION_NORM_TOLERANCE = 1e-3
 _ROTATION_TOLERANCE = 1e-4
@@ -415,7 +415,7 @@ def _parse_pipeline(value: Any) -> PipelineConfig:
     thresholds = Thresholds(**_threshold_values({} if raw_thresholds is None else raw_thresholds, "pipeline.thresholds"))
     return PipelineConfig(
         mode=section.string("mode", defaults.mode, choices=MODES),
-        device=section.string("device", defaults.device, pattern=_DEVICE_RE, what="cpu, cuda or cuda:N"),
+        device=section.string("device", defaults.device, pattern=DEVICE_PATTERN, what="cpu, cuda or cuda:N"),
         backend=section.string("backend", defaults.backend, choices=BACKENDS),
         multiview=section.string("multiview", defaults.multiview, choices=MULTIVIEW_METHODS),
         thresholds=thresholds,
