@@ -179,8 +179,9 @@ def _positions_consistent(a: PoseEstimate, b: PoseEstimate, diameter_m: float, c
     return False
 
 
-def _components(n: int, linked) -> list[list[int]]:
-    """Connected components of the graph on ``range(n)`` with edges ``linked(i, j)``."""
+def _components(linked: np.ndarray) -> list[list[int]]:
+    """Connected components of the graph with the (n, n) bool adjacency ``linked``."""
+    n = len(linked)
     parent = list(range(n))
 
     def find(i: int) -> int:
@@ -189,14 +190,27 @@ def _components(n: int, linked) -> list[list[int]]:
             i = parent[i]
         return i
 
-    for i in range(n):
-        for j in range(i + 1, n):
-            if find(i) != find(j) and linked(i, j):
-                parent[find(i)] = find(j)
+    for i, j in zip(*np.nonzero(np.triu(linked, 1))):
+        parent[find(int(i))] = find(int(j))
     groups: dict[int, list[int]] = {}
     for i in range(n):
         groups.setdefault(find(i), []).append(i)
     return list(groups.values())
+
+
+def information_weighted_mean(values: np.ndarray, covariances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(sum Lambda_k)^-1 sum Lambda_k x_k`` with ``Lambda_k = Sigma_k^-1``, and its covariance.
+
+    Args:
+        values: (K, d). covariances: (K, d, d) (pseudo-inverted: a direction without information
+            gets none).
+    Returns:
+        The (d,) mean and its (d, d) covariance ``(sum Lambda_k)^-1``.
+    """
+    info = np.linalg.pinv(np.asarray(covariances, dtype=np.float64), hermitian=True)
+    cov = np.linalg.pinv(info.sum(0), hermitian=True)
+    mean = cov @ np.einsum("kij,kj->i", info, np.asarray(values, dtype=np.float64))
+    return mean, 0.5 * (cov + cov.T)
 
 
 def fuse_in_tangent_space(anchor: np.ndarray, poses: Sequence[np.ndarray], covariances: Sequence[np.ndarray]
@@ -211,21 +225,8 @@ def fuse_in_tangent_space(anchor: np.ndarray, poses: Sequence[np.ndarray], covar
     ref = Pose.from_matrix(torch.from_numpy(np.asarray(anchor, dtype=np.float64)))
     T = torch.from_numpy(np.stack(poses).astype(np.float64))
     deltas = pose_difference(Pose.from_matrix(T), Pose(ref.R.expand(len(poses), 3, 3), ref.t.expand(len(poses), 3)))
-    info = torch.linalg.pinv(torch.from_numpy(np.stack(covariances).astype(np.float64)), hermitian=True)
-    info_sum = info.sum(0)
-    cov = torch.linalg.pinv(info_sum, hermitian=True)
-    delta = cov @ (info @ deltas[..., None]).sum(0)[:, 0]
-    fused = perturb_pose(ref, delta).matrix().numpy()
-    cov = cov.numpy()
-    return fused, 0.5 * (cov + cov.T)
-
-
-def fuse_positions(positions: Sequence[np.ndarray], covariances: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Information-weighted mean of positions (3,) with (3, 3) covariances, and its covariance."""
-    info = np.linalg.pinv(np.stack(covariances), hermitian=True)
-    cov = np.linalg.pinv(info.sum(0), hermitian=True)
-    mean = cov @ np.einsum("kij,kj->i", info, np.stack(positions))
-    return mean, 0.5 * (cov + cov.T)
+    delta, cov = information_weighted_mean(deltas.numpy(), np.stack(covariances))
+    return perturb_pose(ref, torch.from_numpy(delta)).matrix().numpy(), cov
 
 
 def _with_position(T: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -259,26 +260,26 @@ def associate(estimates: Sequence[PoseEstimate], models: Mapping[int, ObjectMode
     for object_id, hyps in by_object.items():
         model = models[object_id]
         diameter = float(model.diameter_m)
-        def linked(i: int, j: int) -> bool:
-            return _positions_consistent(hyps[i], hyps[j], diameter, config, camera_centres)
-
-        for group in _components(len(hyps), linked):
-            candidates.append(_candidate(object_id, [hyps[i] for i in group], model, config, camera_centres))
+        linked = np.array([[i == j or _positions_consistent(a, b, diameter, config, camera_centres) for j, b in enumerate(hyps)]
+                           for i, a in enumerate(hyps)], dtype=bool)
+        for group in _components(linked):
+            candidates.append(_candidate(object_id, [hyps[i] for i in group], model, config, linked[np.ix_(group, group)]))
     return sorted(candidates, key=lambda c: -c.score)
 
 
 def _candidate(object_id: int, hyps: list[PoseEstimate], model: ObjectModel, config: AssociationConfig,
-               centres: Sequence[np.ndarray] | None) -> Candidate:
+               linked: np.ndarray) -> Candidate:
+    """One candidate from a group of hypotheses whose positions are ``linked`` (K, K) pairwise."""
     diameter = float(model.diameter_m)
     K = len(hyps)
-    # agree[i, j]: j agrees with anchor i (after aligning j's symmetric equivalent to i).
-    agree = np.eye(K, dtype=bool)
+    # agree[i, j]: j agrees with anchor i (positions linked, rotations close after aligning j's
+    # symmetric equivalent to i).
+    agree = linked.copy()
     for i in range(K):
         for j in range(K):
-            if i != j:
+            if i != j and agree[i, j]:
                 Tj = closest_equivalent(hyps[j].T_world_object, hyps[i].T_world_object, model.symmetries)
-                agree[i, j] = (rotation_angle_deg(Tj, hyps[i].T_world_object) <= config.agree_rotation_deg
-                               and _positions_consistent(hyps[i], hyps[j], diameter, config, centres))
+                agree[i, j] = rotation_angle_deg(Tj, hyps[i].T_world_object) <= config.agree_rotation_deg
     support = agree.sum(1)
     trace = np.array([np.trace(h.covariance[3:, 3:]) for h in hyps])
     anchor = min(range(K), key=lambda i: (-support[i], trace[i]))
@@ -298,7 +299,8 @@ def _candidate(object_id: int, hyps: list[PoseEstimate], model: ObjectModel, con
         # The agreeing views cannot pin the position (e.g. one RGB view: depth unknown). Where the
         # object is does not depend on which way it is turned: every view's position (the
         # disagreeing ones too) goes into the position, which triangulates the views' rays.
-        T[:3, 3], cov[:3, :3] = fuse_positions([h.T_world_object[:3, 3] for h in hyps], [h.covariance[:3, :3] for h in hyps])
+        T[:3, 3], cov[:3, :3] = information_weighted_mean(np.stack([h.T_world_object[:3, 3] for h in hyps]),
+                                                          np.stack([h.covariance[:3, :3] for h in hyps]))
         cov[:3, 3:] = cov[3:, :3] = 0.0  # position and rotation now come from different sets of views
         alternatives = [PoseEstimate(a.object_id, a.instance_id, _with_position(a.T_world_object, T[:3, 3]), a.covariance, a.score,
                                      a.view_indices) for a in alternatives]
@@ -306,5 +308,5 @@ def _candidate(object_id: int, hyps: list[PoseEstimate], model: ObjectModel, con
     return Candidate(object_id, T, cov, max(h.score for h in hyps), tuple(members), tuple(alternatives), views)
 
 
-__all__ = ["AssociationConfig", "Candidate", "associate", "closest_equivalent", "equivalent_with_covariance", "fuse_in_tangent_space", "fuse_positions",
+__all__ = ["AssociationConfig", "Candidate", "associate", "closest_equivalent", "equivalent_with_covariance", "fuse_in_tangent_space", "information_weighted_mean",
            "rotation_angle_deg"]
