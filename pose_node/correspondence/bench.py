@@ -31,13 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from pose_node.correspondence.stage import CorrespondenceStageConfig, default_weights_path
-from pose_node.correspondence.train import DEFAULT_HOLDOUT_BOP_IDS
+from pose_node.datasets.splits import TEST_YCB_IDS, ycb_ids_in
 from pose_node.evaluation.calibration import COVERAGE_LEVELS, POSE_DOF
 from pose_node.evaluation.runner import EvalConfig, run
 
 logger = logging.getLogger(__name__)
 
-HOLDOUT_YCB_IDS: tuple[int, ...] = DEFAULT_HOLDOUT_BOP_IDS  # the objects pose_train never sees
+HOLDOUT_YCB_IDS: tuple[int, ...] = TEST_YCB_IDS  # test-split objects: pose_train never sees them
 TEST_SEED_PROCEDURAL = 2026
 TEST_SEED_YCB = 2027
 VALIDATION_SEED = 3031
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     datasets = {"procedural": ensure_workcell(out / "test_proc", "procedural", 5, TEST_SEED_PROCEDURAL, args.scenes)}
     if args.ycb_models is not None:
         models = holdout_models_dir(args.ycb_models, out)
-        datasets["ycb_holdout"] = ensure_workcell(out / "test_ycb", str(models), len(HOLDOUT_YCB_IDS), TEST_SEED_YCB, args.scenes)
+        datasets["ycb_holdout"] = ensure_workcell(out / "test_ycb", str(models), len(ycb_ids_in(models, "test").object_ids), TEST_SEED_YCB, args.scenes)
     rows = []
     for name, path in datasets.items():
         for mode in args.modes:

@@ -37,11 +37,13 @@ import torch.nn.functional as F
 
 from pose_node.correspondence.network import CorrespondenceNet, CorrespondenceNetConfig, cell_centres_px
 from pose_node.correspondence.training_data import SampleConfig, TrainingBatch, TrainingSampler
+from pose_node.datasets.splits import PROCEDURAL_FIRST_IDS, PROCEDURAL_SEEDS, not_for_training
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_HOLDOUT_BOP_IDS: tuple[int, ...] = (2, 5, 8, 11)
-PROCEDURAL_TRAIN_SEED = 50_000_000
+# The split lives in pose_node.datasets.splits: never train on validation or test objects.
+DEFAULT_HOLDOUT_BOP_IDS: tuple[int, ...] = not_for_training()
+PROCEDURAL_TRAIN_SEED = PROCEDURAL_SEEDS["train"] * 1000
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ def training_objects(num_procedural: int, bop_models_dir: Path | None, holdout: 
     from pose_node.onboarding.mesh_loading import load_bop_models
     from pose_node.onboarding.procedural import make_procedural_objects
 
-    models = make_procedural_objects(num_procedural, PROCEDURAL_TRAIN_SEED // 1000, first_id=1000)
+    models = make_procedural_objects(num_procedural, PROCEDURAL_SEEDS["train"], first_id=PROCEDURAL_FIRST_IDS["train"])
     if bop_models_dir is not None and Path(bop_models_dir).is_dir():
         info = json.loads((Path(bop_models_dir) / "models_info.json").read_text())
         ids = [int(k) for k in info if int(k) not in holdout]

@@ -41,8 +41,9 @@ import torch
 
 from pose_node.core.geometry import so3_exp
 from pose_node.correspondence.bench import (
-    HOLDOUT_YCB_IDS, TEST_SEED_PROCEDURAL, TEST_SEED_YCB, VALIDATION_SEED, ensure_workcell, holdout_models_dir,
+    TEST_SEED_PROCEDURAL, TEST_SEED_YCB, VALIDATION_SEED, ensure_workcell, holdout_models_dir,
 )
+from pose_node.datasets.splits import ycb_ids_in
 from pose_node.evaluation.calibration import COVERAGE_LEVELS, POSE_DOF
 from pose_node.evaluation.runner import EvalConfig, run
 from pose_node.refinement.fusion import FusionConfig, MultiViewFusion, default_calibration_path
@@ -267,9 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.calibrate:
         vals = [ensure_workcell(out / "val_proc", "procedural", 4, VALIDATION_SEED, scenes)]
         if args.ycb_models is not None:
-            # Real meshes too, but only the YCB objects the test never sees (the training ones).
-            train_ids = tuple(sorted(int(k) for k in json.loads((args.ycb_models / "models_info.json").read_text())
-                                     if int(k) not in HOLDOUT_YCB_IDS))
+            # Real meshes too, but never test-split objects: the training-split ones of --ycb-models (ycb_dev has no
+            # validation-split objects; the out-of-domain calibration uses pose_ood_set --split validation).
+            train_ids = ycb_ids_in(args.ycb_models, "train").object_ids
             models = holdout_models_dir(args.ycb_models, out, train_ids, folder="ycb_validation_models")
             vals.append(ensure_workcell(out / "val_ycb", str(models), 4, VALIDATION_SEED_YCB, scenes))
         scales, exponents = calibrate(vals, args.modes, fusion_config, args.max_targets)

@@ -69,6 +69,10 @@ class WorkcellConfig:
         num_objects: distinct object models per scene (procedural: generated; BOP: drawn from the
             directory without replacement).
         max_instances_per_object: each model appears 1..this many times in a scene.
+        objects_per_scene: ``(lo, hi)``: each scene shows a random subset of lo..hi of the loaded
+            models, each once, and with probability ``duplicate_probability`` one of them twice
+            (``max_instances_per_object`` is then unused). None: every model in every scene.
+        duplicate_probability: see ``objects_per_scene``.
         num_scenes, frames_per_scene: recording length.
         frame_rate_hz: frame rate of the recording (bag stamps).
         start_stamp_ns: stamp of the first frame.
@@ -87,6 +91,8 @@ class WorkcellConfig:
     objects: str = PROCEDURAL
     num_objects: int = 4
     max_instances_per_object: int = 1
+    objects_per_scene: tuple[int, int] | None = None
+    duplicate_probability: float = 0.0
     num_scenes: int = 1
     frames_per_scene: int = 5
     frame_rate_hz: float = 10.0
@@ -113,6 +119,9 @@ class WorkcellConfig:
             ("scene_gap_s", self.scene_gap_s >= 0), ("camera_stamp_jitter_ms", self.camera_stamp_jitter_ms >= 0),
             ("depth_scale_mm", self.depth_scale_mm > 0), ("visib_fract_threshold", 0 <= self.visib_fract_threshold <= 1),
             ("depth_encoding", self.depth_encoding in DEPTH_ENCODINGS),
+            ("objects_per_scene", self.objects_per_scene is None
+             or (len(self.objects_per_scene) == 2 and 1 <= self.objects_per_scene[0] <= self.objects_per_scene[1] <= self.num_objects)),
+            ("duplicate_probability", 0 <= self.duplicate_probability <= 1),
         ]
         for name, ok in checks:
             if not ok:
@@ -273,6 +282,20 @@ class _WorkcellRenderer:
         ).rgb
 
 
+def _scene_instances(config: WorkcellConfig, num_models: int, rng: np.random.Generator) -> list[int]:
+    """Model index of each instance of one scene (see ``objects_per_scene``), grouped by model."""
+    if config.objects_per_scene is None:
+        counts = rng.integers(1, config.max_instances_per_object + 1, num_models)
+    else:
+        lo, hi = config.objects_per_scene
+        counts = np.zeros(num_models, np.int64)
+        chosen = rng.choice(num_models, size=int(rng.integers(lo, hi + 1)), replace=False)
+        counts[chosen] = 1
+        if rng.random() < config.duplicate_probability:
+            counts[rng.choice(chosen)] = 2
+    return [i for i, n in enumerate(counts) for _ in range(int(n))]
+
+
 def _instance_counts(placed: list[PlacedInstance], selected: np.ndarray) -> dict[int, int]:
     """obj_id -> number of selected instances (objects with none are left out), sorted by obj_id."""
     counts: dict[int, int] = {}
@@ -309,8 +332,7 @@ def generate_workcell(config: WorkcellConfig) -> Path:
         if config.write_bag:
             bag = WorkcellBagWriter(out / "bag", layout.cameras, layout.camera_names, depth_encoding=config.depth_encoding)
         for scene_id in range(config.num_scenes):
-            counts = rng_place.integers(1, config.max_instances_per_object + 1, len(models))
-            instance_models = [i for i, n in enumerate(counts) for _ in range(int(n))]
+            instance_models = _scene_instances(config, len(models), rng_place)
             placed = place_objects(
                 models, instance_models, rng_place, table_size_m=layout.table_size_m, config=config.placement, rest_poses=rest_poses
             )

@@ -1,0 +1,65 @@
+"""The one object split: disjoint, and read by the code that trains and calibrates."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pose_node.core.errors import InvalidInputError
+from pose_node.datasets.bop import write_bop_models
+from pose_node.datasets.splits import (
+    PROCEDURAL_FIRST_IDS, PROCEDURAL_SEEDS, TEST_YCB_IDS, VALIDATION_YCB_IDS, not_for_training, split_of_ycb_id,
+    ycb_ids_in,
+)
+from pose_node.onboarding.procedural import make_procedural_object
+
+
+def _fake_ycb_dir(root: Path, ids: list[int]) -> Path:
+    """A BOP models folder whose obj_ids are ``ids`` (small procedural meshes stand in for YCB)."""
+    models = [make_procedural_object(i, seed=i, target_faces=200) for i in ids]
+    write_bop_models(root, models)
+    return root
+
+
+def test_splits_are_disjoint_and_cover_every_id():
+    assert not set(TEST_YCB_IDS) & set(VALIDATION_YCB_IDS)
+    assert {split_of_ycb_id(i) for i in TEST_YCB_IDS} == {"test"}
+    assert {split_of_ycb_id(i) for i in VALIDATION_YCB_IDS} == {"validation"}
+    assert split_of_ycb_id(1) == "train" and split_of_ycb_id(88) == "train"
+    assert set(not_for_training()) == set(TEST_YCB_IDS) | set(VALIDATION_YCB_IDS)
+    # The shipped correspondence network was trained without ycb_dev 2, 5, 8, 11: they stay test objects.
+    assert {2, 5, 8, 11} <= set(TEST_YCB_IDS)
+    assert len(set(PROCEDURAL_SEEDS.values())) == 3 and len(set(PROCEDURAL_FIRST_IDS.values())) == 3
+
+
+def test_ycb_ids_in_reads_the_split_from_a_models_folder(tmp_path):
+    models = _fake_ycb_dir(tmp_path, [1, 2, 14, 15, 60])
+    assert ycb_ids_in(models, "test").object_ids == (2, 15)
+    assert ycb_ids_in(models, "validation").object_ids == (14, 60)
+    assert ycb_ids_in(models, "train").object_ids == (1,)
+    with pytest.raises(InvalidInputError, match="split"):
+        ycb_ids_in(models, "tuning")
+    with pytest.raises(InvalidInputError, match="models_info"):
+        ycb_ids_in(tmp_path / "nowhere", "test")
+
+
+def test_training_never_loads_test_or_validation_objects(tmp_path):
+    from pose_node.correspondence.train import DEFAULT_HOLDOUT_BOP_IDS, PROCEDURAL_TRAIN_SEED, training_objects
+
+    models = _fake_ycb_dir(tmp_path, [1, 2, 5, 14, 22, 30])
+    loaded = training_objects(2, models, DEFAULT_HOLDOUT_BOP_IDS)
+    ycb_ids = sorted(m.object_id for m in loaded if m.object_id < PROCEDURAL_FIRST_IDS["train"])
+    assert ycb_ids == [1, 30]
+    procedural = [m for m in loaded if m.object_id >= PROCEDURAL_FIRST_IDS["train"]]
+    assert [m.source_path.split("seed=")[1] for m in procedural] == [str(PROCEDURAL_TRAIN_SEED), str(PROCEDURAL_TRAIN_SEED + 1)]
+
+
+def test_in_domain_calibration_objects_are_never_test_objects(tmp_path):
+    """pose_refinement_bench --calibrate copies the training-split objects of --ycb-models only."""
+    from pose_node.correspondence.bench import holdout_models_dir
+
+    models = _fake_ycb_dir(tmp_path / "ycb", [1, 2, 3, 11, 14])
+    train_ids = ycb_ids_in(models, "train").object_ids
+    copied = holdout_models_dir(models, tmp_path / "out", train_ids, folder="val")
+    assert sorted(int(k) for k in json.loads((copied / "models_info.json").read_text())) == [1, 3]
