@@ -21,6 +21,9 @@ Extrinsic sensitivity (``--sensitivity``): every camera's ``T_world_camera`` is 
 random rotation and translation of the given sizes (fixed seed) before association and refinement,
 while scoring uses the true extrinsics.
 
+``--dataset-dir NAME=DIR`` adds any multi-view BOP dataset (the out-of-domain sets of
+``pose_ood_set``) to the rows.
+
 Run it on one thread::
 
     pose_refinement_bench --out-dir out/bench_correspondence --ycb-models ../shared/data/ycb_dev/models --threads 1
@@ -234,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=Path("out/bench_correspondence"))
     parser.add_argument("--ycb-models", type=Path, default=None, help="YCB BOP models dir (held-out objects are evaluated)")
     parser.add_argument("--modes", nargs="+", default=["rgbd", "rgb"], choices=["rgbd", "rgb"])
-    parser.add_argument("--datasets", nargs="+", default=["procedural", "ycb_holdout"], choices=["procedural", "ycb_holdout"])
+    parser.add_argument("--datasets", nargs="*", default=["procedural", "ycb_holdout"], choices=["procedural", "ycb_holdout"])
+    parser.add_argument("--dataset-dir", nargs="*", default=[], metavar="NAME=DIR",
+                        help="also evaluate these multi-view BOP datasets, e.g. ood_test=out/ood_test (pose_ood_set)")
     parser.add_argument("--max-targets", type=int, default=None)
     parser.add_argument("--calibrate", action="store_true", help="fit the covariance scale on val_proc first")
     parser.add_argument("--record", action="store_true", help=f"write scales and table to models/{default_calibration_path().name}")
@@ -259,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             models = holdout_models_dir(args.ycb_models, out)
             datasets["ycb_holdout"] = ensure_workcell(out / "test_ycb", str(models), 4, TEST_SEED_YCB, scenes)
+    for spec in args.dataset_dir:
+        name, sep, path = spec.partition("=")
+        if not sep or not (Path(path) / TARGETS).is_file():
+            parser.error(f"--dataset-dir {spec!r}: expected NAME=DIR with DIR/{TARGETS}")
+        datasets[name] = Path(path)
     fusion_config = FusionConfig(device=args.device)
     crops = fusion_config.refinement.crops
     crops = replace(crops, size_px=args.crop_size or crops.size_px, max_points_per_view=args.max_points or crops.max_points_per_view)
