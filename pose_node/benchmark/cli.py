@@ -16,7 +16,8 @@ Four kinds of run, each writing one JSON (``--out``):
   default: the dataset's ``<split>_targets_multiview.json``, else ``_bop19.json``, else every
   image). Per frame the node's messages are built (rgb8, ``--depth-encoding`` depth,
   camera_info, ``/tf`` with the cameras' world poses) and every frame is timed once after the
-  warm-up (``--max-frames`` limits them; ``--repeats`` does not apply). The objects are the
+  warm-up (``--max-frames`` limits them; ``--repeats`` and the scenario options ``--cameras``,
+  ``--objects``, ``--resolution``, ``--frames``, ``--seed`` do not apply). The objects are the
   dataset's ``models/`` (onboarded through the cache). In RGB-D mode, frames with an image
   without depth are timed as RGB and counted (``frames_without_depth``). The JSON adds
   ``dataset``, ``split``, ``targets``, ``n_frames``, ``views_per_frame`` and per-frame ids.
@@ -150,9 +151,8 @@ def bench_config(args: argparse.Namespace, *, frames: int | None = None, bag: bo
     Raises:
         InvalidInputError: an out-of-range value (e.g. more cameras than a workcell holds).
     """
-    from pose_node.benchmark.harness import BenchConfig
-
     from pose_node.benchmark.dataset import DatasetSource
+    from pose_node.benchmark.harness import BenchConfig
 
     scenario = ScenarioConfig(cameras=args.cameras, objects=args.objects, resolution=args.resolution,
                               frames=frames or args.frames, seed=args.seed, bag=bag)

@@ -14,6 +14,9 @@ host-side (a step that only launches kernels may look cheap and the next one exp
 The first frame after the pipeline is built is reported on its own (``first_frame_ms``); after
 ``warmup`` frames in all, ``repeats`` frames are timed, cycling through the scenario's frames with
 increasing stamps (the pipeline tracks instances across them, as on a live stream).
+:func:`run_dataset_benchmark` times the frames of a BOP dataset instead, each once, through the
+same runner (the cameras' poses then come from a ``/tf`` message per frame, looked up as the node
+looks up cameras without static extrinsics).
 """
 from __future__ import annotations
 

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from geometry_msgs.msg import Transform, TransformStamped, Vector3
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CameraInfo, Image
-from geometry_msgs.msg import Transform, TransformStamped, Vector3
 from tf2_msgs.msg import TFMessage
 
 from pose_node.benchmark.inputs import StreamKey, camera_streams
@@ -54,6 +54,12 @@ def _stamped(messages: Sequence[tuple[StreamKey, Any]], stamp_ns: int) -> list[t
         msg.header.stamp = conv.ns_to_stamp(stamp_ns)
         out.append((key, stamp_ns, msg))
     return out
+
+
+def _check_depth_encoding(encoding: str) -> str:
+    if encoding not in conv.DEPTH_ENCODINGS:
+        raise InvalidInputError(f"depth_encoding: expected one of {', '.join(conv.DEPTH_ENCODINGS)}, got {encoding!r}")
+    return encoding
 
 
 def _image_mb(messages: Sequence[tuple[StreamKey, Any]]) -> float:
@@ -112,12 +118,6 @@ class RosMessageInput:
 
     def size_mb(self) -> float:
         return sum(_image_mb(messages) for messages in self._messages)
-
-
-def _check_depth_encoding(encoding: str) -> str:
-    if encoding not in conv.DEPTH_ENCODINGS:
-        raise InvalidInputError(f"depth_encoding: expected one of {', '.join(conv.DEPTH_ENCODINGS)}, got {encoding!r}")
-    return encoding
 
 
 #: The key of a frame's ``/tf`` message: decoded into the TF buffer (timed as ``decode``), not synchronized.
