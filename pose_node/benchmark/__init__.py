@@ -4,9 +4,10 @@ The core (scenarios, statistics, the in-process runner, sweeps, profiling, plots
 graph; :mod:`pose_node.ros.bench_io` (message decoding and publishing costs) needs the ROS
 message packages and :mod:`pose_node.benchmark.throughput` a ROS installation to run the node.
 """
-from pose_node.benchmark.harness import BenchConfig, BenchRun, FrameRunner, FrameTiming, run_benchmark
+from pose_node.benchmark.dataset import DatasetSource
+from pose_node.benchmark.harness import BenchConfig, BenchRun, FrameRunner, FrameTiming, run_benchmark, run_dataset_benchmark
 from pose_node.benchmark.scenario import RESOLUTIONS, ScenarioConfig, ensure_scenario
 from pose_node.benchmark.stats import STAGE_GROUPS, LatencyStats, group_timings, stage_table, summarize
 
-__all__ = ["BenchConfig", "BenchRun", "FrameRunner", "FrameTiming", "LatencyStats", "RESOLUTIONS", "STAGE_GROUPS",
-           "ScenarioConfig", "ensure_scenario", "group_timings", "run_benchmark", "stage_table", "summarize"]
+__all__ = ["BenchConfig", "BenchRun", "DatasetSource", "FrameRunner", "FrameTiming", "LatencyStats", "RESOLUTIONS", "STAGE_GROUPS",
+           "ScenarioConfig", "ensure_scenario", "group_timings", "run_benchmark", "run_dataset_benchmark", "stage_table", "summarize"]

@@ -1,6 +1,6 @@
 """``pose_bench``: latency, throughput, memory and scaling of the pose pipeline, on CPU or CUDA.
 
-Three kinds of run, each writing one JSON (``--out``):
+Four kinds of run, each writing one JSON (``--out``):
 
 * single configuration (default): end-to-end and per-stage latency of the node's work on a
   synchronized set (decode, sync, detection, correspondence + PnP, association, refinement,
@@ -10,6 +10,17 @@ Three kinds of run, each writing one JSON (``--out``):
   fresh process; also writes ``<out>.png`` (latency and its stages against cameras and objects).
 * replay (``--replay``): the running node fed from a bag at ``--rates`` (Hz or ``max``): output
   rate, image-stamp -> publish latency, dropped sets.
+* dataset (``--dataset DIR``): the single-configuration latency on the frames of a BOP dataset,
+  the frames ``pose_eval`` scores: one frame per group of a multi-view targets file (``im_ids``,
+  camera world poses from ``scene_camera.json``) or per image of a BOP19 one (``--targets``;
+  default: the dataset's ``<split>_targets_multiview.json``, else ``_bop19.json``, else every
+  image). Per frame the node's messages are built (rgb8, ``--depth-encoding`` depth,
+  camera_info, ``/tf`` with the cameras' world poses) and every frame is timed once after the
+  warm-up (``--max-frames`` limits them; ``--repeats`` and the scenario options ``--cameras``,
+  ``--objects``, ``--resolution``, ``--frames``, ``--seed`` do not apply). The objects are the
+  dataset's ``models/`` (onboarded through the cache). In RGB-D mode, frames with an image
+  without depth are timed as RGB and counted (``frames_without_depth``). The JSON adds
+  ``dataset``, ``split``, ``targets``, ``n_frames``, ``views_per_frame`` and per-frame ids.
 
 Scenarios (synthetic workcells) are generated once under ``--out-dir`` (default
 ``out/bench_perf``), one folder per configuration. Examples::
@@ -17,6 +28,8 @@ Scenarios (synthetic workcells) are generated once under ``--out-dir`` (default
     pose_bench --cameras 3 --objects 5 --resolution vga --mode rgbd --device cpu --out bench.json
     pose_bench --sweep-cameras 1,2,3,4,6 --sweep-objects 1,5,10,15 --out sweep.json
     pose_bench --replay --rates 10,30,max --out replay.json
+    pose_bench --dataset data/ycbv --targets test_targets_bop19.json --mode rgbd --device cuda --out ycbv.json
+    pose_bench --dataset out/workcell --max-frames 20 --mode rgb --out workcell.json
 """
 from __future__ import annotations
 
@@ -29,7 +42,7 @@ from typing import Any
 
 from pose_node.benchmark.scenario import DEFAULT_ROOT, RESOLUTIONS, ScenarioConfig
 from pose_node.core.errors import InvalidInputError, PoseNodeError
-from pose_node.ros.node_config import DEVICE_PATTERN
+from pose_node.ros.node_config import DEPTH_ENCODINGS, DEVICE_PATTERN
 
 logger = logging.getLogger("pose_bench")
 
@@ -88,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resolution", choices=tuple(RESOLUTIONS), default=scenario.resolution,
                    help=", ".join(f"{k} = {w}x{h}" for k, (w, h) in RESOLUTIONS.items()))
     g.add_argument("--mode", choices=MODES, default=defaults.mode)
+    g.add_argument("--depth-encoding", choices=DEPTH_ENCODINGS, default=defaults.depth_encoding,
+                   help="depth messages: 32FC1 metres or 16UC1 millimetres")
     g.add_argument("--device", type=_device, default=defaults.device, help="cpu, cuda or cuda:N")
     g.add_argument("--backend", choices=BACKENDS, default=defaults.backend, help="correspondence network runtime")
     g.add_argument("--threads", type=_positive_int, default=defaults.threads,
@@ -96,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=scenario.seed, help="scenario seed")
     g.add_argument("--onboarding-cache", default=None, help="onboarding cache directory (default: the shared cache)")
     g = p.add_argument_group("single configuration")
-    g.add_argument("--repeats", type=_positive_int, default=defaults.repeats, help="timed frames")
+    g.add_argument("--repeats", type=_positive_int, default=None,
+                   help=f"timed frames (default {defaults.repeats}; not with --dataset: each frame is timed once)")
     g.add_argument("--warmup", type=_positive_int, default=defaults.warmup,
                    help="untimed frames first (the first one is reported as first_frame_ms)")
     g.add_argument("--no-ros-messages", action="store_true",
@@ -104,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--profile", action="store_true", help="cProfile the slowest stage after the timed frames")
     g.add_argument("--profile-stage", default=None, help="profile this stage instead of the slowest (implies --profile)")
     g.add_argument("--profile-frames", type=_positive_int, default=5, help="frames run under the profiler")
+    g = p.add_argument_group("BOP dataset frames instead of a generated scenario")
+    g.add_argument("--dataset", type=Path, default=None, metavar="DIR", help="BOP dataset (holds models/ and the split)")
+    g.add_argument("--targets", default=None, metavar="FILE",
+                   help="targets JSON, multi-view (im_ids) or BOP19 (im_id), relative to DIR or the cwd "
+                        "(default: DIR's own, else every image)")
+    g.add_argument("--split", default=None, help="split folder (default: test)")
+    g.add_argument("--max-frames", type=_positive_int, default=None, metavar="N", help="time only the first N frames")
     g = p.add_argument_group("sweep (one axis at a time, the other fixed; writes <out>.png)")
     g.add_argument("--sweep-cameras", type=_int_list, default=None, metavar="N,N,...", help="e.g. 1,2,3,4,6")
     g.add_argument("--sweep-objects", type=_int_list, default=None, metavar="M,M,...", help="e.g. 1,5,10,15")
@@ -128,13 +151,19 @@ def bench_config(args: argparse.Namespace, *, frames: int | None = None, bag: bo
     Raises:
         InvalidInputError: an out-of-range value (e.g. more cameras than a workcell holds).
     """
+    from pose_node.benchmark.dataset import DatasetSource
     from pose_node.benchmark.harness import BenchConfig
 
     scenario = ScenarioConfig(cameras=args.cameras, objects=args.objects, resolution=args.resolution,
                               frames=frames or args.frames, seed=args.seed, bag=bag)
+    dataset = None
+    if args.dataset is not None:
+        dataset = DatasetSource(root=str(args.dataset), split=args.split or "test", targets=args.targets,
+                                max_frames=args.max_frames)
     return BenchConfig(scenario=scenario, mode=args.mode, device=args.device, backend=args.backend,
-                       repeats=args.repeats, warmup=args.warmup, threads=args.threads,
-                       ros_messages=not args.no_ros_messages, onboarding_cache=args.onboarding_cache)
+                       repeats=args.repeats or BenchConfig.repeats, warmup=args.warmup, threads=args.threads,
+                       ros_messages=not args.no_ros_messages, onboarding_cache=args.onboarding_cache,
+                       depth_encoding=args.depth_encoding, dataset=dataset)
 
 
 def _ros_messages_available() -> bool:
@@ -158,15 +187,17 @@ def _fmt(value: float | None) -> str:
 def run_single(args: argparse.Namespace) -> dict[str, Any]:
     from dataclasses import replace
 
-    from pose_node.benchmark.harness import check_device, run_benchmark
+    from pose_node.benchmark.harness import check_device, run_benchmark, run_dataset_benchmark
     from pose_node.benchmark.scenario import ensure_scenario
 
     config = bench_config(args)
     check_device(config.device)  # before minutes of scenario generation
     if config.ros_messages and not _ros_messages_available():
         config = replace(config, ros_messages=False)
-    directory = ensure_scenario(config.scenario, args.out_dir)
-    run = run_benchmark(config, directory)
+    if config.dataset is not None:
+        run = run_dataset_benchmark(config)
+    else:
+        run = run_benchmark(config, ensure_scenario(config.scenario, args.out_dir))
     result = run.result
     if args.profile or args.profile_stage:
         from pose_node.benchmark.profiling import profile_stage, slowest_stage
@@ -177,9 +208,15 @@ def run_single(args: argparse.Namespace) -> dict[str, Any]:
             raise InvalidInputError(f"--profile-stage {stage}: not a measured stage (measured: {', '.join(measured)})")
         report = args.out.with_name(f"{args.out.stem}_profile.txt")
         result["profile"] = profile_stage(run.runner, stage, args.profile_frames, report,
-                                          frame_indices=range(config.scenario.frames))
+                                          frame_indices=run.frame_indices or range(config.scenario.frames))
     e2e = result["end_to_end_ms"]
-    print(f"pose_bench: {config.scenario.cameras} cameras, {config.scenario.objects} objects, {config.scenario.resolution}, "
+    if config.dataset is not None:
+        views = ", ".join(f"{n} x {c} views" for c, n in result["views_per_frame"].items())
+        without = f" ({result['frames_without_depth']} without depth, timed as rgb)" if result["frames_without_depth"] else ""
+        what = f"{result['dataset']} [{result['split']}], {result['n_frames']} frames ({views}){without}"
+    else:
+        what = f"{config.scenario.cameras} cameras, {config.scenario.objects} objects, {config.scenario.resolution}"
+    print(f"pose_bench: {what}, "
           f"{config.mode}, {config.device}: end to end median {e2e['median']:.1f} ms, p95 {e2e['p95']:.1f}, "
           f"max {e2e['max']:.1f} (first frame {result['first_frame_ms']:.1f}); peak RSS {result['peak_rss_mb']:.0f} MiB")
     print("  stage medians (ms): " + ", ".join(f"{k} {_fmt(v)}" for k, v in result["stages_ms"].items()))
@@ -248,6 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--replay and --sweep-* are separate runs; give one of them")
     if (sweeping or args.replay) and (args.profile or args.profile_stage):
         parser.error("--profile runs on a single configuration (without --sweep-* or --replay)")
+    if args.dataset is not None and (sweeping or args.replay):
+        parser.error("--dataset times the dataset's frames in process; --sweep-* and --replay use generated scenarios")
+    if args.dataset is not None and args.repeats is not None:
+        parser.error("--repeats does not apply to --dataset: every frame is timed once (use --max-frames)")
+    if args.dataset is None and (args.targets or args.split or args.max_frames):
+        parser.error("--targets, --split and --max-frames need --dataset")
     try:
         bench_config(args)  # range checks (e.g. --cameras 9) as usage errors, before any work
     except InvalidInputError as exc:

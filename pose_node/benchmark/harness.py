@@ -14,6 +14,9 @@ host-side (a step that only launches kernels may look cheap and the next one exp
 The first frame after the pipeline is built is reported on its own (``first_frame_ms``); after
 ``warmup`` frames in all, ``repeats`` frames are timed, cycling through the scenario's frames with
 increasing stamps (the pipeline tracks instances across them, as on a live stream).
+:func:`run_dataset_benchmark` times the frames of a BOP dataset instead, each once, through the
+same runner (the cameras' poses then come from a ``/tf`` message per frame, looked up as the node
+looks up cameras without static extrinsics).
 """
 from __future__ import annotations
 
@@ -27,12 +30,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pose_node.benchmark.dataset import DatasetSource
 from pose_node.benchmark.inputs import ArrayInput, FrameInput
 from pose_node.benchmark.scenario import ScenarioConfig, load_frames
 from pose_node.benchmark.stats import group_timings, stage_table, summarize
 from pose_node.core.errors import InvalidInputError, StageUnavailableError
 from pose_node.core.types import PoseEstimate
-from pose_node.ros.node_config import BACKENDS, DEVICE_PATTERN, MODES
+from pose_node.ros.node_config import BACKENDS, DEPTH_ENCODINGS, DEVICE_PATTERN, MODES
 from pose_node.ros.sync import ApproximateTimeSynchronizer, SyncConfig, SyncedSet
 
 logger = logging.getLogger(__name__)
@@ -61,6 +65,9 @@ class BenchConfig:
         ros_messages: decode from and publish to ROS messages (needs the message packages);
             False feeds arrays and measures neither ``decode`` nor ``publishing``.
         onboarding_cache: onboarding cache directory (None: the default cache).
+        depth_encoding: encoding of the depth messages, ``32FC1`` (metres) or ``16UC1`` (millimetres).
+        dataset: time the frames of this BOP dataset instead of the generated ``scenario``
+            (:func:`run_dataset_benchmark`; ``repeats`` does not apply: every frame is timed once).
     """
 
     scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
@@ -72,6 +79,8 @@ class BenchConfig:
     threads: int = 1
     ros_messages: bool = True
     onboarding_cache: str | None = None
+    depth_encoding: str = "32FC1"  # what pose_scene bags carry by default
+    dataset: DatasetSource | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -84,11 +93,18 @@ class BenchConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InvalidInputError(f"BenchConfig.{name}: expected an integer >= {low}, got {value!r}")
+        if self.depth_encoding not in DEPTH_ENCODINGS:
+            raise InvalidInputError(f"BenchConfig.depth_encoding: expected one of {', '.join(DEPTH_ENCODINGS)}, "
+                                    f"got {self.depth_encoding!r}")
+        if self.dataset is not None and not isinstance(self.dataset, DatasetSource):
+            raise InvalidInputError(f"BenchConfig.dataset: expected a DatasetSource or None, got {type(self.dataset).__name__}")
 
     def to_json(self) -> dict:
-        """Flat configuration record (the scenario's fields first)."""
-        out = asdict(self.scenario)
-        out.update({k: v for k, v in asdict(self).items() if k != "scenario"})
+        """Flat configuration record: the scenario's fields (or, for a dataset, the dataset's) first."""
+        out = asdict(self.scenario) if self.dataset is None else self.dataset.to_json()
+        out.update({k: v for k, v in asdict(self).items() if k not in ("scenario", "dataset")})
+        if self.dataset is not None:
+            del out["repeats"]  # every frame is timed once
         return out
 
 
@@ -216,9 +232,11 @@ class FrameRunner:
             t0 = time.perf_counter()
             payload = self.input.decode(key, message)
             t1 = time.perf_counter()
+            decode_s += t1 - t0
+            if key[0] not in self.input.streams:
+                continue  # e.g. /tf: the node's TF listener takes it, not the synchronizer
             synced = self.sync.add(key, msg_stamp_ns, payload) or synced
             sync_s += time.perf_counter() - t1
-            decode_s += t1 - t0
         if synced is None or synced.partial:
             raise InvalidInputError(f"FrameRunner: frame {frame} gave no complete synchronized set")
         t0 = time.perf_counter()
@@ -235,6 +253,47 @@ class FrameRunner:
         return FrameTiming(end_to_end_ms=end_to_end_ms, timings_ms=timings, n_estimates=len(estimates))
 
 
+def build_pipeline(config: BenchConfig, models: Sequence, mode: str | None = None):
+    """The node's pipeline for ``models`` (onboarding from the cache), built as the node builds it.
+
+    Args:
+        mode: ``rgb`` / ``rgbd``; default ``config.mode``.
+    Returns:
+        The :class:`~pose_node.pipeline.PosePipeline` and its build time, seconds.
+    Raises:
+        StageUnavailableError: weights missing, no renderer to onboard with.
+    """
+    from pose_node.pipeline import PipelineOptions, PosePipeline
+    from pose_node.ros.node_config import PipelineConfig
+
+    started = time.perf_counter()
+    pipeline = PosePipeline(models, PipelineConfig(mode=mode or config.mode, device=config.device, backend=config.backend),
+                            options=PipelineOptions(cache_dir=config.onboarding_cache))
+    return pipeline, time.perf_counter() - started
+
+
+def build_publisher(config: BenchConfig, models: Sequence) -> Publisher | None:
+    """The node's output building and serialization (None without ROS messages)."""
+    if not config.ros_messages:
+        return None
+    from pose_node.ros.bench_io import OutputPublisher
+
+    publisher = OutputPublisher(models)
+    publisher.warm_up()
+    return publisher
+
+
+def _reset_gpu_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
+
+
+def _backend_name(pipeline) -> str | None:
+    return getattr(getattr(pipeline.estimator, "backend", None), "name", None)
+
+
 def build_runner(config: BenchConfig, directory: Path) -> tuple[FrameRunner, dict[str, Any]]:
     """Load the scenario's frames, build the pipeline and the runner.
 
@@ -243,11 +302,7 @@ def build_runner(config: BenchConfig, directory: Path) -> tuple[FrameRunner, dic
     Raises:
         StageUnavailableError: CUDA requested but absent, weights missing, no renderer to onboard with.
     """
-    import torch
-
     from pose_node.onboarding.procedural import make_procedural_objects
-    from pose_node.pipeline import PipelineOptions, PosePipeline
-    from pose_node.ros.node_config import PipelineConfig
 
     check_device(config.device)
     set_threads(config.threads)
@@ -255,26 +310,19 @@ def build_runner(config: BenchConfig, directory: Path) -> tuple[FrameRunner, dic
     # The workcell's objects: pose_scene makes them with make_procedural_objects(count, seed), as a
     # node config's {procedural: {seed, count}} does.
     models = make_procedural_objects(config.scenario.objects, config.scenario.seed)
+    publisher = build_publisher(config, models)
     if config.ros_messages:
-        from pose_node.ros.bench_io import OutputPublisher, RosMessageInput
+        from pose_node.ros.bench_io import RosMessageInput
 
-        frame_input: FrameInput = RosMessageInput(frames)
-        output_publisher = OutputPublisher(models)
-        output_publisher.warm_up()
-        publisher: Publisher | None = output_publisher
+        frame_input: FrameInput = RosMessageInput(frames, config.depth_encoding)
     else:
-        frame_input, publisher = ArrayInput(frames), None
+        frame_input = ArrayInput(frames)
     del frames  # ROS messages hold their own encoded copy; the arrays are not needed twice
-    if config.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats(torch.device(config.device))
-    started = time.perf_counter()
-    pipeline = PosePipeline(models, PipelineConfig(mode=config.mode, device=config.device, backend=config.backend),
-                            options=PipelineOptions(cache_dir=config.onboarding_cache))
-    build_s = time.perf_counter() - started
+    _reset_gpu_peak(config.device)
+    pipeline, build_s = build_pipeline(config, models)
     period_ns = int(round(1e9 / config.scenario.frame_rate_hz))
     runner = FrameRunner(pipeline, frame_input, publisher, config.device, period_ns)
-    backend = getattr(getattr(pipeline.estimator, "backend", None), "name", None)
-    return runner, {"build_s": build_s, "backend": backend, "input_frames_mb": frame_input.size_mb()}
+    return runner, {"build_s": build_s, "backend": _backend_name(pipeline), "input_frames_mb": frame_input.size_mb()}
 
 
 def run_frames(runner: FrameRunner, warmup: int, repeats: int, num_frames: int) -> tuple[FrameTiming, list[FrameTiming]]:
@@ -307,10 +355,15 @@ def summarize_frames(first: FrameTiming, timed: Sequence[FrameTiming]) -> dict[s
 
 @dataclass
 class BenchRun:
-    """A finished benchmark: the result JSON and the runner (still built, for profiling)."""
+    """A finished benchmark: the result JSON and the runner (still built, for profiling).
+
+    Attributes:
+        frame_indices: the frames ``runner`` serves (None: every frame of the scenario).
+    """
 
     result: dict[str, Any]
     runner: FrameRunner
+    frame_indices: list[int] | None = None
 
 
 def gpu_memory_mb(device: str) -> dict[str, float | None]:
@@ -347,5 +400,74 @@ def run_benchmark(config: BenchConfig, directory: Path) -> BenchRun:
     return BenchRun(result=result, runner=runner)
 
 
-__all__ = ["BenchConfig", "BenchRun", "FrameRunner", "FrameTiming", "build_runner", "check_device", "gpu_memory_mb", "machine_info", "peak_rss_mb",
-           "run_benchmark", "run_frames", "set_threads", "summarize_frames"]
+def run_dataset_benchmark(config: BenchConfig) -> BenchRun:
+    """Benchmark ``config`` on the frames of ``config.dataset`` (see :mod:`pose_node.benchmark.dataset`).
+
+    The pipeline knows every model of the dataset's ``models/``. Frames are grouped by kind
+    (cameras, with depth); each kind has its own runner (the synchronizer of such a node), the
+    RGB-timed frames of an RGB-D run their own RGB pipeline. The first ``warmup`` frames run
+    untimed (the first is ``first_frame_ms``), and the first frame of every kind they missed, then
+    every frame is timed once, in dataset order.
+
+    Returns:
+        The run (its runner: that of frame 0's kind); the result JSON has the keys of
+        :func:`run_benchmark` (``config`` with the dataset's fields instead of the scenario's;
+        ``frames`` also carry ``scene_id``, ``im_ids`` and the frame's ``mode``) and ``dataset``,
+        ``split``, ``targets``, ``n_frames``, ``n_views``, ``views_per_frame`` ({cameras: frames}),
+        ``frames_without_depth`` (RGB-D: timed as RGB) and their ids (the first 20).
+    Raises:
+        BopFormatError: not a BOP dataset, or a broken targets file, image or camera entry.
+        InvalidInputError: a multi-view frame without camera world poses.
+        StageUnavailableError: CUDA requested but absent, weights missing, no renderer to onboard with.
+    """
+    from pose_node.benchmark.dataset import DatasetArrayInput, DatasetFrames
+
+    if config.dataset is None:
+        raise InvalidInputError("run_dataset_benchmark: BenchConfig.dataset is None")
+    check_device(config.device)
+    set_threads(config.threads)
+    frames = DatasetFrames(config.dataset, config.mode)
+    models = frames.dataset.models()
+    publisher = build_publisher(config, models)
+    _reset_gpu_peak(config.device)
+    pipelines: dict[bool, Any] = {}
+    build_s = 0.0
+    for with_depth in sorted({depth for _, depth in frames.kinds}, reverse=True):
+        pipelines[with_depth], seconds = build_pipeline(config, models, "rgbd" if with_depth else "rgb")
+        build_s += seconds
+    runners: dict[tuple[int, bool], FrameRunner] = {}
+    for kind in dict.fromkeys(frames.kinds):
+        if config.ros_messages:
+            from pose_node.ros.bench_io import DatasetMessageInput
+
+            frame_input: FrameInput = DatasetMessageInput(frames, kind, config.depth_encoding)
+        else:
+            frame_input = DatasetArrayInput(frames, kind)
+        runners[kind] = FrameRunner(pipelines[kind[1]], frame_input, publisher, config.device)
+
+    def run(i: int) -> FrameTiming:
+        return runners[frames.kinds[i]].run(i)
+
+    first = run(0)
+    warmed = {frames.kinds[0]}
+    for i in range(1, config.warmup):
+        run(i % len(frames))
+        warmed.add(frames.kinds[i % len(frames)])
+    for kind in runners.keys() - warmed:  # another pipeline or synchronizer: its first frame is a first frame too
+        run(frames.indices(kind)[0])
+    timed = [run(i) for i in range(len(frames))]
+    result: dict[str, Any] = {"kind": "dataset", "config": config.to_json(), **frames.summary()}
+    result.update(summarize_frames(first, timed))
+    for i, record in enumerate(result["frames"]):
+        record.update(frames.frame_ids(i))
+    result["peak_rss_mb"] = peak_rss_mb()
+    result.update(gpu_memory_mb(config.device))
+    result.update({"build_s": build_s, "backend": _backend_name(pipelines[frames.kinds[0][1]]),
+                   "input_frames_mb": max(r.input.size_mb() for r in runners.values())})
+    result["machine"] = machine_info(config.device)
+    return BenchRun(result=result, runner=runners[frames.kinds[0]], frame_indices=frames.indices(frames.kinds[0]))
+
+
+__all__ = ["BenchConfig", "BenchRun", "FrameRunner", "FrameTiming", "build_pipeline", "build_publisher", "build_runner", "check_device",
+           "gpu_memory_mb", "machine_info", "peak_rss_mb", "run_benchmark", "run_dataset_benchmark", "run_frames", "set_threads",
+           "summarize_frames"]

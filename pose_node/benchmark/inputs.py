@@ -35,7 +35,8 @@ class FrameInput(Protocol):
     streams: Mapping[str, tuple[str, ...]]
 
     def messages(self, frame: int, stamp_ns: int) -> list[tuple[StreamKey, int, Any]]:
-        """Frame ``frame``'s messages, stamped ``stamp_ns``, in arrival order (not timed)."""
+        """Frame ``frame``'s messages, stamped ``stamp_ns``, in arrival order (not timed). A key whose
+        camera is not in :attr:`streams` (``/tf``) is decoded but not synchronized."""
         ...
 
     def decode(self, key: StreamKey, message: Any) -> Any:

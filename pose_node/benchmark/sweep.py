@@ -85,7 +85,7 @@ def bench_arguments(config: BenchConfig) -> list[str]:
     args = ["--cameras", str(s.cameras), "--objects", str(s.objects), "--resolution", s.resolution, "--mode", config.mode,
             "--device", config.device, "--backend", config.backend, "--repeats", str(config.repeats),
             "--warmup", str(config.warmup), "--threads", str(config.threads), "--frames", str(s.frames),
-            "--seed", str(s.seed)]
+            "--seed", str(s.seed), "--depth-encoding", config.depth_encoding]
     if not config.ros_messages:
         args.append("--no-ros-messages")
     if config.onboarding_cache:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from geometry_msgs.msg import Transform, TransformStamped, Vector3
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CameraInfo, Image
 from tf2_msgs.msg import TFMessage
@@ -21,6 +22,7 @@ from pose_node.core.types import Camera, ObjectModel, PoseEstimate, View
 from pose_node.ros import conversions as conv
 from pose_node.ros.outputs import SetOutputBuilder
 from pose_node.ros.sync import SyncedSet
+from pose_node.ros.tf_buffer import TransformBuffer
 
 DEPTH_ENCODING = "32FC1"  # what pose_scene bags carry by default
 
@@ -35,6 +37,35 @@ def camera_info_message(camera: Camera, stamp_ns: int) -> CameraInfo:
                       r=np.eye(3).reshape(-1).tolist(), p=P.reshape(-1).tolist())
 
 
+def view_messages(view: View, depth_encoding: str = DEPTH_ENCODING) -> list[tuple[StreamKey, Any]]:
+    """A view's messages as its camera driver would send them: colour (rgb8), camera_info and, when
+    the view has depth, depth (``depth_encoding``: 32FC1 metres or 16UC1 millimetres), unstamped."""
+    frame_id = view.camera.frame_id
+    messages: list[tuple[StreamKey, Any]] = [((view.name, "color"), conv.numpy_to_image(view.rgb, "rgb8", frame_id=frame_id)),
+                                             ((view.name, "info"), camera_info_message(view.camera, 0))]
+    if view.depth is not None:
+        messages.append(((view.name, "depth"), conv.numpy_to_image(view.depth, depth_encoding, frame_id=frame_id)))
+    return messages
+
+
+def _stamped(messages: Sequence[tuple[StreamKey, Any]], stamp_ns: int) -> list[tuple[StreamKey, int, Any]]:
+    out = []
+    for key, msg in messages:
+        msg.header.stamp = conv.ns_to_stamp(stamp_ns)
+        out.append((key, stamp_ns, msg))
+    return out
+
+
+def _check_depth_encoding(encoding: str) -> str:
+    if encoding not in conv.DEPTH_ENCODINGS:
+        raise InvalidInputError(f"depth_encoding: expected one of {', '.join(conv.DEPTH_ENCODINGS)}, got {encoding!r}")
+    return encoding
+
+
+def _image_mb(messages: Sequence[tuple[StreamKey, Any]]) -> float:
+    return sum(len(msg.data) for _, msg in messages if isinstance(msg, Image)) / 2**20
+
+
 class RosMessageInput:
     """Frames as ``sensor_msgs`` messages, decoded as the node's callbacks decode them.
 
@@ -44,36 +75,25 @@ class RosMessageInput:
 
     Args:
         frames: ``[frame][camera]`` views; their arrays are encoded once and released.
+        depth_encoding: ``32FC1`` (metres) or ``16UC1`` (millimetres), as a camera's depth topic.
     """
 
-    def __init__(self, frames: Sequence[Sequence[View]]) -> None:
+    def __init__(self, frames: Sequence[Sequence[View]], depth_encoding: str = DEPTH_ENCODING) -> None:
         with_depth = frames[0][0].depth is not None
+        self.depth_encoding = _check_depth_encoding(depth_encoding)
         self.streams = camera_streams([v.name for v in frames[0]], with_depth)
         self._T_world_camera = {v.name: np.asarray(v.camera.T_world_camera) for v in frames[0]}
-        self._messages: list[list[tuple[StreamKey, Any]]] = []
-        for views in frames:
-            messages: list[tuple[StreamKey, Any]] = []
-            for v in views:
-                frame_id = v.camera.frame_id
-                messages.append(((v.name, "color"), conv.numpy_to_image(v.rgb, "rgb8", frame_id=frame_id)))
-                messages.append(((v.name, "info"), camera_info_message(v.camera, 0)))
-                if v.depth is not None:
-                    messages.append(((v.name, "depth"), conv.numpy_to_image(v.depth, DEPTH_ENCODING, frame_id=frame_id)))
-            self._messages.append(messages)
+        self._messages = [[m for v in views for m in view_messages(v, depth_encoding)] for views in frames]
 
     def messages(self, frame: int, stamp_ns: int) -> list[tuple[StreamKey, int, Any]]:
-        out = []
-        for key, msg in self._messages[frame]:
-            msg.header.stamp = conv.ns_to_stamp(stamp_ns)
-            out.append((key, stamp_ns, msg))
-        return out
+        return _stamped(self._messages[frame], stamp_ns)
 
     def decode(self, key: StreamKey, message: Any) -> Any:
         stream = key[1]
         if stream == "color":
             return conv.rgb_from_image(message)
         if stream == "depth":
-            depth = conv.depth_from_image(message, DEPTH_ENCODING)
+            depth = conv.depth_from_image(message, self.depth_encoding)
             finite = np.isfinite(depth)
             if not np.any(finite & (depth > 0)):
                 raise InvalidInputError(f"{key}: no finite depth > 0 in a benchmark frame")
@@ -81,19 +101,88 @@ class RosMessageInput:
         conv.camera_from_info(message, np.eye(4))  # the node validates every camera_info on arrival
         return message
 
+    def _T_world(self, name: str, info: CameraInfo, stamp_ns: int) -> np.ndarray:
+        return self._T_world_camera[name]
+
     def views(self, synced: SyncedSet) -> list[View]:
         views = []
         for name, streams in synced.messages.items():
             rgb = streams["color"].payload
             height, width = rgb.shape[:2]
-            camera = conv.camera_from_info(streams["info"].payload, self._T_world_camera[name], image_size=(width, height))
+            info = streams["info"].payload
+            T_world_camera = self._T_world(name, info, streams["color"].stamp_ns)
+            camera = conv.camera_from_info(info, T_world_camera, image_size=(width, height))
             depth = streams["depth"].payload if "depth" in streams else None
             views.append(View(camera=camera, rgb=rgb, depth=depth, stamp_ns=streams["color"].stamp_ns, name=name))
         return views
 
     def size_mb(self) -> float:
-        total = sum(len(msg.data) for messages in self._messages for _, msg in messages if isinstance(msg, Image))
-        return total / 2**20
+        return sum(_image_mb(messages) for messages in self._messages)
+
+
+#: The key of a frame's ``/tf`` message: decoded into the TF buffer (timed as ``decode``), not synchronized.
+TF_KEY: StreamKey = ("/tf", "tf")
+
+
+def camera_transforms(views: Sequence[View], stamp_ns: int, world_frame: str) -> TFMessage:
+    """``/tf`` with ``T_world_camera`` of every view (``world_frame`` -> the camera's optical frame)."""
+    transforms = []
+    for view in views:
+        pose = conv.pose_to_msg(np.asarray(view.camera.T_world_camera, np.float64))
+        transforms.append(TransformStamped(
+            header=conv.make_header(stamp_ns, world_frame), child_frame_id=view.camera.frame_id,
+            transform=Transform(translation=Vector3(x=pose.position.x, y=pose.position.y, z=pose.position.z),
+                                rotation=pose.orientation)))
+    return TFMessage(transforms=transforms)
+
+
+class DatasetMessageInput(RosMessageInput):
+    """Dataset frames (:class:`~pose_node.benchmark.dataset.DatasetFrames`) of one kind as the node
+    receives them: per camera colour, camera_info and (RGB-D) depth, and one ``/tf`` message with
+    every camera's world pose at the frame's stamp (cameras move from scene to scene).
+
+    A frame's images are read and encoded when its messages are asked for (not timed); ``decode``
+    also fills a :class:`~pose_node.ros.tf_buffer.TransformBuffer` from ``/tf`` as the node's TF
+    listener does, and ``views`` looks each camera up at the image stamp as ``PoseNode._views``
+    does for cameras without static extrinsics.
+
+    Args:
+        frames: the dataset frames.
+        kind: (cameras, with depth) of the frames this input serves.
+        depth_encoding: ``32FC1`` or ``16UC1``.
+        world_frame: the TF parent of the cameras.
+    """
+
+    def __init__(self, frames, kind: tuple[int, bool], depth_encoding: str = DEPTH_ENCODING,
+                 world_frame: str = "world") -> None:
+        from pose_node.benchmark.dataset import camera_name
+
+        self._frames = frames
+        self.depth_encoding = _check_depth_encoding(depth_encoding)
+        self.streams = camera_streams([camera_name(k) for k in range(kind[0])], kind[1])
+        self.world_frame = world_frame
+        self.tf = TransformBuffer()
+        self._size_mb = 0.0
+
+    def messages(self, frame: int, stamp_ns: int) -> list[tuple[StreamKey, int, Any]]:
+        views = self._frames.views(frame)
+        encoded = [m for v in views for m in view_messages(v, self.depth_encoding)]
+        self._size_mb = max(self._size_mb, _image_mb(encoded))
+        # A TF publisher runs ahead of the cameras: the transforms are in the buffer before the set completes.
+        return [(TF_KEY, stamp_ns, camera_transforms(views, stamp_ns, self.world_frame)), *_stamped(encoded, stamp_ns)]
+
+    def decode(self, key: StreamKey, message: Any) -> Any:
+        if key == TF_KEY:
+            self.tf.set_tf_message(message)
+            return None
+        return super().decode(key, message)
+
+    def _T_world(self, name: str, info: CameraInfo, stamp_ns: int) -> np.ndarray:
+        return self.tf.lookup_transform(self.world_frame, info.header.frame_id, stamp_ns)
+
+    def size_mb(self) -> float:
+        """The largest frame's encoded images, MiB (one frame is held at a time)."""
+        return self._size_mb
 
 
 class OutputPublisher:
@@ -124,4 +213,5 @@ class OutputPublisher:
         self.last_bytes = sum(len(b) for b in serialized)
 
 
-__all__ = ["OutputPublisher", "RosMessageInput", "camera_info_message"]
+__all__ = ["DatasetMessageInput", "OutputPublisher", "RosMessageInput", "TF_KEY", "camera_info_message", "camera_transforms",
+           "view_messages"]
