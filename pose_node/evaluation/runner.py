@@ -231,7 +231,8 @@ class EvalConfig:
         if self.mode not in MODES:
             raise InvalidInputError(f"EvalConfig.mode: expected one of {MODES}, got {self.mode!r}")
         if self.vsd_without_depth not in VSD_WITHOUT_DEPTH:
-            raise InvalidInputError(f"EvalConfig.vsd_without_depth: expected one of {VSD_WITHOUT_DEPTH}, got {self.vsd_without_depth!r}")
+            raise InvalidInputError(
+                f"EvalConfig.vsd_without_depth: expected one of {VSD_WITHOUT_DEPTH}, got {self.vsd_without_depth!r}")
         if self.max_targets is not None and self.max_targets < 0:
             raise InvalidInputError(f"EvalConfig.max_targets: must be >= 0, got {self.max_targets}")
 
@@ -669,7 +670,8 @@ def evaluate(
                                                                   for k, v in asdict(config.scoring).items()},
         },
         "estimates_csv": None if csv_path is None else str(csv_path),
-        "detection": {"skipped": detection_skipped} if detection_skipped else (None if detection is None else detection.results(config.mode)),
+        "detection": ({"skipped": detection_skipped} if detection_skipped
+                      else None if detection is None else detection.results(config.mode)),
         "images_without_depth": {
             "count": len(no_depth),
             "ids": [list(k) for k in sorted(no_depth)[:MAX_LISTED_IMAGES]],
