@@ -535,7 +535,7 @@ def evaluate(
         if with_depth and any((frame.scene_id, im) in no_depth for im in frame.im_ids):
             # The RGB-D stages need depth in every view of a frame: the frame runs in RGB.
             with_depth = False
-            frames_run_rgb += 1
+            frames_run_rgb += estimator is not None
             if estimator is not None and estimator_without_depth is not None:
                 if not rgb_estimator:
                     rgb_estimator.append(estimator_without_depth())
@@ -709,6 +709,17 @@ def run(
             ``scene_gt_info.json`` (None: memory only). Never inside the dataset.
     """
     dataset = BopDataset(dataset_dir, split)
+    # Targets before the pipeline is built (onboarding is slow; a bad targets file fails first).
+    if depth_renderer is None:
+        depth_renderer = default_depth_renderer(dataset.models(eval_models_subdir(dataset, config)))
+    gt_info = GtInfoSource(dataset, depth_renderer, cache_path=gt_info_cache)
+    if targets_path is None:
+        targets = derive_targets(dataset, gt_info, max_targets=config.max_targets)
+        targets_source = {"kind": "derived", "rule": "per image and object: GT instances with visib_fract >= 0.1 (BOP19 rule)"}
+        logger.warning("no targets file: %d targets derived from scene_gt (visib_fract >= 0.1)", len(targets))
+    else:
+        targets = dataset.targets(targets_path)
+        targets_source = {"kind": "file", "path": str(targets_path)}
     stage_errors: dict[str, str] = {}
     estimator_without_depth = None
     if estimator is None:
@@ -744,16 +755,6 @@ def run(
                 return rgb
     else:
         status = {s: "external" for s in config.stages}
-    if depth_renderer is None:
-        depth_renderer = default_depth_renderer(dataset.models(eval_models_subdir(dataset, config)))
-    gt_info = GtInfoSource(dataset, depth_renderer, cache_path=gt_info_cache)
-    if targets_path is None:
-        targets = derive_targets(dataset, gt_info, max_targets=config.max_targets)
-        targets_source = {"kind": "derived", "rule": "per image and object: GT instances with visib_fract >= 0.1 (BOP19 rule)"}
-        logger.warning("no targets file: %d targets derived from scene_gt (visib_fract >= 0.1)", len(targets))
-    else:
-        targets = dataset.targets(targets_path)
-        targets_source = {"kind": "file", "path": str(targets_path)}
     results = evaluate(dataset, targets, estimator, config, depth_renderer, status, csv_path, gt_info=gt_info,
                        estimator_without_depth=estimator_without_depth)
     gt_info.save()

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pose_node.core import PoseEstimate
+from pose_node.core import PoseEstimate, StageUnavailableError
 from pose_node.datasets.bop import BopDataset
 from pose_node.evaluation import cli, runner
 from pose_node.evaluation.runner import EvalConfig, ViewDetections, default_depth_renderer, evaluate
@@ -176,3 +176,20 @@ def test_cli_on_real_like_data_without_targets(real_like, tmp_path, capsys):
     finally:
         runner.unregister_stage("detection")
 
+
+
+def test_frames_without_depth_fail_alone_when_no_rgb_pipeline(real_like, depth_renderer):
+    def factory(stages, config, models):
+        if config.mode == "rgb":
+            raise StageUnavailableError("RGB proposals not available (test)")
+        return OracleEstimator(real_like.root)
+
+    runner.register_stage("detection", factory)
+    try:
+        r = runner.run(real_like.root, None, EvalConfig(stages=("detection",)), depth_renderer=depth_renderer)
+    finally:
+        runner.unregister_stage("detection")
+    assert r["stages"] == {"detection": "available"}
+    assert "RGB proposals not available" in r["stage_errors"]["detection (rgb, images without depth)"]
+    assert len(r["frame_errors"]) == 2 and "no depth" in r["frame_errors"][0]
+    assert 0 < r["AR_MSSD"] < 0.75  # the images with depth are still scored
