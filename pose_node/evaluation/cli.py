@@ -126,9 +126,9 @@ def format_data_gaps(r: dict) -> list[str]:
     lines = []
     vis = r.get("visibility") or {}
     if vis.get("scenes_without_gt_info"):
-        lines.append(f"visibility: {vis['source']} for {len(vis['scenes_without_gt_info'])} scenes without scene_gt_info.json "
-                     f"({vis['n_images_computed']} images rendered, {vis['n_images_from_cache']} from cache, "
-                     f"{vis['n_images_targets_as_given']} with the targets taken as given)")
+        lines.append(f"visibility ({vis['source']}): {len(vis['scenes_without_gt_info'])} scenes without scene_gt_info.json; "
+                     f"{vis['n_images_computed']} images rendered, {vis['n_images_from_cache']} from cache, "
+                     f"{vis['n_images_targets_as_given']} with the targets taken as given")
     nd = r.get("images_without_depth") or {}
     if nd.get("count"):
         line = f"images without depth: {nd['count']} (scene/im: {_image_list(nd['ids'], nd['truncated'])})"

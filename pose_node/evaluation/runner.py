@@ -578,7 +578,8 @@ def evaluate(
         for im in frame.im_ids:
             cam = cams[im]
             gts = dataset.gts(frame.scene_id, im)
-            if len(frame.im_ids) == 1 and not gt_info.has_file(frame.scene_id) and not _visibility_needed(gts, target_counts):
+            if (len(frame.im_ids) == 1 and not gt_info.known(frame.scene_id, im)
+                    and not _visibility_needed(gts, target_counts)):
                 # Targets taken as given: every GT of each target object is valid, so the
                 # (rendered) visibility would change nothing.
                 gt_info.images_without_visibility.add((frame.scene_id, im))

@@ -161,6 +161,11 @@ class GtInfoSource:
             self._has_file[scene_id] = self.dataset.has_gt_info(scene_id)
         return self._has_file[scene_id]
 
+    def known(self, scene_id: int, im_id: int) -> bool:
+        """Whether the image's GT infos are at hand without rendering (file, memory or cache)."""
+        key = (int(scene_id), int(im_id))
+        return self.has_file(scene_id) or key in self._computed or key in self._from_cache
+
     def infos(self, scene_id: int, im_id: int) -> list[BopGtInfo]:
         """The image's GT infos, in ``scene_gt`` order.
 
@@ -202,10 +207,17 @@ class GtInfoSource:
         return self.cache_path
 
     def report(self, scene_ids: Sequence[int]) -> dict:
-        """Where the visibility of the evaluated scenes came from (for the results JSON)."""
+        """Where the visibility of the evaluated scenes came from (for the results JSON):
+        ``source`` is ``scene_gt_info.json``, ``computed`` (rendered or from the cache),
+        ``targets as given`` (not needed anywhere) or ``mixed`` (some scenes have the file)."""
         scene_ids = sorted(set(int(s) for s in scene_ids))
         missing = [s for s in scene_ids if not self.has_file(s)]
-        source = "scene_gt_info.json" if not missing else ("computed" if len(missing) == len(scene_ids) else "mixed")
+        if not missing:
+            source = "scene_gt_info.json"
+        elif len(missing) < len(scene_ids):
+            source = "mixed"
+        else:
+            source = "computed" if self.n_computed + self.n_cache_hits else "targets as given"
         out = {"source": source, "scenes_without_gt_info": missing}
         if missing:
             out.update({

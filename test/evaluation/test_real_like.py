@@ -144,6 +144,8 @@ def test_without_depth_vsd_can_be_declared_unavailable(real_like, depth_renderer
                  EvalConfig(vsd_without_depth="unavailable"), depth_renderer)
     assert r["AR"] is None and r["AR_VSD"] is None and "no test depth image" in r["vsd_unavailable_reason"]
     assert r["AR_MSSD"] > 0 and r["images_without_depth"]["vsd_depth"] is None
+    # The generated targets ask for every instance: no image needs the visibility.
+    assert r["visibility"]["source"] == "targets as given" and r["visibility"]["n_images_targets_as_given"] == 4
 
 
 def test_cli_on_real_like_data_without_targets(real_like, tmp_path, capsys):
@@ -166,8 +168,11 @@ def test_cli_on_real_like_data_without_targets(real_like, tmp_path, capsys):
         assert r["AR"] is not None and r["AR"] > 0.2 and r["images_without_depth"]["frames_run_rgb"] == 2
         assert "targets: derived from the GT" in printed and "detection: skipped (no GT visible masks" in printed
         assert "images without depth: 2 (scene/im: 0/1, 0/2); 2 frames run in RGB" in printed
+        assert "visibility (computed): 1 scenes without scene_gt_info.json; 4 images rendered" in printed
         cache = tmp_path / "r.gt_info.json"
-        assert r["visibility"]["n_images_computed"] == 4 and r["visibility"]["cache"] == str(cache) and cache.is_file()
+        vis = r["visibility"]
+        assert vis["n_images_computed"] == 4 and vis["n_images_targets_as_given"] == 0  # derived targets need them all
+        assert vis["cache"] == str(cache) and cache.is_file()
         # A second run takes the visibility from the cache next to the results.
         assert cli.main(argv) == 0
         again = json.loads(out.read_text())
