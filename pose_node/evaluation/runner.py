@@ -758,7 +758,11 @@ def run(
         status = {s: "external" for s in config.stages}
     results = evaluate(dataset, targets, estimator, config, depth_renderer, status, csv_path, gt_info=gt_info,
                        estimator_without_depth=estimator_without_depth)
-    gt_info.save()
+    try:
+        gt_info.save()
+    except OSError as exc:  # the scores are still good; only the next run renders again
+        logger.warning("GT info cache not written: %s", exc)
+        results["visibility"]["cache"] = None
     results["stage_errors"] = stage_errors
     results["targets_source"] = targets_source
     return results
