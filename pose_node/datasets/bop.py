@@ -755,6 +755,15 @@ class BopDataset:
             cache.gt = {int(k): v for k, v in raw.items()}
         return [BopGt(int(g["obj_id"]), _T_from_Rt_mm(g["cam_R_m2c"], g["cam_t_m2c"])) for g in cache.gt.get(int(im_id), [])]
 
+    def has_gt_info(self, scene_id: int) -> bool:
+        """Whether the scene has ``scene_gt_info.json`` (real datasets and recordings may not)."""
+        return (self.scene_dir(scene_id) / "scene_gt_info.json").is_file()
+
+    def has_mask_visib(self, scene_id: int, im_id: int) -> bool:
+        """Whether every GT instance of the image has its ``mask_visib`` file (True without GT)."""
+        folder = self.scene_dir(scene_id) / "mask_visib"
+        return all((folder / f"{int(im_id):06d}_{g:06d}.png").is_file() for g in range(len(self.gts(scene_id, im_id))))
+
     def gt_infos(self, scene_id: int, im_id: int) -> list[BopGtInfo]:
         cache = self._scene(scene_id)
         if cache.gt_info is None:

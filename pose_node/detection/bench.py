@@ -103,6 +103,8 @@ def run_benchmark(dataset_dir: Path, targets: str, mode: str, max_images: int | 
 
 def format_report(results: dict, image_size: tuple[int, int] | None) -> str:
     d = results["detection"]
+    if "skipped" in d:  # a dataset without GT visible masks
+        return f"detection on {results['config']['dataset']}: skipped ({d['skipped']})"
     lat = d["latency_ms"]
     size = f"{image_size[0]}x{image_size[1]}" if image_size else "?"
 

@@ -1,6 +1,6 @@
 """``pose_eval``: run the pipeline over BOP targets and write BOP scores.
 
-    pose_eval --dataset DIR --targets FILE [--mode rgb|rgbd] [--max-targets N]
+    pose_eval --dataset DIR [--targets FILE] [--mode rgb|rgbd] [--max-targets N]
               [--stages detection|correspondence|refinement|full ...] [--multiview refinement|association]
               [--cache-dir DIR] --out results.json
 
@@ -10,6 +10,13 @@ recall, precision, mask AP, per-view latency) and the estimates in the BOP19 CSV
 it (same stem, ``.csv``), and prints a summary. Missing pipeline stages are reported as missing
 and yield zero estimates (AR 0); nothing is faked. ``--stages detection`` runs and scores
 detection only (the detection benchmark).
+
+Real datasets (YCB-V, LM-O, ...) and recordings may lack ``mask_visib/``, ``scene_gt_info.json``
+or some depth images, and store RGB as JPEG: detection is then skipped with the reason, the GT
+visibility is computed from the models (cached in ``<out stem>.gt_info.json``, never in the
+dataset), and frames whose images have no depth run in RGB (see
+:mod:`pose_node.evaluation.runner`). Without ``--targets`` the BOP19 targets are derived from the
+GT (instances with visib_fract >= 0.1).
 """
 from __future__ import annotations
 
@@ -20,19 +27,31 @@ import sys
 from pathlib import Path
 
 from pose_node.core.errors import PoseNodeError
-from pose_node.evaluation.runner import MODES, STAGE_ALIASES, KNOWN_STAGES, EvalConfig, expand_stages, run
+from pose_node.evaluation.runner import (
+    KNOWN_STAGES,
+    MODES,
+    STAGE_ALIASES,
+    VSD_WITHOUT_DEPTH,
+    EvalConfig,
+    expand_stages,
+    run,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pose_eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", required=True, type=Path, help="BOP dataset directory (holds models/ and the split)")
-    p.add_argument("--targets", required=True, type=Path,
-                   help="targets JSON: BOP19 ({im_id}) or multi-view ({im_ids}); relative to --dataset or the cwd")
+    p.add_argument("--targets", default=None, type=Path,
+                   help="targets JSON: BOP19 ({im_id}) or multi-view ({im_ids}); relative to --dataset or the cwd "
+                        "(default: derived from scene_gt, GT instances with visib_fract >= 0.1)")
     p.add_argument("--mode", choices=MODES, default="rgbd", help="give the pipeline depth (rgbd) or not (rgb)")
     p.add_argument("--max-targets", type=int, default=None, metavar="N", help="only the first N targets")
     p.add_argument("--stages", nargs="+", default=["full"], choices=[*KNOWN_STAGES, *STAGE_ALIASES],
                    help="pipeline stages to run (full = all)")
-    p.add_argument("--split", default="test", help="split folder (default: test)")
+    p.add_argument("--split", default="test", help="split folder, e.g. test, test_primesense (default: test)")
+    p.add_argument("--vsd-without-depth", default="gt_render", choices=VSD_WITHOUT_DEPTH,
+                   help="VSD of images without a depth file: test depth = GT instances rendered at the GT poses "
+                        "(gt_render), or VSD and AR null (unavailable)")
     p.add_argument("--cache-dir", default=None, help="onboarding cache directory (default: $POSE_NODE_CACHE/onboarding "
                    "or ~/.cache/pose_node/onboarding)")
     p.add_argument("--out", required=True, type=Path, help="results JSON path")
@@ -60,6 +79,9 @@ def format_summary(r: dict) -> str:
         f"{r['n_frames']} frames, {r['n_gt']} GT instances, {r['n_estimates']} estimates",
         "stages: " + ", ".join(f"{k} {v}" for k, v in r["stages"].items()),
     ]
+    if (r.get("targets_source") or {}).get("kind") == "derived":
+        lines.append(f"targets: derived from the GT ({r['targets_source']['rule']})")
+    lines += format_data_gaps(r)
     if any(v == "missing" for v in r["stages"].values()):
         lines.append("  -> a requested stage is missing: no estimates were produced, every recall is 0")
     lines.append(f"AR {_fmt(r['AR'])}  (VSD {_fmt(r['AR_VSD'])}, MSSD {_fmt(r['AR_MSSD'])}, MSPD {_fmt(r['AR_MSPD'])})"
@@ -84,7 +106,8 @@ def format_summary(r: dict) -> str:
     if r["per_object"]:
         lines.append("per object: " + ", ".join(f"{k}: AR {_fmt(v['AR'])} (n={v['n_gt']})" for k, v in r["per_object"].items()))
     if r.get("detection"):
-        lines.append(format_detection(r["detection"]))
+        d = r["detection"]
+        lines.append(f"detection: skipped ({d['skipped']})" if "skipped" in d else format_detection(d))
     for stage, reason in (r.get("stage_errors") or {}).items():
         lines.append(f"stage {stage} unavailable: {reason}")
     if r.get("frame_errors"):
@@ -92,6 +115,29 @@ def format_summary(r: dict) -> str:
     if r.get("multiview_protocol"):
         lines.append(f"multi-view: {r['multiview_protocol']}")
     return "\n".join(lines)
+
+
+def _image_list(ids: list, truncated: bool) -> str:
+    return ", ".join(f"{s}/{i}" for s, i in ids) + (", ..." if truncated else "")
+
+
+def format_data_gaps(r: dict) -> list[str]:
+    """Lines on what the dataset lacked and how it was handled (visibility, depth)."""
+    lines = []
+    vis = r.get("visibility") or {}
+    if vis.get("scenes_without_gt_info"):
+        lines.append(f"visibility ({vis['source']}): {len(vis['scenes_without_gt_info'])} scenes without scene_gt_info.json; "
+                     f"{vis['n_images_computed']} images rendered, {vis['n_images_from_cache']} from cache, "
+                     f"{vis['n_images_targets_as_given']} with the targets taken as given")
+    nd = r.get("images_without_depth") or {}
+    if nd.get("count"):
+        line = f"images without depth: {nd['count']} (scene/im: {_image_list(nd['ids'], nd['truncated'])})"
+        if r["mode"] == "rgbd":
+            line += f"; {nd['frames_run_rgb']} frames run in RGB"
+        if nd.get("vsd_depth"):
+            line += f"; VSD test depth there: {nd['vsd_depth']}"
+        lines.append(line)
+    return lines
 
 
 def format_detection(d: dict) -> str:
@@ -141,10 +187,12 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     config = EvalConfig(mode=args.mode, stages=expand_stages(args.stages), max_targets=args.max_targets, cache_dir=args.cache_dir,
-                        correspondence=_correspondence_config(args), refinement=_refinement_config(args))
+                        correspondence=_correspondence_config(args), refinement=_refinement_config(args),
+                        vsd_without_depth=args.vsd_without_depth)
     csv_path = args.out.with_suffix(".csv")
     try:
-        results = run(args.dataset, args.targets, config, split=args.split, csv_path=csv_path)
+        results = run(args.dataset, args.targets, config, split=args.split, csv_path=csv_path,
+                      gt_info_cache=args.out.with_suffix(".gt_info.json"))
     except PoseNodeError as exc:
         print(f"pose_eval: {exc}", file=sys.stderr)
         return 1

@@ -42,6 +42,22 @@ and every image of the group is scored with the BOP19 single-image protocol, wit
 (the rule BOP used to build ``test_targets_bop19.json``; capped by the group's ``inst_count``);
 images where no instance is that visible contribute no target. Covariance coverage and the
 rotation / translation error statistics are computed once per estimate, in the world frame.
+
+Real datasets and recordings
+----------------------------
+Real BOP test sets and user recordings may lack parts our generator writes:
+
+- no ``mask_visib/``: ``results["detection"] = {"skipped": reason}``; pose scores still run (VSD
+  takes visibility from the test depth and renders, never from masks).
+- no ``scene_gt_info.json``: the GT visibility is computed from the models rendered at the GT
+  poses (:mod:`pose_node.evaluation.visibility`, as ``calc_gt_info.py``) where it matters: for
+  derived targets, multi-view per-image counts, detection scores, and images where an object has
+  more GT instances than its ``inst_count``; elsewhere the targets are taken as given.
+  ``results["visibility"]`` says which.
+- an image without a depth file: in ``rgbd`` mode its frame runs the RGB pipeline (the RGB-D
+  stages need depth in every view); VSD uses the GT instances rendered at the GT poses as its
+  test depth (``EvalConfig.vsd_without_depth``). ``results["images_without_depth"]`` lists them.
+- no targets file: BOP19 targets derived from ``scene_gt`` (``results["targets_source"]``).
 """
 from __future__ import annotations
 
@@ -49,7 +65,7 @@ import importlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -62,6 +78,7 @@ from pose_node.detection.metrics import DetectionMetricsConfig, DetectionScorer
 from pose_node.evaluation import metrics
 from pose_node.evaluation.calibration import closest_symmetric_pose, coverage_from_mahalanobis, mahalanobis_sq, pose_error_6d
 from pose_node.evaluation.scoring import BopScorer, GtInstance, ImageEstimate, ObjectEvalInfo, ScoringConfig
+from pose_node.evaluation.visibility import GtInfoSource, derive_targets, render_gt_scene_depth
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +91,10 @@ STAGE_MODULES: Mapping[str, str] = {
     "correspondence": "pose_node.correspondence.stage",
     "refinement": "pose_node.refinement.stage",
 }
+#: How VSD treats an image without a depth file (``EvalConfig.vsd_without_depth``).
+VSD_WITHOUT_DEPTH = ("gt_render", "unavailable")
+#: At most this many image ids are listed in ``results["images_without_depth"]["ids"]``.
+MAX_LISTED_IMAGES = 20
 MULTIVIEW_PROTOCOL = (
     "per-image: world estimates mapped into every view of the group; each image scored with the "
     "BOP19 protocol, inst_count = GT instances with visib_fract >= {visib:g} in that image"
@@ -187,6 +208,9 @@ class EvalConfig:
             :class:`pose_node.correspondence.stage.CorrespondenceStageConfig`; None: its defaults.
         refinement: settings of the refinement stage, a
             :class:`pose_node.refinement.fusion.FusionConfig`; None: its defaults.
+        vsd_without_depth: VSD of an image that has no depth file: ``gt_render`` uses the
+            z-buffer of its GT instances rendered at the GT poses as the test depth (occlusion by
+            annotated objects only), ``unavailable`` makes VSD and AR null (BOP has no rule).
     """
 
     mode: str = "rgbd"
@@ -201,10 +225,14 @@ class EvalConfig:
     cache_dir: str | None = None
     correspondence: object | None = None
     refinement: object | None = None
+    vsd_without_depth: str = "gt_render"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise InvalidInputError(f"EvalConfig.mode: expected one of {MODES}, got {self.mode!r}")
+        if self.vsd_without_depth not in VSD_WITHOUT_DEPTH:
+            raise InvalidInputError(
+                f"EvalConfig.vsd_without_depth: expected one of {VSD_WITHOUT_DEPTH}, got {self.vsd_without_depth!r}")
         if self.max_targets is not None and self.max_targets < 0:
             raise InvalidInputError(f"EvalConfig.max_targets: must be >= 0, got {self.max_targets}")
 
@@ -358,7 +386,7 @@ class _DetectionTally:
         self.latency: dict[str, list[float]] = {"total": [], "proposals": [], "matching": []}
         self.frames_without_detections = 0
 
-    def add_frame(self, dataset: BopDataset, frame: Frame, obj_ids: Sequence[int],
+    def add_frame(self, dataset: BopDataset, gt_info: GtInfoSource, frame: Frame, obj_ids: Sequence[int],
                   view_detections: Sequence[ViewDetections] | None) -> None:
         """Score the images of one frame (no detections at all when the estimator failed)."""
         if view_detections is not None and len(view_detections) != len(frame.im_ids):
@@ -367,7 +395,7 @@ class _DetectionTally:
             self.frames_without_detections += 1
         wanted = set(obj_ids)
         for k, im in enumerate(frame.im_ids):
-            gts, infos = dataset.gts(frame.scene_id, im), dataset.gt_infos(frame.scene_id, im)
+            gts, infos = dataset.gts(frame.scene_id, im), gt_info.infos(frame.scene_id, im)
             keep = [g for g, gt in enumerate(gts) if gt.obj_id in wanted]
             dets = [] if view_detections is None else [d for d in view_detections[k].detections if d.object_id in wanted]
             for d in dets:
@@ -404,6 +432,33 @@ class _DetectionTally:
         }
 
 
+def _images_without_depth(dataset: BopDataset, frames: Sequence[Frame]) -> list[tuple[int, int]]:
+    """(scene_id, im_id) of the frames' images that have no depth file, in frame order."""
+    seen: dict[tuple[int, int], None] = {}
+    for f in frames:
+        for im in f.im_ids:
+            if not dataset.has_depth(f.scene_id, im):
+                seen[(f.scene_id, im)] = None
+    return list(seen)
+
+
+def _detection_skip_reason(dataset: BopDataset, frames: Sequence[Frame]) -> str | None:
+    """Why detection cannot be scored on these frames (GT visible masks missing), or None."""
+    images = list(dict.fromkeys((f.scene_id, im) for f in frames for im in f.im_ids))
+    missing = [(s, im) for s, im in images if not dataset.has_mask_visib(s, im)]
+    if not missing:
+        return None
+    s, im = missing[0]
+    return (f"no GT visible masks (mask_visib/) for {len(missing)} of {len(images)} images (first: scene {s} image {im}); "
+            "recall, precision and mask AP need them")
+
+
+def _visibility_needed(gts: Sequence, targets: Mapping[int, int]) -> bool:
+    """Whether the valid GT of an image depend on visibility: some target object has more GT
+    instances than its ``inst_count`` (otherwise every GT of each target object is valid)."""
+    return any(sum(1 for g in gts if g.obj_id == o) > n for o, n in targets.items())
+
+
 def evaluate(
     dataset: BopDataset,
     targets: Sequence[Target],
@@ -412,8 +467,17 @@ def evaluate(
     depth_renderer: metrics.DepthRenderer | None = None,
     stages: Mapping[str, str] | None = None,
     csv_path: str | Path | None = None,
+    *,
+    gt_info: GtInfoSource | None = None,
+    estimator_without_depth: Callable[[], Estimator | None] | None = None,
 ) -> dict:
     """Run ``estimator`` over the targets and score it.
+
+    Datasets without ``mask_visib/`` get ``results["detection"] = {"skipped": reason}`` (the pose
+    scores still run); without ``scene_gt_info.json`` the GT visibility comes from ``gt_info``
+    (computed where the targets need it, see ``results["visibility"]``). In ``rgbd`` mode a frame
+    with an image that has no depth file runs the RGB pipeline (``estimator_without_depth``) on
+    views without depth; ``results["images_without_depth"]`` lists those images.
 
     Args:
         dataset: the BOP dataset.
@@ -423,11 +487,17 @@ def evaluate(
         depth_renderer: for VSD (None: VSD and AR are null when there are estimates to score).
         stages: stage -> status, reported as is.
         csv_path: where to write the BOP CSV of the estimates (None: not written).
+        gt_info: GT visibility source; default: the dataset's files, else computed with
+            ``depth_renderer`` (in memory).
+        estimator_without_depth: builds (once, on first need) the pipeline run on frames with an
+            image without depth in ``rgbd`` mode; it may return None (unavailable: those frames get
+            no estimates). None: ``estimator`` runs them, given views without depth.
     Returns:
         The results dictionary (JSON-serializable; see :func:`pose_node.evaluation.cli.main`).
     """
     targets = list(targets)[: config.max_targets] if config.max_targets is not None else list(targets)
     frames = group_targets(targets)
+    gt_info = gt_info if gt_info is not None else GtInfoSource(dataset, depth_renderer)
     pipeline_models = {m.object_id: m for m in dataset.models(config.models_subdir)}
     eval_subdir = eval_models_subdir(dataset, config)
     eval_models = {m.object_id: m for m in dataset.models(eval_subdir)}
@@ -443,8 +513,15 @@ def evaluate(
     csv_rows: list[BopEstimate] = []
     frame_errors: list[str] = []
     n_estimates = 0
-    detection = _DetectionTally(config.detection_metrics) if estimator is not None and hasattr(estimator, "last_detections") else None
-    own_view_only = bool(getattr(estimator, "per_view_estimates", False))
+    reports_detections = estimator is not None and hasattr(estimator, "last_detections")
+    detection_skipped = _detection_skip_reason(dataset, frames) if reports_detections else None
+    if detection_skipped:
+        logger.warning("detection not scored: %s", detection_skipped)
+    detection = _DetectionTally(config.detection_metrics) if reports_detections and not detection_skipped else None
+    no_depth = set(_images_without_depth(dataset, frames))
+    rgb_estimator: list[Estimator | None] = []  # built on first need
+    frames_run_rgb = 0
+    vsd_rendered_depth: list[tuple[int, int]] = []
 
     for frame in frames:
         obj_ids = sorted({t.obj_id for t in frame.targets})
@@ -453,19 +530,35 @@ def evaluate(
             raise InvalidInputError(f"targets of scene {frame.scene_id} images {frame.im_ids} name objects without models: {missing}")
         cams = {im: dataset.camera(frame.scene_id, im) for im in frame.im_ids}
         estimates: list[PoseEstimate] = []
-        if estimator is not None:
-            views = [dataset.view(frame.scene_id, im, with_depth=config.mode == "rgbd") for im in frame.im_ids]
+        frame_estimator = estimator
+        with_depth = config.mode == "rgbd"
+        if with_depth and any((frame.scene_id, im) in no_depth for im in frame.im_ids):
+            # The RGB-D stages need depth in every view of a frame: the frame runs in RGB.
+            with_depth = False
+            frames_run_rgb += estimator is not None
+            if estimator is not None and estimator_without_depth is not None:
+                if not rgb_estimator:
+                    rgb_estimator.append(estimator_without_depth())
+                frame_estimator = rgb_estimator[0]
+                if frame_estimator is None:
+                    if detection is not None:  # the frame's GT count as missed
+                        detection.add_frame(dataset, gt_info, frame, obj_ids, None)
+                    frame_errors.append(f"scene {frame.scene_id} images {list(frame.im_ids)}: an image has no depth and the "
+                                        "RGB pipeline is unavailable (see stage_errors)")
+        own_view_only = bool(getattr(frame_estimator, "per_view_estimates", False))
+        if frame_estimator is not None:
+            views = [dataset.view(frame.scene_id, im, with_depth=with_depth) for im in frame.im_ids]
             if detection is not None:
-                estimator.last_detections = None
+                frame_estimator.last_detections = None
             t0 = time.perf_counter()
             try:
-                estimates, stage_ms = estimator.estimate(views, [pipeline_models[o] for o in obj_ids])
+                estimates, stage_ms = frame_estimator.estimate(views, [pipeline_models[o] for o in obj_ids])
             except PoseNodeError as exc:
                 frame_errors.append(f"scene {frame.scene_id} images {list(frame.im_ids)}: {type(exc).__name__}: {exc}")
                 logger.error("%s", frame_errors[-1])
                 estimates, stage_ms = [], {}
             if detection is not None:
-                detection.add_frame(dataset, frame, obj_ids, estimator.last_detections)
+                detection.add_frame(dataset, gt_info, frame, obj_ids, getattr(frame_estimator, "last_detections", None))
             total_ms = (time.perf_counter() - t0) * 1000.0
             latency_total.append(total_ms)
             for name, ms in stage_ms.items():
@@ -485,10 +578,17 @@ def evaluate(
         for im in frame.im_ids:
             cam = cams[im]
             gts = dataset.gts(frame.scene_id, im)
-            infos = dataset.gt_infos(frame.scene_id, im)
-            if len(infos) != len(gts):
-                raise InvalidInputError(f"scene {frame.scene_id} image {im}: {len(gts)} GT but {len(infos)} GT infos")
-            gt_inst = [GtInstance(g.obj_id, g.T_camera_object, i.visib_fract) for g, i in zip(gts, infos)]
+            if (len(frame.im_ids) == 1 and not gt_info.known(frame.scene_id, im)
+                    and not _visibility_needed(gts, target_counts)):
+                # Targets taken as given: every GT of each target object is valid, so the
+                # (rendered) visibility would change nothing.
+                gt_info.images_without_visibility.add((frame.scene_id, im))
+                gt_inst = [GtInstance(g.obj_id, g.T_camera_object, float("nan")) for g in gts]
+            else:
+                infos = gt_info.infos(frame.scene_id, im)
+                if len(infos) != len(gts):
+                    raise InvalidInputError(f"scene {frame.scene_id} image {im}: {len(gts)} GT but {len(infos)} GT infos")
+                gt_inst = [GtInstance(g.obj_id, g.T_camera_object, i.visib_fract) for g, i in zip(gts, infos)]
             if len(frame.im_ids) == 1:
                 im_targets = dict(target_counts)
             else:
@@ -499,10 +599,18 @@ def evaluate(
                         im_targets[o] = min(k, n)
                 if not im_targets:
                     continue
-            depth_test = dataset.depth_m(frame.scene_id, im) if dataset.has_depth(frame.scene_id, im) else None
             k_im = frame.im_ids.index(im)
             im_ests = [ImageEstimate(e.object_id, float(e.score), cam.T_camera_world @ e.T_world_object) for e in estimates
                        if not own_view_only or k_im in e.view_indices]
+            depth_test = None
+            if (frame.scene_id, im) not in no_depth:
+                depth_test = dataset.depth_m(frame.scene_id, im)
+            elif im_ests and config.vsd_without_depth == "gt_render" and scorer.depth_renderer is not None:
+                try:
+                    depth_test = render_gt_scene_depth(scorer.depth_renderer, cam.K, cam.width, cam.height, gts)
+                    vsd_rendered_depth.append((frame.scene_id, im))
+                except StageUnavailableError as exc:  # the scorer then reports VSD unavailable
+                    logger.warning("no GT depth render for VSD: %s", exc)
             scorer.add_image(cam.K, cam.width, cam.height, gt_inst, im_targets, im_ests, depth_test,
                              key=(frame.scene_id, im))
         if estimates:
@@ -563,36 +671,65 @@ def evaluate(
                                                                   for k, v in asdict(config.scoring).items()},
         },
         "estimates_csv": None if csv_path is None else str(csv_path),
-        "detection": None if detection is None else detection.results(config.mode),
+        "detection": ({"skipped": detection_skipped} if detection_skipped
+                      else None if detection is None else detection.results(config.mode)),
+        "images_without_depth": {
+            "count": len(no_depth),
+            "ids": [list(k) for k in sorted(no_depth)[:MAX_LISTED_IMAGES]],
+            "truncated": len(no_depth) > MAX_LISTED_IMAGES,
+            "frames_run_rgb": frames_run_rgb,
+            "vsd_depth": (f"GT instances rendered at the GT poses ({len(vsd_rendered_depth)} images scored)"
+                          if vsd_rendered_depth else None),
+        },
+        "visibility": gt_info.report([f.scene_id for f in frames]),
     }
 
 
 def run(
     dataset_dir: str | Path,
-    targets_path: str | Path,
+    targets_path: str | Path | None,
     config: EvalConfig = EvalConfig(),
     *,
     split: str = "test",
     estimator: Estimator | None = None,
     depth_renderer: metrics.DepthRenderer | None = None,
     csv_path: str | Path | None = None,
+    gt_info_cache: str | Path | None = None,
 ) -> dict:
     """Load the dataset and targets, build the pipeline from the registered stages (unless an
     ``estimator`` is given), and :func:`evaluate`.
 
     Args:
+        targets_path: targets JSON; None: BOP19 targets derived from ``scene_gt`` and the GT
+            visibility (:func:`pose_node.evaluation.visibility.derive_targets`);
+            ``results["targets_source"]`` says which.
         estimator: use this instead of the registered stages (tests, external pipelines); the
             stages are then reported as ``"external"``.
         depth_renderer: default: the GL renderer when available.
+        gt_info_cache: JSON file caching the GT visibility computed for scenes without
+            ``scene_gt_info.json`` (None: memory only). Never inside the dataset.
     """
     dataset = BopDataset(dataset_dir, split)
-    targets = dataset.targets(targets_path)
+    # Targets before the pipeline is built (onboarding is slow; a bad targets file fails first).
+    if depth_renderer is None:
+        depth_renderer = default_depth_renderer(dataset.models(eval_models_subdir(dataset, config)))
+    gt_info = GtInfoSource(dataset, depth_renderer, cache_path=gt_info_cache)
+    if targets_path is None:
+        targets = derive_targets(dataset, gt_info, max_targets=config.max_targets)
+        targets_source = {"kind": "derived", "rule": "per image and object: GT instances with visib_fract >= 0.1 (BOP19 rule)"}
+        logger.warning("no targets file: %d targets derived from scene_gt (visib_fract >= 0.1)", len(targets))
+    else:
+        targets = dataset.targets(targets_path)
+        targets_source = {"kind": "file", "path": str(targets_path)}
     stage_errors: dict[str, str] = {}
+    estimator_without_depth = None
     if estimator is None:
         status = stage_status(config.stages)
         models = dataset.models(config.models_subdir)
+        built: tuple[str, ...] = ()
         if config.stages and all(v == "available" for v in status.values()):
-            estimator = _build_estimator(config.stages, config, models, status, stage_errors)
+            built = config.stages
+            estimator = _build_estimator(built, config, models, status, stage_errors)
         else:
             logger.warning("pipeline stages missing: %s -> no pose estimates",
                            ", ".join(s for s, v in status.items() if v != "available") or "(none requested)")
@@ -607,13 +744,27 @@ def run(
                 prefix.append(stage)
             if not prefix or tuple(prefix) == tuple(config.stages):
                 break
-            estimator = _build_estimator(tuple(prefix), config, models, status, stage_errors)
+            built = tuple(prefix)
+            estimator = _build_estimator(built, config, models, status, stage_errors)
+        if estimator is not None and config.mode == "rgbd":
+            def estimator_without_depth() -> Estimator | None:
+                # Built only when a frame has an image without depth; its failure is reported
+                # apart so the RGB-D stages keep their status.
+                rgb_errors: dict[str, str] = {}
+                rgb = _build_estimator(built, replace(config, mode="rgb"), models, {}, rgb_errors)
+                stage_errors.update({f"{k} (rgb, images without depth)": v for k, v in rgb_errors.items()})
+                return rgb
     else:
         status = {s: "external" for s in config.stages}
-    if depth_renderer is None:
-        depth_renderer = default_depth_renderer(dataset.models(eval_models_subdir(dataset, config)))
-    results = evaluate(dataset, targets, estimator, config, depth_renderer, status, csv_path)
+    results = evaluate(dataset, targets, estimator, config, depth_renderer, status, csv_path, gt_info=gt_info,
+                       estimator_without_depth=estimator_without_depth)
+    try:
+        gt_info.save()
+    except OSError as exc:  # the scores are still good; only the next run renders again
+        logger.warning("GT info cache not written: %s", exc)
+        results["visibility"]["cache"] = None
     results["stage_errors"] = stage_errors
+    results["targets_source"] = targets_source
     return results
 
 
@@ -632,6 +783,7 @@ def _build_estimator(stages: tuple[str, ...], config: EvalConfig, models: Sequen
 
 __all__ = [
     "EvalConfig", "Estimator", "ViewDetections", "EstimatorFactory", "Frame", "KNOWN_STAGES", "RendererDepthAdapter", "STAGE_MODULES",
+    "VSD_WITHOUT_DEPTH",
     "default_depth_renderer", "eval_models_subdir", "evaluate", "expand_stages", "group_targets", "register_stage", "run", "stage_status",
     "unregister_stage",
 ]

@@ -74,7 +74,8 @@ class ObjectEvalInfo:
 
 @dataclass(frozen=True)
 class GtInstance:
-    """A GT instance in one image: ``T_camera_object`` (4, 4) metres and its visible fraction."""
+    """A GT instance in one image: ``T_camera_object`` (4, 4) metres and its visible fraction
+    (NaN when unknown; only where it cannot matter: every GT of each target object is valid)."""
 
     obj_id: int
     T_camera_object: np.ndarray

@@ -236,3 +236,44 @@ def test_models_info_refuses_to_flatten_a_continuous_symmetry():
     with pytest.raises(InvalidInputError, match="symmetries_continuous"):
         models_info_entry(model)
     assert models_info_entry(model, symmetries=info)["symmetries_continuous"] == info["symmetries_continuous"]
+
+
+def test_real_dataset_layout_variants(scene):
+    """What real BOP sets and recordings do: JPEG colour, gray/ instead of rgb/, no masks, no
+    scene_gt_info.json, depth for some images only, another depth unit per image."""
+    import cv2
+
+    root, images, depth_scale = scene
+    scene_dir = root / "test" / "000003"
+    ds = BopDataset(root)
+    assert ds.has_gt_info(3) and ds.has_mask_visib(3, 0) and ds.has_mask_visib(3, 5)
+    # JPEG colour image: decodes to RGB close to the original (lossy).
+    rgb_png = scene_dir / "rgb" / "000000.png"
+    smooth = cv2.GaussianBlur(images[0]["rgb"], (0, 0), 3)
+    cv2.imwrite(str(rgb_png.with_suffix(".jpg")), cv2.cvtColor(smooth, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    rgb_png.unlink()
+    assert np.abs(ds.rgb(3, 0).astype(int) - smooth).mean() < 3.0
+    # gray/ with a .jpeg: replicated to 3 channels.
+    (scene_dir / "rgb" / "000005.png").unlink()
+    (scene_dir / "gray").mkdir()
+    gray = np.tile(np.arange(W, dtype=np.uint8) * 4, (H, 1))
+    cv2.imwrite(str(scene_dir / "gray" / "000005.jpeg"), gray, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    assert ds.rgb(3, 5).shape == (H, W, 3) and np.abs(ds.rgb(3, 5)[..., 1].astype(int) - gray).max() <= 2
+    # Per-image depth unit: image 5 stored in whole millimetres (depth_scale 1.0).
+    cams = json.loads((scene_dir / "scene_camera.json").read_text())
+    cams["5"]["depth_scale"] = 1.0
+    (scene_dir / "scene_camera.json").write_text(json.dumps(cams))
+    raw = cv2.imread(str(scene_dir / "depth" / "000005.png"), cv2.IMREAD_ANYDEPTH)
+    cv2.imwrite(str(scene_dir / "depth" / "000005.png"), np.rint(raw * depth_scale).astype(np.uint16))
+    ds = BopDataset(root)
+    valid = ds.depth_m(3, 5) > 0
+    assert ds.camera(3, 5).depth_scale == 1.0 and ds.camera(3, 0).depth_scale == depth_scale
+    # Rounded twice: to 0.1 mm on writing, to whole mm here.
+    assert np.abs(ds.depth_m(3, 5)[valid] - images[5]["depth"][valid]).max() <= 0.55e-3 + 1e-6
+    # Depth of one image missing; masks and GT info gone.
+    (scene_dir / "depth" / "000000.png").unlink()
+    (scene_dir / "mask_visib" / "000005_000001.png").unlink()
+    (scene_dir / "scene_gt_info.json").unlink()
+    assert not ds.has_depth(3, 0) and ds.view(3, 0).depth is None and ds.has_depth(3, 5)
+    assert ds.has_mask_visib(3, 0) and not ds.has_mask_visib(3, 5) and not ds.has_gt_info(3)
+    assert ds.camera(3, 0).width == W  # the size comes from the colour image
