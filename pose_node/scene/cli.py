@@ -4,6 +4,7 @@ Example::
 
     pose_scene --out out/workcell --objects procedural --num-objects 4 --cameras 3 --frames-per-scene 5
     pose_scene --out out/ycb --objects /path/to/bop/models --depth-encoding 16UC1 --depth-noise
+    pose_scene --out out/photoreal --photoreal --photoreal-quality preview --render-cache /tmp/pose_render_cache
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pose_node.core.errors import PoseNodeError
 from pose_node.scene.bag_writer import DEPTH_ENCODINGS
 from pose_node.scene.generator import PROCEDURAL, WorkcellConfig, generate_workcell
 from pose_node.scene.layout import LayoutConfig
+from pose_node.scene.photoreal import QUALITY_PRESETS, PhotorealConfig
 
 logger = logging.getLogger("pose_scene")
 
@@ -40,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-rate", type=float, default=defaults.frame_rate_hz, help="Hz")
     p.add_argument("--camera-jitter-ms", type=float, default=defaults.camera_stamp_jitter_ms,
                    help="per camera stamp offset U(-j, j) ms (0: all cameras of a frame share one stamp)")
+    p.add_argument("--photoreal", action="store_true",
+                   help="path-traced colour images (Mitsuba), room and distractors, camera and depth sensor models "
+                        "(replaces --rgb-noise and --depth-noise)")
+    p.add_argument("--photoreal-quality", choices=sorted(QUALITY_PRESETS), default=PhotorealConfig().quality,
+                   help="path tracer samples per pixel and path depth: " +
+                        ", ".join(f"{k} {q.spp} spp / depth {q.max_depth}" for k, q in QUALITY_PRESETS.items()))
+    p.add_argument("--render-cache", default=None,
+                   help="photoreal render cache directory (default: $POSE_NODE_CACHE/photoreal or ~/.cache/pose_node/photoreal)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="the single source of randomness")
     p.add_argument("--bag", action=argparse.BooleanOptionalAction, default=True, help="write the rosbag2 (MCAP)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier pose_scene outputs in --out")
@@ -56,6 +66,7 @@ def config_from_args(args: argparse.Namespace) -> WorkcellConfig:
         seed=args.seed, overwrite=args.overwrite,
         layout=LayoutConfig(num_cameras=args.cameras, width_px=args.width, height_px=args.height),
         appearance=replace(defaults.appearance, depth_noise=args.depth_noise, rgb_noise_sigma=args.rgb_noise),
+        photoreal=PhotorealConfig(quality=args.photoreal_quality, cache_dir=args.render_cache) if args.photoreal else None,
     )
 
 

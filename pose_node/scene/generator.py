@@ -27,6 +27,16 @@ Masks: ``mask/`` is the unoccluded silhouette (the instance rendered alone), ``m
 the visible part in the full render; ``visib_fract`` = visible / unoccluded pixels, where the
 unoccluded count includes the part outside the image (rendered on a canvas three times the image
 size, as the BOP toolkit does), so objects cut by the image border get a lower visib_fract.
+
+Photoreal mode (``WorkcellConfig.photoreal``): colour images are path-traced with Mitsuba
+(:mod:`pose_node.scene.photoreal`) with principled materials per object, an HDR environment, area,
+point and spot lights, a room (floor, partition walls, table legs) and distractors on the table
+(:mod:`pose_node.scene.clutter`), then pass through a camera model; depth comes from the depth sensor
+model (:mod:`pose_node.scene.sensor_model`). Room and distractors are part of the rasterized
+geometry pass (they occlude objects and have depth) but are not GT instances; every GT file
+(``scene_gt``, ``mask``, ``mask_visib``, ``scene_gt_info``) is computed exactly as without it, and
+``scene_world.json`` records the clutter of each scene. Without it, outputs are those of the
+rasterizer, unchanged.
 """
 from __future__ import annotations
 
@@ -34,7 +44,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +59,14 @@ from pose_node.scene.appearance import (
     sample_lighting,
 )
 from pose_node.scene.bag_writer import DEPTH_ENCODINGS, WorkcellBagWriter
+from pose_node.scene.clutter import ClutterItem, clutter_model, place_distractors, sample_room
 from pose_node.scene.layout import LayoutConfig, WorkcellLayout, make_table_model, sample_layout
+from pose_node.scene.photoreal import (
+    GLOSSY, MATTE, METAL, PathTracer, PhotorealConfig, PhotorealScene, PhotorealShape, jitter_lights, sample_lights,
+    sample_material,
+)
 from pose_node.scene.placement import PlacedInstance, PlacementConfig, compute_rest_poses, place_objects
+from pose_node.scene.sensor_model import apply_camera_model, luminance, sample_camera_params, simulate_depth_sensor
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +101,8 @@ class WorkcellConfig:
         visib_fract_threshold: minimum visible fraction for an instance to be a target.
         seed: the single source of randomness.
         overwrite: replace earlier outputs in ``out_dir``.
+        photoreal: path-traced colour images, clutter and sensor models (module docstring); None:
+            rasterized images (``appearance`` noise settings apply).
     """
 
     out_dir: Path
@@ -109,6 +127,7 @@ class WorkcellConfig:
     layout: LayoutConfig = field(default_factory=LayoutConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
     appearance: AppearanceConfig = field(default_factory=AppearanceConfig)
+    photoreal: PhotorealConfig | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
@@ -192,6 +211,9 @@ class _StaticScene:
         bboxes_obj: (V, M, 4) int64 xywh boxes of the whole silhouettes in image coordinates (BOP
             ``bbox_obj``: may extend beyond the image).
         backgrounds: (V, H, W, 3) uint8 seen beyond the table.
+        instance: (V, H, W) int32 labels of the geometry pass: instance m is m + 1, the table
+            M + 1, clutter item k is M + 2 + k, 0 = nothing.
+        table: the table model of this scene.
     """
 
     placed: list[PlacedInstance]
@@ -203,6 +225,8 @@ class _StaticScene:
     px_counts_all: np.ndarray
     bboxes_obj: np.ndarray
     backgrounds: np.ndarray
+    instance: np.ndarray
+    table: ObjectModel
 
 
 class _WorkcellRenderer:
@@ -227,6 +251,7 @@ class _WorkcellRenderer:
         self.handles = [self.renderer.add_object(m) for m in models]
         self.canvas_handles = [self.canvas.add_object(m) for m in models]
         self.tables: list[int] = []
+        self.table_models: list[ObjectModel] = []
         self.K = np.stack([c.K for c in layout.cameras])
         self.K_canvas = self.K.copy()
         self.K_canvas[:, 0, 2] += self.width
@@ -239,19 +264,30 @@ class _WorkcellRenderer:
         self.canvas.release()
 
     def _table(self, rng: np.random.Generator) -> int:
+        """Index of this scene's table in the pool."""
         index = int(rng.integers(self.TABLE_POOL_SIZE))
         while len(self.tables) <= index:
             size = self._texture_size_px
             table = make_table_model(self.layout.table_size_m, self.layout.table_thickness_m, procedural_texture(rng, size, size))
             self.tables.append(self.renderer.add_object(table))
-        return self.tables[index]
+            self.table_models.append(table)
+        return index
 
-    def static_scene(self, placed: list[PlacedInstance], rng: np.random.Generator) -> _StaticScene:
-        """Render geometry, masks and backgrounds of one arrangement."""
+    def static_scene(self, placed: list[PlacedInstance], rng: np.random.Generator,
+                     clutter: list[tuple[ObjectModel, np.ndarray]] = ()) -> _StaticScene:
+        """Render geometry, masks and backgrounds of one arrangement.
+
+        Args:
+            placed: the M instances. rng: draws the table and the backgrounds.
+            clutter: (model, T_world_object) of extra occluders drawn after the table (labels M + 2 ...).
+        """
         V, M = len(self.layout.cameras), len(placed)
-        T_world_objects = np.stack([p.T_world_object for p in placed] + [np.eye(4)])
+        T_world_objects = np.stack([p.T_world_object for p in placed] + [np.eye(4)] + [T for _, T in clutter])
         T_camera_object = self.T_camera_world[:, None] @ T_world_objects[None]
-        handles = [self.handles[p.model_index] for p in placed] + [self._table(rng)]
+        table_index = self._table(rng)
+        # Only depth and labels are rasterized for clutter: upload it without texture.
+        clutter_handles = [self.renderer.add_object(replace(model, uv=None, texture=None)) for model, _ in clutter]
+        handles = [self.handles[p.model_index] for p in placed] + [self.tables[table_index]] + clutter_handles
         geometry = self.renderer.render(self.K, T_camera_object, handles, outputs=("depth", "instance"))
         masks = np.zeros((V, M, self.height, self.width), bool)
         px_counts_all = np.zeros((V, M), np.int64)
@@ -270,7 +306,7 @@ class _WorkcellRenderer:
         masks_visib = geometry.instance[:, None] == (np.arange(M) + 1)[None, :, None, None]
         backgrounds = np.stack([background_image(rng, self.height, self.width) for _ in range(V)])
         return _StaticScene(placed, T_camera_object, handles, geometry.depth, masks, masks_visib, px_counts_all, bboxes_obj,
-                            backgrounds)
+                            backgrounds, geometry.instance, self.table_models[table_index])
 
     def rgb(self, scene: _StaticScene, light: Lighting) -> np.ndarray:
         """(V, H, W, 3) uint8 colour images of a scene under one light."""
@@ -296,6 +332,66 @@ def _scene_instances(config: WorkcellConfig, num_models: int, rng: np.random.Gen
     return [i for i, n in enumerate(counts) for _ in range(int(n))]
 
 
+class _PhotorealWorkcell:
+    """The photoreal parts of a run: clutter, materials and lights per scene, path tracing, sensor models.
+
+    All its randomness comes from its own generator, so the rasterized outputs and the GT of a seed
+    are the same with and without photoreal rendering.
+    """
+
+    def __init__(self, config: PhotorealConfig, models: list[ObjectModel], layout: WorkcellLayout, rng: np.random.Generator):
+        self.config = config
+        self.layout = layout
+        self.rng = rng
+        self.models = models
+        self.tracer = PathTracer(config.render_quality, config.resolved_cache_dir())
+        # An object's finish is part of its identity: drawn once per run, not per scene.
+        self.materials = [sample_material(rng) for _ in models]
+        self.shapes: tuple[PhotorealShape, ...] = ()
+        self.lights = None
+        self.surfaces = None
+
+    def sample_clutter(self, placed: list[PlacedInstance]) -> tuple[list[ClutterItem], list[ObjectModel]]:
+        """Room and distractors of a scene, with their models (walls and floor textured)."""
+        c = self.config
+        items = sample_room(self.rng, self.layout.table_size_m, self.layout.table_thickness_m, c.clutter)
+        items += place_distractors(self.rng, placed, self.layout.table_size_m, c.clutter)
+        size = c.texture_size_px
+        models = [clutter_model(item, procedural_texture(self.rng, size, size) if item.kind == "wall" else None) for item in items]
+        return items, models
+
+    def begin_scene(self, placed: list[PlacedInstance], scene: _StaticScene, clutter: list[ClutterItem],
+                    clutter_models: list[ObjectModel]) -> None:
+        """Shapes (labels as in the geometry pass), materials and lights of a new arrangement."""
+        M = len(placed)
+        shapes = [PhotorealShape(self.models[p.model_index], p.T_world_object, self.materials[p.model_index], m + 1)
+                  for m, p in enumerate(placed)]
+        shapes.append(PhotorealShape(scene.table, np.eye(4), sample_material(self.rng, (MATTE, GLOSSY)[int(self.rng.integers(2))]),
+                                     M + 1))
+        for k, (item, model) in enumerate(zip(clutter, clutter_models)):
+            finish = {"wall": MATTE, "floor": MATTE, "leg": METAL}.get(item.role)
+            shapes.append(PhotorealShape(model, item.T_world_object, sample_material(self.rng, finish), M + 2 + k))
+        self.shapes = tuple(shapes)
+        centre = np.append(np.mean([p.T_world_object[:2, 3] for p in placed], 0), 0.0)
+        self.lights = sample_lights(self.rng, self.config.lighting, centre)
+        self.surfaces = PhotorealScene(self.shapes, self.lights).surface_table(M + 2 + len(clutter))
+
+    def frame(self, frame_index: int) -> PhotorealScene:
+        """The scene of one frame (the first frame has the scene's lights, later ones move them slightly)."""
+        lights = self.lights if frame_index == 0 else jitter_lights(self.lights, self.rng, self.config.lighting)
+        return PhotorealScene(self.shapes, lights)
+
+    def view(self, frame_scene: PhotorealScene, scene: _StaticScene, v: int) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W, 3) uint8 colour image and (H, W) float32 sensor depth (metres) of view ``v``."""
+        render = self.tracer.render(frame_scene, self.layout.cameras[v], seed=int(self.rng.integers(2**31)))
+        rgb = apply_camera_model(render.linear, sample_camera_params(self.rng, self.config.camera), self.rng)
+        lum = luminance(render.linear)
+        bright = float(np.percentile(lum, 97.0))
+        relative = lum / bright if bright > 0 else lum
+        depth = simulate_depth_sensor(scene.depth[v], scene.instance[v], self.surfaces, relative, self.rng, self.config.depth)
+        return rgb, depth
+
+
 def _instance_counts(placed: list[PlacedInstance], selected: np.ndarray) -> dict[int, int]:
     """obj_id -> number of selected instances (objects with none are left out), sorted by obj_id."""
     counts: dict[int, int] = {}
@@ -314,8 +410,10 @@ def generate_workcell(config: WorkcellConfig) -> Path:
     """
     started = time.perf_counter()
     out = _prepare_out_dir(config)
-    rng_objects, rng_layout, rng_place, rng_look, rng_noise = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(5)
+    # Child i of a SeedSequence does not depend on how many are spawned: the first five streams
+    # are those of the rasterized generator, the sixth is photoreal's own.
+    rng_objects, rng_layout, rng_place, rng_look, rng_noise, rng_photo = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(6)
     )
     models, symmetries = load_objects(config, rng_objects)
     write_bop_models(out / "models", models, symmetries)
@@ -325,6 +423,7 @@ def generate_workcell(config: WorkcellConfig) -> Path:
     app = config.appearance
     targets_bop19, targets_multiview, world_scenes = [], [], []
     workcell = bag = None
+    photo = None if config.photoreal is None else _PhotorealWorkcell(config.photoreal, models, layout, rng_photo)
     clock_period_ns = int(round(1e9 / config.clock_rate_hz))
     next_clock_ns = config.start_stamp_ns
     try:
@@ -336,13 +435,19 @@ def generate_workcell(config: WorkcellConfig) -> Path:
             placed = place_objects(
                 models, instance_models, rng_place, table_size_m=layout.table_size_m, config=config.placement, rest_poses=rest_poses
             )
-            scene = workcell.static_scene(placed, rng_look)
+            clutter, clutter_models = photo.sample_clutter(placed) if photo is not None else ([], [])
+            scene = workcell.static_scene(placed, rng_look, [(m, c.T_world_object) for m, c in zip(clutter_models, clutter)])
             lighting = sample_lighting(rng_look, app)
+            if photo is not None:
+                photo.begin_scene(placed, scene, clutter, clutter_models)
             frames = []
             with BopSceneWriter(out / "test", scene_id, depth_scale=config.depth_scale_mm) as writer:
                 for frame_index in range(config.frames_per_scene):
                     light = lighting if frame_index == 0 else jitter_lighting(lighting, rng_look, app)
-                    rgb = workcell.rgb(scene, light)
+                    if photo is None:
+                        rgb = workcell.rgb(scene, light)
+                    else:
+                        frame_scene = photo.frame(frame_index)
                     nominal = frame_stamp_ns(config, scene_id, frame_index)
                     jitter_ns = np.rint(rng_noise.uniform(-1, 1, C) * config.camera_stamp_jitter_ms * 1e6).astype(np.int64)
                     stamps = [int(nominal + j) for j in jitter_ns]
@@ -350,8 +455,13 @@ def generate_workcell(config: WorkcellConfig) -> Path:
                     rgbs, depths = [], []
                     seen_in_frame = np.zeros(len(placed), bool)
                     for v, (camera, im_id) in enumerate(zip(layout.cameras, im_ids)):
-                        rgbs.append(add_rgb_noise(rgb[v], rng_noise, app.rgb_noise_sigma))
-                        depths.append(add_depth_noise(scene.depth[v], rng_noise, app) if app.depth_noise else scene.depth[v])
+                        if photo is None:
+                            rgbs.append(add_rgb_noise(rgb[v], rng_noise, app.rgb_noise_sigma))
+                            depths.append(add_depth_noise(scene.depth[v], rng_noise, app) if app.depth_noise else scene.depth[v])
+                        else:
+                            rgb_v, depth_v = photo.view(frame_scene, scene, v)
+                            rgbs.append(rgb_v)
+                            depths.append(depth_v)
                         bop_camera = BopImageCamera(
                             camera.K, workcell.T_camera_world[v], config.depth_scale_mm, camera.width, camera.height
                         )
@@ -382,6 +492,8 @@ def generate_workcell(config: WorkcellConfig) -> Path:
                 ],
                 "frames": frames,
             })
+            if photo is not None:
+                world_scenes[-1]["clutter"] = [item.to_json() for item in clutter]
             logger.info("scene %d: %d instances, %d frames x %d cameras", scene_id, len(placed), config.frames_per_scene, C)
     finally:
         if workcell is not None:
@@ -419,6 +531,10 @@ def _write_scene_world(path: Path, config: WorkcellConfig, layout: WorkcellLayou
 def _config_json(config: WorkcellConfig) -> dict:
     raw = asdict(config)
     raw["out_dir"] = str(config.out_dir)
+    if config.photoreal is None:
+        del raw["photoreal"]  # keeps rasterized runs' scene_world.json as it was
+    elif config.photoreal.cache_dir is not None:
+        raw["photoreal"]["cache_dir"] = str(config.photoreal.cache_dir)
     return raw
 
 

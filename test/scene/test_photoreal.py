@@ -1,0 +1,191 @@
+"""Photoreal workcells: GT exactness, path tracer / rasterizer alignment, reproducibility and the cache.
+
+Small images (160x120) at the ``preview`` quality keep each test within a few seconds.
+"""
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mitsuba")
+
+from pose_node.core.geometry import invert_rigid  # noqa: E402
+from pose_node.core.types import Camera  # noqa: E402
+from pose_node.datasets.bop import BopDataset  # noqa: E402
+from pose_node.onboarding.procedural import make_procedural_objects  # noqa: E402
+from pose_node.render.reference import rasterize_reference  # noqa: E402
+from pose_node.render.renderer import Renderer  # noqa: E402
+from pose_node.scene.appearance import procedural_texture  # noqa: E402
+from pose_node.scene.clutter import ClutterConfig, ClutterItem, clutter_model, place_distractors  # noqa: E402
+from pose_node.scene.cli import main as pose_scene  # noqa: E402
+from pose_node.scene.generator import WorkcellConfig, generate_workcell, read_scene_world  # noqa: E402
+from pose_node.scene.layout import LayoutConfig, look_at, make_table_model  # noqa: E402
+from pose_node.scene.photoreal import (  # noqa: E402
+    QUALITY_PRESETS, LightingConfig, PathTracer, PhotorealConfig, PhotorealScene, PhotorealShape, sample_lights,
+    sample_material, view_cache_key,
+)
+from pose_node.scene.placement import place_objects  # noqa: E402
+
+WIDTH, HEIGHT = 160, 120
+MIN_PIXELS = 60  # IoU of smaller silhouettes is dominated by their boundary pixels
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+@pytest.fixture(scope="module")
+def photoreal_dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("photoreal")
+    config = WorkcellConfig(
+        out_dir=root / "out", num_objects=3, max_instances_per_object=2, num_scenes=1, frames_per_scene=1, seed=11,
+        write_bag=False, layout=LayoutConfig(num_cameras=2, width_px=WIDTH, height_px=HEIGHT),
+        photoreal=PhotorealConfig(quality="preview", cache_dir=root / "cache"),
+    )
+    return generate_workcell(config)
+
+
+def test_gt_masks_match_independent_rasterization(photoreal_dataset):
+    """mask / mask_visib (with distractors occluding) agree with rasterize_reference of the GT models at the GT poses."""
+    ds = BopDataset(photoreal_dataset)
+    world = read_scene_world(photoreal_dataset / "scene_world.json")
+    models = {m.object_id: m for m in make_procedural_objects(3, 11)}
+    distractors = [ClutterItem.from_json(c) for c in world["scenes"][0]["clutter"] if c["role"] == "distractor"]
+    assert distractors, "the test seed should place distractors"
+    occluders = [clutter_model(item) for item in distractors]
+    checked_visib = 0
+    for im_id in ds.image_ids(0):
+        camera = ds.camera(0, im_id)
+        gts = ds.gts(0, im_id)
+        T_cam = [gt.T_camera_object for gt in gts] + [camera.T_camera_world @ d.T_world_object for d in distractors]
+        _, _, instance = rasterize_reference(camera.K[None], np.stack(T_cam)[None], [models[g.obj_id] for g in gts] + occluders,
+                                             WIDTH, HEIGHT)
+        for k, gt in enumerate(gts):
+            mask, visib = ds.mask(0, im_id, k), ds.mask_visib(0, im_id, k)
+            _, _, alone = rasterize_reference(camera.K[None], gt.T_camera_object[None, None], [models[gt.obj_id]], WIDTH, HEIGHT)
+            if mask.sum() >= MIN_PIXELS:
+                assert _iou(mask, alone[0] > 0) > 0.98, f"image {im_id} gt {k}: mask"
+            if visib.sum() >= MIN_PIXELS:
+                assert _iou(visib, instance[0] == k + 1) > 0.98, f"image {im_id} gt {k}: mask_visib"
+                checked_visib += 1
+    assert checked_visib >= 4
+
+
+def test_clutter_is_in_the_geometry_pass(photoreal_dataset):
+    """Depth (noisy but present) covers room and distractors; GT instances stay the objects only."""
+    ds = BopDataset(photoreal_dataset)
+    world = read_scene_world(photoreal_dataset / "scene_world.json")
+    roles = {c["role"] for c in world["scenes"][0]["clutter"]}
+    assert {"floor", "wall", "leg", "distractor"} <= roles
+    assert world["config"]["photoreal"]["quality"] == "preview"
+    for im_id in ds.image_ids(0):
+        assert {g.obj_id for g in ds.gts(0, im_id)} <= {1, 2, 3}
+        depth = ds.depth_m(0, im_id)
+        assert (depth > 0).mean() > 0.5  # walls and floor return depth: no empty background
+
+
+def _scene_and_camera(fx: float, fy: float, cx: float, cy: float):
+    rng = np.random.default_rng(5)
+    models = make_procedural_objects(3, 5)
+    placed = place_objects(models, [0, 1, 2], rng, table_size_m=(1.2, 0.9))
+    distractors = place_distractors(rng, placed, (1.2, 0.9), ClutterConfig(num_distractors=(3, 3)))
+    table = make_table_model((1.2, 0.9), 0.04, procedural_texture(rng, 64, 64))
+    shapes = [PhotorealShape(models[p.model_index], p.T_world_object, sample_material(rng), i + 1) for i, p in enumerate(placed)]
+    shapes.append(PhotorealShape(table, np.eye(4), sample_material(rng), 4))
+    shapes += [PhotorealShape(clutter_model(d), d.T_world_object, sample_material(rng), 5 + i) for i, d in enumerate(distractors)]
+    centre = np.append(np.mean([p.T_world_object[:2, 3] for p in placed], 0), 0.03)
+    K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
+    camera = Camera(K, WIDTH, HEIGHT, look_at(centre + [0.35, -0.25, 0.4], centre))
+    return PhotorealScene(tuple(shapes), sample_lights(rng, LightingConfig())), camera
+
+
+@pytest.mark.parametrize("intrinsics", [(150.0, 150.0, 79.5, 59.5), (160.0, 152.0, 71.3, 64.8)], ids=["square", "fx!=fy_offcentre"])
+def test_path_traced_silhouettes_align_with_rasterizer(intrinsics):
+    """Mitsuba's per-pixel shape labels agree with the rasterizer that makes mask_visib (and with the reference)."""
+    scene, camera = _scene_and_camera(*intrinsics)
+    render = PathTracer(QUALITY_PRESETS["preview"], None).render(scene, camera, seed=0)
+    assert render.linear.shape == (HEIGHT, WIDTH, 3) and np.isfinite(render.linear).all() and render.linear.mean() > 0
+    T_camera_world = invert_rigid(camera.T_world_camera)
+    T = np.stack([T_camera_world @ s.T_world_object for s in scene.shapes])[None]
+    with Renderer(WIDTH, HEIGHT) as gl:
+        handles = [gl.add_object(replace(s.model, uv=None, texture=None)) for s in scene.shapes]
+        gl_labels = gl.render(camera.K[None], T, handles, outputs=("instance",)).instance[0]
+    objects = [i for i, s in enumerate(scene.shapes) if s.label != 4]  # the table's big triangles reach behind the camera
+    _, _, ref = rasterize_reference(camera.K[None], T[:, objects], [scene.shapes[i].model for i in objects], WIDTH, HEIGHT)
+    ref_labels = np.array([0] + [scene.shapes[i].label for i in objects])[ref[0]]
+    checked = 0
+    for shape in scene.shapes:
+        if shape.label == 4 or (gl_labels == shape.label).sum() < MIN_PIXELS:
+            continue
+        iou = _iou(render.labels == shape.label, gl_labels == shape.label)
+        assert iou > 0.98, f"label {shape.label}: IoU {iou:.3f} with the rasterizer"
+        # Pixels of the reference show the object where nothing else (the table) is in front.
+        assert _iou((render.labels == shape.label) & (ref_labels > 0), ref_labels == shape.label) > 0.98
+        checked += 1
+    assert checked >= 3
+
+
+def test_cache_key_depends_on_every_input():
+    scene, camera = _scene_and_camera(150.0, 150.0, 79.5, 59.5)
+    quality = QUALITY_PRESETS["preview"]
+    base = view_cache_key(scene, camera, quality, 1, "3.9.1")
+    moved = list(scene.shapes)
+    T = moved[0].T_world_object.copy()
+    T[0, 3] += 1e-4
+    moved[0] = replace(moved[0], T_world_object=T)
+    glossier = list(scene.shapes)
+    glossier[1] = replace(glossier[1], material=replace(glossier[1].material, roughness=0.01))
+    others = [
+        view_cache_key(scene, camera, quality, 2, "3.9.1"),
+        view_cache_key(scene, camera, QUALITY_PRESETS["default"], 1, "3.9.1"),
+        view_cache_key(scene, camera, quality, 1, "3.9.2"),
+        view_cache_key(replace(scene, shapes=tuple(moved)), camera, quality, 1, "3.9.1"),
+        view_cache_key(replace(scene, shapes=tuple(glossier)), camera, quality, 1, "3.9.1"),
+        view_cache_key(replace(scene, lights=replace(scene.lights, environment_yaw_deg=1.0)), camera, quality, 1, "3.9.1"),
+        view_cache_key(scene, replace(camera, K=camera.K + np.diag([1e-3, 0, 0])), quality, 1, "3.9.1"),
+    ]
+    assert base == view_cache_key(scene, camera, quality, 1, "3.9.1")
+    assert len({base, *others}) == len(others) + 1
+
+
+def _run(out: Path, cache: Path) -> None:
+    rc = pose_scene(["--out", str(out), "--num-objects", "2", "--cameras", "1", "--frames-per-scene", "2", "--width", "96",
+                     "--height", "72", "--seed", "7", "--photoreal", "--photoreal-quality", "preview", "--render-cache", str(cache),
+                     "--depth-encoding", "16UC1"])
+    assert rc == 0
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "test").rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes_and_cache_hits(tmp_path, monkeypatch):
+    _run(tmp_path / "a", tmp_path / "cache")
+    cached = sorted((tmp_path / "cache").glob("*.npz"))
+    assert len(cached) == 2  # 1 camera x 2 frames (the light moves between frames)
+    renders = []
+    original = PathTracer.render
+
+    def counting(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        renders.append(result.cached)
+        return result
+
+    monkeypatch.setattr(PathTracer, "render", counting)
+    _run(tmp_path / "b", tmp_path / "cache")
+    assert renders == [True, True]
+    _run(tmp_path / "c", tmp_path / "fresh_cache")  # a miss gives the same bytes as a hit
+    assert renders[2:] == [False, False]
+    a, b, c = _files(tmp_path / "a"), _files(tmp_path / "b"), _files(tmp_path / "c")
+    assert len(a) > 0 and a == b == c
+    bag_a = sorted((tmp_path / "a" / "bag").glob("*.mcap"))
+    assert bag_a and bag_a[0].stat().st_size == sorted((tmp_path / "b" / "bag").glob("*.mcap"))[0].stat().st_size
+    gt = json.loads((tmp_path / "a" / "test" / "000000" / "scene_gt.json").read_text())
+    assert set(gt) == {"0", "1"}
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="quality"):
+        PhotorealConfig(quality="ultra")
