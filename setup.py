@@ -30,6 +30,7 @@ setup(
     entry_points={
         "console_scripts": [
             "pose_scene = pose_node.scene.cli:main",
+            "pose_ood_set = pose_node.scene.ood_set:main",
             "pose_eval = pose_node.evaluation.cli:main",
             "pose_render_bench = pose_node.render.bench:main",
             "pose_metrics_bench = pose_node.evaluation.bench:main",
