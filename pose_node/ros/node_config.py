@@ -646,7 +646,12 @@ def _read_yaml_mapping(path: str | Path) -> tuple[Any, Path]:
     try:
         mapping = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise InvalidInputError(f"config file {path}: not valid YAML: {exc}") from exc
+        # One line (the tools print it as their error line): the problem and where, without the
+        # quoted source lines of str(exc).
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise InvalidInputError(f"config file {path}: not valid YAML{where}: {problem}") from exc
     if mapping is None:
         raise InvalidInputError(f"config file {path}: empty")
     return mapping, path

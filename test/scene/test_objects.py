@@ -168,6 +168,7 @@ def bad_sources(tmp_path) -> Path:
     _write_meshes(tmp_path)
     (tmp_path / "broken.ply").write_text("ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nend_header\n1\n2\n")
     (tmp_path / "no_objects.yaml").write_text("world_frame: world\n")
+    (tmp_path / "unclosed.yaml").write_text("objects: [{id: 1, mesh: meshes/cube.ply, units: mm}\n")
     (tmp_path / "missing_mesh.yaml").write_text("objects:\n  - {id: 1, name: a, mesh: nowhere.ply, units: mm}\n")
     return tmp_path
 
@@ -179,6 +180,7 @@ def bad_sources(tmp_path) -> Path:
     (["meshes/cube.ply:ft"], InvalidInputError, r"meshes/cube\.ply:ft: unknown units 'ft'; expected one of m, cm, mm"),
     (["meshes/cube.ply"], InvalidInputError, r"meshes/cube\.ply: mesh file without units .* one of m, cm, mm"),
     (["no_objects.yaml"], InvalidInputError, r"{d}/no_objects\.yaml: no objects: list"),
+    (["unclosed.yaml"], InvalidInputError, r"{d}/unclosed\.yaml: not valid YAML at line 2, column 1: expected ','"),
     (["broken.ply:mm"], MeshLoadError, r"broken\.ply: could not parse mesh"),
     (["meshes/cube.ply:m"], MeshLoadError, r"cube\.ply: diameter .* check the declared units \(plausible: \['cm', 'mm'\]\)"),
 ])
