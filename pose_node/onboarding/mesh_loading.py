@@ -136,7 +136,8 @@ def load_object_model(
         # process=False keeps vertices split at UV seams (merging them would corrupt textures).
         loaded = trimesh.load(path, process=False)
     except Exception as exc:  # trimesh raises many types for malformed files
-        raise MeshLoadError(f"{path}: could not parse mesh ({type(exc).__name__}: {exc})") from exc
+        detail = " ".join(str(exc).split())  # one line: the CLIs print the message as their error line
+        raise MeshLoadError(f"{path}: could not parse mesh ({type(exc).__name__}: {detail})") from exc
     mesh = _as_single_mesh(loaded, path)
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
     faces = np.asarray(mesh.faces, dtype=np.int64)

@@ -20,6 +20,7 @@ silently ignored). Relative paths are resolved against the YAML file's folder. T
 entries are flattened into one :class:`ObjectConfig` per object (BOP ``models_info.json`` is
 read here, so ids, names and symmetries are known and checked before any mesh is loaded);
 :func:`load_object_models` then builds the :class:`~pose_node.core.types.ObjectModel` list.
+:func:`load_object_configs` reads the objects of a file alone (``pose_scene`` renders them).
 
 This module imports neither rclpy nor the mesh loaders (those are imported by
 :func:`load_object_models` only), so parsing is fast and works without ROS.
@@ -552,12 +553,25 @@ _ENTRY_KEYS = {
 }
 
 
-def _parse_objects(value: Any, base_dir: Path) -> tuple[ObjectConfig, ...]:
+def parse_objects_section(value: Any, *, base_dir: str | Path, key: str = "objects") -> tuple[ObjectConfig, ...]:
+    """Validate the ``objects:`` list alone (module docstring: the entry kinds), as the node does.
+
+    Args:
+        value: the parsed list of object entries.
+        base_dir: folder relative mesh and ``bop_models`` paths are resolved against.
+        key: key path of the list in error messages (``objects`` in the node's file; a tool that
+            builds the entries from its own arguments names the argument instead).
+    Returns:
+        One :class:`ObjectConfig` per object, in list order.
+    Raises:
+        InvalidInputError: the first problem found, its message led by the key path.
+    """
+    base_dir = Path(base_dir).resolve()
     if not isinstance(value, Sequence) or isinstance(value, str) or not value:
-        raise InvalidInputError(f"objects: expected a non-empty list of object entries, got {_describe(value)}")
+        raise InvalidInputError(f"{key}: expected a non-empty list of object entries, got {_describe(value)}")
     objects: list[ObjectConfig] = []
     for i, entry in enumerate(value):
-        path = f"objects[{i}]"
+        path = f"{key}[{i}]"
         if not isinstance(entry, Mapping):
             raise InvalidInputError(f"{path}: expected a mapping, got {_describe(entry)}")
         kinds = [k for k in OBJECT_SOURCES if k in entry]
@@ -606,7 +620,7 @@ def parse_node_config(mapping: Mapping[str, Any], *, base_dir: str | Path | None
         raise InvalidInputError(
             f"world_frame: expected a TF frame id (non-empty, no leading '/', no spaces), got {world_frame!r}")
     cameras = _parse_cameras(top.raw("cameras", required=True))
-    objects = _parse_objects(top.raw("objects", required=True), base_dir)
+    objects = parse_objects_section(top.raw("objects", required=True), base_dir=base_dir)
     pipeline = _parse_pipeline(top.raw("pipeline"))
     sync = _parse_sync(top.raw("sync"))
     if pipeline.mode == "rgbd":
@@ -620,12 +634,8 @@ def parse_node_config(mapping: Mapping[str, Any], *, base_dir: str | Path | None
                       source_path=source_path)
 
 
-def load_node_config(path: str | Path) -> NodeConfig:
-    """Read and validate a YAML configuration file; relative paths resolve against its folder.
-
-    Raises:
-        InvalidInputError: missing or unparsable file, or any invalid value (see :func:`parse_node_config`).
-    """
+def _read_yaml_mapping(path: str | Path) -> tuple[Any, Path]:
+    """The parsed content of a YAML file (not None) and its resolved path."""
     import yaml
 
     path = Path(path).expanduser().resolve()
@@ -636,10 +646,46 @@ def load_node_config(path: str | Path) -> NodeConfig:
     try:
         mapping = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise InvalidInputError(f"config file {path}: not valid YAML: {exc}") from exc
+        # One line (the tools print it as their error line): the problem and where, without the
+        # quoted source lines of str(exc).
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise InvalidInputError(f"config file {path}: not valid YAML{where}: {problem}") from exc
     if mapping is None:
         raise InvalidInputError(f"config file {path}: empty")
+    return mapping, path
+
+
+def load_node_config(path: str | Path) -> NodeConfig:
+    """Read and validate a YAML configuration file; relative paths resolve against its folder.
+
+    Raises:
+        InvalidInputError: missing or unparsable file, or any invalid value (see :func:`parse_node_config`).
+    """
+    mapping, path = _read_yaml_mapping(path)
     return parse_node_config(mapping, base_dir=path.parent, source_path=path)
+
+
+def load_object_configs(path: str | Path) -> tuple[ObjectConfig, ...]:
+    """The objects of a YAML file: the node's whole configuration file or one holding only ``objects:``.
+
+    Only the ``objects`` section is validated (with the node's rules: the objects equal those the
+    node configured with this file would load); the other top-level keys must be known ones but
+    are not checked, so a simulation can reuse the file of a cell whose cameras differ.
+
+    Raises:
+        InvalidInputError: missing or unparsable file, no ``objects`` list, or an invalid object
+            entry; the message starts with the file's path.
+    """
+    mapping, path = _read_yaml_mapping(path)
+    try:
+        top = _Section(mapping, "", _TOP_KEYS)
+        if top.raw("objects") is None:
+            raise InvalidInputError("no objects: list (expected the node's configuration file or a file with an objects: list)")
+        return parse_objects_section(top.raw("objects"), base_dir=path.parent)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"config file {path}: {exc}") from exc
 
 
 def load_object_models(objects: Sequence[ObjectConfig]) -> list:
@@ -676,5 +722,5 @@ def load_object_models(objects: Sequence[ObjectConfig]) -> list:
 __all__ = [
     "BACKENDS", "DEPTH_ENCODINGS", "MESH_UNITS", "MODES", "CameraConfig", "ContinuousSymmetry", "NodeConfig",
     "ObjectConfig", "ObjectThresholds", "PipelineConfig", "ProceduralSpec", "Thresholds", "load_node_config",
-    "load_object_models", "parse_node_config",
+    "load_object_configs", "load_object_models", "parse_node_config", "parse_objects_section",
 ]

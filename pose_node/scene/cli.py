@@ -5,6 +5,18 @@ Example::
     pose_scene --out out/workcell --objects procedural --num-objects 4 --cameras 3 --frames-per-scene 5
     pose_scene --out out/ycb --objects /path/to/bop/models --depth-encoding 16UC1 --depth-noise
     pose_scene --out out/photoreal --photoreal --photoreal-quality preview --render-cache /tmp/pose_render_cache
+    pose_scene --out out/cell --objects config/pose_node.yaml
+    pose_scene --out out/mine --objects meshes/mug.ply:mm meshes/bracket.obj:cm
+
+Objects (``--objects``): ``procedural`` (``--num-objects`` generated), a BOP models folder
+(``--num-objects`` drawn), the node's YAML file or mesh files. The YAML file is the node's whole
+configuration file or one with only an ``objects:`` list; every object in it is rendered with its
+id, name, mesh (relative to the YAML file), declared units and symmetries, as the node loads them.
+Mesh files are ``PATH:UNITS`` with UNITS one of m, cm, mm (meshes carry no reliable unit); they get
+ids 1..N in argument order and the file stems as names. The written ``models/obj_XXXXXX.ply`` keep
+these ids and ``scene_world.json`` lists the names, so the bag replays into a node configured with
+the same objects (YAML entries ``{id, name, mesh, units}``) under matching TF frames ``<name>_<k>``.
+A bad source (missing file, no objects, unknown units, broken mesh) exits with status 2 and one line.
 """
 from __future__ import annotations
 
@@ -23,13 +35,20 @@ from pose_node.scene.photoreal import QUALITY_PRESETS, PhotorealConfig
 logger = logging.getLogger("pose_scene")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the option help; the examples of the module docstring kept as written."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = WorkcellConfig(out_dir=".")
     p = argparse.ArgumentParser(prog="pose_scene", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                epilog=__doc__.split("\n\n", 1)[1].replace("``", ""), formatter_class=_HelpFormatter)
     p.add_argument("--out", required=True, help="output directory (must be empty unless --overwrite)")
-    p.add_argument("--objects", default=PROCEDURAL, help="'procedural' or a BOP models directory (PLY in mm + models_info.json)")
-    p.add_argument("--num-objects", type=int, default=defaults.num_objects, help="distinct object models per scene")
+    p.add_argument("--objects", nargs="+", default=PROCEDURAL, metavar="SOURCE",
+                   help="'procedural', a BOP models directory (PLY in mm + models_info.json), the node's YAML file "
+                        "(its objects: list) or mesh files PATH:UNITS with UNITS m, cm or mm (ids 1..N, names = file stems)")
+    p.add_argument("--num-objects", type=int, default=defaults.num_objects,
+                   help="distinct object models per scene (procedural and BOP sources; a YAML file or mesh files use every object)")
     p.add_argument("--max-instances", type=int, default=defaults.max_instances_per_object, help="each model appears 1..N times")
     p.add_argument("--scenes", type=int, default=defaults.num_scenes, help="object arrangements")
     p.add_argument("--frames-per-scene", type=int, default=defaults.frames_per_scene, help="frames per arrangement (static scene)")

@@ -81,9 +81,12 @@ class WorkcellConfig:
 
     Attributes:
         out_dir: output directory (created; must be empty or absent unless ``overwrite``).
-        objects: ``"procedural"`` or a BOP ``models/`` directory (PLY in mm + models_info.json).
+        objects: ``"procedural"``, a BOP ``models/`` directory (PLY in mm + models_info.json), the
+            node's YAML file (``.yaml``/``.yml``: its ``objects:`` list) or mesh files
+            ``"PATH:UNITS"`` (a tuple; see :mod:`pose_node.scene.objects`).
         num_objects: distinct object models per scene (procedural: generated; BOP: drawn from the
-            directory without replacement).
+            directory without replacement; a YAML file or mesh files: unused, every listed object
+            is in the workcell).
         max_instances_per_object: each model appears 1..this many times in a scene.
         objects_per_scene: ``(lo, hi)``: each scene shows a random subset of lo..hi of the loaded
             models, each once, and with probability ``duplicate_probability`` one of them twice
@@ -106,7 +109,7 @@ class WorkcellConfig:
     """
 
     out_dir: Path
-    objects: str = PROCEDURAL
+    objects: str | tuple[str, ...] = PROCEDURAL
     num_objects: int = 4
     max_instances_per_object: int = 1
     objects_per_scene: tuple[int, int] | None = None
@@ -131,6 +134,9 @@ class WorkcellConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
+        if not isinstance(self.objects, str):  # one source of a list (the CLI's nargs) is that source
+            objects = tuple(self.objects)
+            object.__setattr__(self, "objects", objects[0] if len(objects) == 1 else objects)
         checks = [
             ("num_objects", self.num_objects >= 1), ("max_instances_per_object", self.max_instances_per_object >= 1),
             ("num_scenes", self.num_scenes >= 1), ("frames_per_scene", self.frames_per_scene >= 1),
@@ -141,6 +147,8 @@ class WorkcellConfig:
             ("objects_per_scene", self.objects_per_scene is None
              or (len(self.objects_per_scene) == 2 and 1 <= self.objects_per_scene[0] <= self.objects_per_scene[1] <= self.num_objects)),
             ("duplicate_probability", 0 <= self.duplicate_probability <= 1),
+            ("objects", all(isinstance(o, str) for o in ((self.objects,) if isinstance(self.objects, str) else self.objects))
+             and len(self.objects) > 0),
         ]
         for name, ok in checks:
             if not ok:
@@ -153,14 +161,29 @@ class WorkcellConfig:
 
 
 def load_objects(config: WorkcellConfig, rng: np.random.Generator) -> tuple[list[ObjectModel], dict[int, dict] | None]:
-    """The scene's object models and, for BOP sources, their symmetry entries (mm) to copy over."""
-    if config.objects == PROCEDURAL:
+    """The scene's object models and their BOP symmetry entries (mm) to write (None or a missing id:
+    from the model's own transforms).
+
+    Raises:
+        InvalidInputError: a bad source (the message names it), too few objects for the config.
+        MeshLoadError: an unreadable or broken mesh, or a size implausible for its declared units.
+    """
+    sources = (config.objects,) if isinstance(config.objects, str) else config.objects
+    if sources == (PROCEDURAL,):
         from pose_node.onboarding.procedural import make_procedural_objects
 
         return make_procedural_objects(config.num_objects, config.seed), None
+    if len(sources) > 1 or not Path(sources[0]).is_dir():
+        from pose_node.scene.objects import load_listed_objects
+
+        models, symmetries = load_listed_objects(sources)
+        if config.objects_per_scene is not None and config.objects_per_scene[1] > len(models):
+            raise InvalidInputError(f"WorkcellConfig.objects_per_scene: {config.objects_per_scene} but "
+                                    f"{' '.join(sources)} lists {len(models)} objects")
+        return models, symmetries
     from pose_node.onboarding.mesh_loading import load_bop_models
 
-    models_dir = Path(config.objects)
+    models_dir = Path(sources[0])
     info_path = models_dir / "models_info.json"
     if not info_path.is_file():
         raise InvalidInputError(

@@ -262,3 +262,26 @@ def test_config_sync_and_tf_buffer_import_without_ros():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_load_object_configs_reads_the_objects_of_a_whole_or_objects_only_file(workdir):
+    """pose_scene's view of a file: the objects the node would configure, with or without the rest."""
+    from pose_node.ros.node_config import load_object_configs
+
+    whole = workdir / "whole.yaml"
+    whole.write_text(yaml.safe_dump(valid_mapping()))
+    only = workdir / "only.yaml"
+    only.write_text(yaml.safe_dump({"objects": valid_mapping()["objects"]}))
+    expected = load_node_config(whole).objects
+    assert load_object_configs(whole) == expected == load_object_configs(only)
+    (workdir / "none.yaml").write_text(yaml.safe_dump({"world_frame": "world"}))
+    with pytest.raises(InvalidInputError, match=re.escape(f"{(workdir / 'none.yaml').resolve()}: no objects: list")):
+        load_object_configs(workdir / "none.yaml")
+    (workdir / "typo.yaml").write_text(yaml.safe_dump({"object": valid_mapping()["objects"]}))
+    with pytest.raises(InvalidInputError, match="object: unknown key .* did you mean 'objects'"):
+        load_object_configs(workdir / "typo.yaml")
+    bad = valid_mapping()
+    bad["objects"][1]["units"] = "ft"
+    (workdir / "bad.yaml").write_text(yaml.safe_dump({"objects": bad["objects"]}))
+    with pytest.raises(InvalidInputError, match=r"bad\.yaml: objects\[1\]\.units: expected one of m, cm, mm, got 'ft'"):
+        load_object_configs(workdir / "bad.yaml")
