@@ -361,6 +361,7 @@ class _PhotorealWorkcell:
     def view(self, frame_scene: PhotorealScene, scene: _StaticScene, v: int) -> tuple[np.ndarray, np.ndarray]:
         """(H, W, 3) uint8 colour image and (H, W) float32 sensor depth (metres) of view ``v``."""
         render = self.tracer.render(frame_scene, self.layout.cameras[v], seed=int(self.rng.integers(2**31)))
+        logger.info("view %d: %s", v, "render cache hit" if render.cached else f"path-traced in {render.seconds:.1f} s")
         rgb = apply_camera_model(render.linear, sample_camera_params(self.rng, self.config.camera), self.rng)
         lum = luminance(render.linear)
         bright = float(np.percentile(lum, 97.0))

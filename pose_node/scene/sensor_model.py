@@ -378,6 +378,7 @@ def simulate_depth_sensor(
     edges, fg, bg = depth_edges(depth, config.edge_threshold_m, config.edge_threshold_rel)
     lo_w, hi_w = config.silhouette_hole_width_px
     out = depth.copy()
+    shadow = np.zeros_like(valid)
     if hi_w > 0 and edges.any():
         # Background side of an edge: farther than the nearest depth within the hole width.
         kernel_size = 2 * hi_w + 1
@@ -387,9 +388,9 @@ def simulate_depth_sensor(
         step = np.maximum(config.edge_threshold_m, config.edge_threshold_rel * near)
         shadow = valid & (distance <= width_px) & (depth > near + step)
         out[shadow] = 0.0
-        flying = edges & ~shadow & (rng.uniform(0, 1, depth.shape) < config.flying_pixel_probability)
-        mix = rng.uniform(0.1, 0.9, depth.shape).astype(np.float32)
-        out[flying] = (fg + mix * (bg - fg))[flying]
+    flying = edges & ~shadow & (rng.uniform(0, 1, depth.shape) < config.flying_pixel_probability)
+    mix = rng.uniform(0.1, 0.9, depth.shape).astype(np.float32)
+    out[flying] = (fg + mix * (bg - fg))[flying]
     albedo = np.asarray(surfaces.albedo, np.float64)[labels]
     glossy = np.asarray(surfaces.glossy, bool)[labels]
     lum = np.asarray(relative_luminance, np.float64)

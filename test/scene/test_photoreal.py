@@ -189,3 +189,75 @@ def test_same_seed_same_bytes_and_cache_hits(tmp_path, monkeypatch):
 def test_config_validation():
     with pytest.raises(ValueError, match="quality"):
         PhotorealConfig(quality="ultra")
+
+
+def test_texture_orientation_matches_the_rasterizer():
+    """ObjectModel uv (OpenGL, v = 0 at the bottom image row) maps the same texels in both renderers."""
+    texture = np.zeros((32, 32, 3), np.uint8)
+    texture[:16, :16] = (255, 0, 0)  # top-left red, bottom-right blue, the rest green
+    texture[16:, 16:] = (0, 0, 255)
+    texture[:16, 16:] = texture[16:, :16] = (0, 255, 0)
+    quad = clutter_model(ClutterItem("wall", (0.4, 0.3, 0.0), np.eye(4), "wall"), texture, texel_m=0.4 / 32)
+    quad = replace(quad, uv=(quad.vertices[:, :2] / [0.4, 0.3] + 0.5).astype(np.float32))  # one tile over the quad
+    # Camera 0.5 m in front of the quad (on its +z side), image right = object +x, image down = object -y.
+    T_world_camera = np.array([[1.0, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 0.5], [0, 0, 0, 1]])
+    camera = Camera(np.array([[200.0, 0, 79.5], [0, 200.0, 59.5], [0, 0, 1]]), WIDTH, HEIGHT, T_world_camera)
+    lights = replace(sample_lights(np.random.default_rng(0), LightingConfig(num_point_lights=(0, 0), num_spot_lights=(0, 0))),
+                     lights=())
+    matte = replace(sample_material(np.random.default_rng(0), "matte"), specular=0.0)
+    pt = PathTracer(QUALITY_PRESETS["preview"], None).render(PhotorealScene((PhotorealShape(quad, np.eye(4), matte, 1),), lights),
+                                                             camera, seed=0)
+    with Renderer(WIDTH, HEIGHT) as gl:
+        gl_rgb = gl.render(camera.K[None], invert_rigid(T_world_camera)[None, None], [gl.add_object(quad)], outputs=("rgb",)).rgb[0]
+    for channel in (0, 2):  # red and blue quadrants
+        others = [c for c in range(3) if c != channel]
+        pt_mask = pt.linear[..., channel] > 2 * pt.linear[..., others].max(-1)
+        gl_mask = gl_rgb[..., channel].astype(int) > 2 * gl_rgb[..., others].max(-1).astype(int)
+        assert gl_mask.sum() > 500 and _iou(pt_mask, gl_mask) > 0.9
+    ys, xs = np.nonzero(gl_rgb[..., 0] > 2 * gl_rgb[..., 1:].max(-1).astype(int))
+    assert xs.mean() < WIDTH / 2 and ys.mean() < HEIGHT / 2  # red top-left in the image, as in the texture
+
+
+def test_materials_span_matte_glossy_metal_dark():
+    rng = np.random.default_rng(0)
+    materials = [sample_material(rng) for _ in range(200)]
+    glossy = np.mean([m.glossy for m in materials])
+    dark = np.mean([m.brightness < 0.25 for m in materials])
+    metal = np.mean([m.metallic > 0.5 for m in materials])
+    assert 0.25 < glossy < 0.6 and 0.08 < dark < 0.25 and 0.04 < metal < 0.2
+    for m in materials:
+        assert 0 <= m.roughness <= 1 and 0 <= m.specular <= 1 and 0 <= m.metallic <= 1 and 0 < m.brightness <= 1
+        assert all(0 <= c <= 1 for c in m.colour)
+
+
+def test_lights_follow_their_ranges_and_jitter():
+    from pose_node.scene.photoreal import jitter_lights
+
+    config = LightingConfig()
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        setup = sample_lights(rng, config)
+        kinds = [light.kind for light in setup.lights]
+        assert config.num_area_lights[0] <= kinds.count("area") <= config.num_area_lights[1]
+        assert kinds.count("point") <= config.num_point_lights[1] and kinds.count("spot") <= config.num_spot_lights[1]
+        for light in setup.lights:
+            assert config.light_height_m[0] <= light.position_m[2] <= config.light_height_m[1]
+            assert min(light.rgb) >= 0 and max(light.rgb) > 0
+        env = setup.environment
+        assert env.shape == (config.environment_size_px[1], config.environment_size_px[0], 3) and env.dtype == np.float32
+        assert env[: len(env) // 2].mean() > env[len(env) // 2 :].mean()  # the sky is brighter than the ground
+        moved = jitter_lights(setup, rng, config)
+        for a, b in zip(setup.lights, moved.lights):
+            shift = np.abs(np.subtract(a.position_m, b.position_m)).max()
+            assert shift == 0 if a.kind == "area" else shift <= config.per_frame_jitter_m
+
+
+def test_mitsuba_is_imported_lazily():
+    """The node and the rasterized generator never load mitsuba."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pose_node.scene, pose_node.scene.cli; "
+            "from pose_node.scene.photoreal import PhotorealConfig; PhotorealConfig(); "
+            "assert 'mitsuba' not in sys.modules, 'mitsuba imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
