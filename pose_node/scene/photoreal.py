@@ -28,7 +28,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -40,14 +40,14 @@ from pose_node.core.types import Camera, ObjectModel
 from pose_node.onboarding.cache import CACHE_ENV_VAR, DEFAULT_CACHE_ROOT, mesh_content_hash
 from pose_node.scene.clutter import ClutterConfig
 from pose_node.scene.sensor_model import (
-    CameraModelConfig, DepthSensorConfig, SurfaceTable, blackbody_rgb, luminance, srgb_decode,
+    CameraModelConfig, DepthSensorConfig, blackbody_rgb, luminance, srgb_decode,
 )
 
 logger = logging.getLogger(__name__)
 
 MITSUBA_VARIANT = "scalar_rgb"
 #: Bump when the cached arrays or the key's meaning change.
-RENDER_CACHE_VERSION = 1
+RENDER_CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -184,15 +184,50 @@ def sample_material(rng: np.random.Generator, finish: str | None = None) -> Surf
     raise InvalidInputError(f"sample_material: unknown finish {finish!r}, expected one of {_FINISHES}")
 
 
-def base_colour_albedo(model: ObjectModel, material: SurfaceMaterial) -> float:
-    """Mean linear luminance of the base colour a shape is rendered with (its albedo, roughly)."""
+#: Vertex colours spanning fewer levels than this (per channel) count as "no colour" (a grey or
+#: constant-colour export of an untextured CAD model).
+UNIFORM_COLOUR_LEVELS = 8
+
+
+def is_untextured(model: ObjectModel) -> bool:
+    """Neither a usable texture nor varying vertex colours."""
     if model.texture is not None and model.uv is not None:
-        mean = srgb_decode(np.asarray(model.texture).reshape(-1, 3)[::7] / 255.0).mean(0)
-    elif model.vertex_colors is not None:
-        mean = srgb_decode(np.asarray(model.vertex_colors) / 255.0).mean(0)
-    else:
-        mean = np.asarray(material.colour)
-    return float(luminance(mean) * material.brightness)
+        return False
+    colours = model.vertex_colors
+    return colours is None or int(np.ptp(np.asarray(colours, np.int32), axis=0).max()) < UNIFORM_COLOUR_LEVELS
+
+
+def procedural_vertex_colours(vertices_m: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A solid (3D) two-colour pattern, stripes or blotches, sampled at the vertices (no uv needed).
+
+    Args:
+        vertices_m: (N, 3) object frame, metres.
+    Returns:
+        (N, 3) uint8 sRGB.
+    """
+    hsv = np.uint8([[[rng.uniform(0, 180), rng.uniform(40, 220), rng.uniform(60, 235)] for _ in range(2)]])
+    a, b = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0].astype(np.float64)
+    p = np.asarray(vertices_m, np.float64)
+    waves = 1 if rng.uniform() < 0.5 else 3  # stripes | blotches
+    t = np.zeros(len(p))
+    for _ in range(waves):
+        direction = rng.normal(size=3)
+        frequency = rng.uniform(8.0, 40.0)  # cycles per metre
+        t += np.sin(2 * np.pi * frequency * p @ (direction / np.linalg.norm(direction)) + rng.uniform(0, 2 * np.pi))
+    t = np.clip(0.5 + (2.0 if waves == 1 else 0.8) * t / waves, 0.0, 1.0)[:, None]
+    return np.clip(np.rint(a * (1 - t) + b * t), 0, 255).astype(np.uint8)
+
+
+def appearance_model(model: ObjectModel, rng: np.random.Generator, procedural_probability: float = 0.5) -> ObjectModel:
+    """The model as the path tracer draws it: textured or coloured models unchanged; untextured ones
+    (:func:`is_untextured`) get a procedural solid pattern with ``procedural_probability``, else no
+    colours (their material's plain colour). Geometry is never changed.
+    """
+    if not is_untextured(model):
+        return model
+    if rng.uniform() < procedural_probability:
+        return replace(model, vertex_colors=procedural_vertex_colours(model.vertices, rng))
+    return replace(model, vertex_colors=None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,15 +365,13 @@ class PhotorealScene:
     shapes: tuple[PhotorealShape, ...]
     lights: LightSetup
 
-    def surface_table(self, num_labels: int) -> SurfaceTable:
-        """Per label (0 = nothing, up to ``num_labels - 1``): albedo and glossiness, for the depth model."""
-        albedo = np.ones(num_labels)
+    def glossy_labels(self, num_labels: int) -> np.ndarray:
+        """(num_labels,) bool: the shape with that label is glossy (label 0 = nothing), for the depth model."""
         glossy = np.zeros(num_labels, bool)
         for shape in self.shapes:
             if shape.label < num_labels:
-                albedo[shape.label] = base_colour_albedo(shape.model, shape.material)
                 glossy[shape.label] = shape.material.glossy
-        return SurfaceTable(albedo, glossy)
+        return glossy
 
 
 def _array_digest(array: np.ndarray) -> str:
@@ -374,34 +407,35 @@ def view_cache_key(scene: PhotorealScene, camera: Camera, quality: RenderQuality
 
 
 class RenderCache:
-    """One ``<key>.npz`` per view (``linear`` float16 (H, W, 3), ``labels`` int32 (H, W)); atomic writes."""
+    """One ``<key>.npz`` per view (``linear`` float16 (H, W, 3), ``labels`` int32 (H, W), ``albedo``
+    float16 (H, W)); atomic writes."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.hits = 0
         self.misses = 0
 
-    def load(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    def load(self, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         path = self.directory / f"{key}.npz"
         if not path.is_file():
             self.misses += 1
             return None
         try:
             with np.load(path) as data:
-                linear, labels = data["linear"], data["labels"]
+                arrays = data["linear"], data["labels"], data["albedo"]
         except (OSError, ValueError, KeyError) as exc:  # a truncated or foreign file: render again
             logger.warning("render cache: ignoring unreadable %s (%s)", path, exc)
             self.misses += 1
             return None
         self.hits += 1
-        return linear, labels
+        return arrays
 
-    def store(self, key: str, linear: np.ndarray, labels: np.ndarray) -> None:
+    def store(self, key: str, linear: np.ndarray, labels: np.ndarray, albedo: np.ndarray) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, linear=linear, labels=labels)
+                np.savez(f, linear=linear, labels=labels, albedo=albedo)
             os.replace(tmp, self.directory / f"{key}.npz")
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -562,12 +596,14 @@ class PhotorealRender:
     Attributes:
         linear: (H, W, 3) float32 linear radiance (float16 precision).
         labels: (H, W) int32 label of the shape seen through each pixel centre (0 = none).
+        albedo: (H, W) float32 diffuse albedo (luminance) at each pixel centre (float16 precision).
         cached: the render came from the cache.
         seconds: wall time of the render (0 for a cache hit).
     """
 
     linear: np.ndarray
     labels: np.ndarray
+    albedo: np.ndarray
     cached: bool
     seconds: float
 
@@ -609,7 +645,7 @@ class PathTracer:
         if self.cache is not None:
             hit = self.cache.load(key)
             if hit is not None:
-                return PhotorealRender(hit[0].astype(np.float32), hit[1].astype(np.int32), True, 0.0)
+                return PhotorealRender(hit[0].astype(np.float32), hit[1].astype(np.int32), hit[2].astype(np.float32), True, 0.0)
         started = time.perf_counter()
         shapes = self._scene_shapes(mi, scene.shapes)
         warp = anisotropy_warp(camera)
@@ -621,8 +657,10 @@ class PathTracer:
                                "integrator": {"type": "path", "max_depth": self.quality.max_depth}})
         linear = np.array(mi.render(beauty, seed=int(seed)), dtype=np.float32)
         aov = mi.load_dict({**scene_dict, "sensor": mitsuba_sensor_dict(camera, 1, jitter=False),
-                            "integrator": {"type": "aov", "aovs": "index:shape_index"}})
-        index = np.rint(np.array(mi.render(aov), dtype=np.float32)[..., 0]).astype(np.int64)
+                            "integrator": {"type": "aov", "aovs": "index:shape_index,albedo:albedo"}})
+        aov_image = np.array(mi.render(aov), dtype=np.float32)
+        index = np.rint(aov_image[..., 0]).astype(np.int64)
+        albedo = luminance(aov_image[..., 1:4]).astype(np.float16)
         # shape_index is the position in scene.shapes() + 1 (0 = no hit); map it to the rasterizer's labels.
         lookup = np.zeros(len(aov.shapes()) + 1, np.int32)
         for i, s in enumerate(aov.shapes()):
@@ -632,5 +670,5 @@ class PathTracer:
         seconds = time.perf_counter() - started
         logger.debug("path-traced %dx%d at %d spp in %.1f s", camera.width, camera.height, self.quality.spp, seconds)
         if self.cache is not None:
-            self.cache.store(key, linear, labels)
-        return PhotorealRender(linear.astype(np.float32), labels, False, seconds)
+            self.cache.store(key, linear, labels, albedo)
+        return PhotorealRender(linear.astype(np.float32), labels, albedo.astype(np.float32), False, seconds)

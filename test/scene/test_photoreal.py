@@ -261,3 +261,38 @@ def test_mitsuba_is_imported_lazily():
             "from pose_node.scene.photoreal import PhotorealConfig; PhotorealConfig(); "
             "assert 'mitsuba' not in sys.modules, 'mitsuba imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_untextured_models_get_plain_or_procedural_colours():
+    from pose_node.scene.photoreal import appearance_model, is_untextured
+
+    textured = make_procedural_objects(1, 3)[0]
+    assert appearance_model(textured, np.random.default_rng(0)) is textured
+    grey = replace(textured, uv=None, texture=None, vertex_colors=np.full((len(textured.vertices), 3), 128, np.uint8))
+    assert is_untextured(grey)
+    outcomes = [appearance_model(grey, np.random.default_rng(seed)) for seed in range(8)]
+    plain = [m for m in outcomes if m.vertex_colors is None]
+    patterned = [m for m in outcomes if m.vertex_colors is not None]
+    assert plain and patterned
+    for m in patterned:
+        assert not is_untextured(m) and m.vertex_colors.shape == grey.vertex_colors.shape
+        assert len(np.unique(m.vertex_colors, axis=0)) > 10
+    for m in outcomes:
+        assert np.array_equal(m.vertices, grey.vertices) and np.array_equal(m.faces, grey.faces)
+
+
+def test_untextured_bop_models_render(tmp_path):
+    """A BOP models directory of untextured PLYs (as T-LESS) goes through the photoreal path."""
+    from pose_node.datasets.bop import write_bop_models
+
+    models = [replace(m, uv=None, texture=None) for m in make_procedural_objects(2, 4)]
+    write_bop_models(tmp_path / "models", models)
+    out = tmp_path / "out"
+    rc = pose_scene(["--out", str(out), "--objects", str(tmp_path / "models"), "--num-objects", "2", "--cameras", "1",
+                     "--frames-per-scene", "1", "--width", "80", "--height", "60", "--photoreal", "--photoreal-quality",
+                     "preview", "--render-cache", str(tmp_path / "cache"), "--no-bag"])
+    assert rc == 0
+    ds = BopDataset(out)
+    rgb = ds.rgb(0, 0)
+    assert rgb.shape == (60, 80, 3) and rgb.std() > 5
+    assert len(ds.gts(0, 0)) == 2

@@ -4,7 +4,7 @@ import pytest
 
 from pose_node.core.errors import InvalidInputError
 from pose_node.scene.sensor_model import (
-    CameraModelConfig, CameraParams, DepthSensorConfig, SurfaceTable, add_sensor_noise, apply_camera_model,
+    CameraModelConfig, CameraParams, DepthSensorConfig, add_sensor_noise, apply_camera_model,
     auto_exposure_scale, blackbody_rgb, depth_edges, jpeg_roundtrip, luminance, optical_blur, sample_camera_params,
     simulate_depth_sensor, srgb_decode, srgb_encode, vignetting_factor, white_balance_gains,
 )
@@ -104,49 +104,56 @@ def test_camera_model_is_seeded_and_exposes_correctly():
 
 def _quiet(**kwargs) -> DepthSensorConfig:
     """No holes or flying pixels unless asked for."""
-    base = dict(silhouette_hole_width_px=(0, 0), flying_pixel_probability=0.0, dark_dropout_probability=0.0,
+    base = dict(shadow_width_px=(0, 0), flying_pixel_probability=0.0, dark_dropout_probability=0.0,
                 glossy_dropout_probability=0.0)
     return DepthSensorConfig(**{**base, **kwargs})
 
 
-_TABLE = SurfaceTable(albedo=np.array([1.0, 0.5, 0.02, 0.5]), glossy=np.array([False, False, False, True]))
+_GLOSSY = np.array([False, False, True])  # label 0 nothing, 1 matte, 2 glossy
+
+
+def _simulate(depth, labels, config, seed, albedo=None, lum=None):
+    albedo = np.full(depth.shape, 0.5) if albedo is None else albedo
+    lum = np.full(depth.shape, 0.5) if lum is None else lum
+    return simulate_depth_sensor(depth, labels, _GLOSSY, albedo, lum, np.random.default_rng(seed), config)
 
 
 def test_depth_noise_grows_with_distance_as_configured():
     config = _quiet(sigma_a_m=1e-3, sigma_b_per_m=2e-3)
-    rng = np.random.default_rng(4)
     labels = np.ones((100, 200), np.int32)
-    for z in (0.5, 2.0):
+    for seed, z in enumerate((0.5, 2.0)):
         plane = np.full((100, 200), z, np.float32)
-        noisy = simulate_depth_sensor(plane, labels, _TABLE, np.full(plane.shape, 0.5), rng, config)
+        noisy = _simulate(plane, labels, config, seed)
         assert np.all(noisy > 0)
         assert np.std(noisy - z) == pytest.approx(1e-3 + 2e-3 * z**2, rel=0.05)
         assert np.mean(noisy - z) == pytest.approx(0.0, abs=3e-4)
 
 
 def _step_scene():
-    """A box at 0.6 m in front of a wall at 1.0 m, labels 1 (box) / 1 (wall)."""
+    """A box at 0.6 m in front of a wall at 1.0 m (one matte label)."""
     depth = np.full((60, 80), 1.0, np.float32)
     depth[20:40, 30:50] = 0.6
     return depth, np.ones(depth.shape, np.int32)
 
 
-def test_silhouette_holes_on_the_background_side():
+def test_silhouette_holes_left_of_foreground_edges():
     depth, labels = _step_scene()
-    config = _quiet(silhouette_hole_width_px=(2, 2), sigma_a_m=0.0, sigma_b_per_m=0.0)
-    out = simulate_depth_sensor(depth, labels, _TABLE, np.full(depth.shape, 0.5), np.random.default_rng(5), config)
-    ring = np.zeros(depth.shape, bool)
-    ring[18:42, 28:52] = True
-    ring[20:40, 30:50] = False  # the two background pixels around the box
-    assert np.all(out[ring] == 0)
+    out = _simulate(depth, labels, _quiet(shadow_width_px=(3, 3), sigma_a_m=0.0, sigma_b_per_m=0.0), 5)
+    assert np.all(out[20:40, 27:30] == 0)  # background just left of the box: shadowed
     assert np.all(out[20:40, 30:50] == pytest.approx(0.6))  # the foreground keeps its depth
-    assert np.all(out[:15] == pytest.approx(1.0)) and np.all(out[:, :25] == pytest.approx(1.0))
+    assert np.all(out[20:40, 50:] == pytest.approx(1.0)) and np.all(out[:20] == pytest.approx(1.0))
+    assert np.all(out[20:40, :27] == pytest.approx(1.0))
+    widths = []
+    for seed in range(3):  # random widths within the configured range
+        out = _simulate(depth, labels, _quiet(shadow_width_px=(1, 4), sigma_a_m=0.0, sigma_b_per_m=0.0), seed)
+        widths += list((out[20:40, 20:30] == 0).sum(1))
+    assert min(widths) >= 1 and max(widths) <= 4 and len(set(widths)) > 1
 
 
 def test_flying_pixels_lie_between_foreground_and_background():
     depth, labels = _step_scene()
     config = _quiet(flying_pixel_probability=1.0, sigma_a_m=0.0, sigma_b_per_m=0.0)
-    out = simulate_depth_sensor(depth, labels, _TABLE, np.full(depth.shape, 0.5), np.random.default_rng(6), config)
+    out = _simulate(depth, labels, config, 6)
     edges, _, _ = depth_edges(depth, config.edge_threshold_m, config.edge_threshold_rel)
     flying = edges & (out != depth)
     assert flying.sum() > 0.8 * edges.sum()
@@ -155,27 +162,32 @@ def test_flying_pixels_lie_between_foreground_and_background():
 
 
 def test_dark_and_glossy_surfaces_lose_pixels():
-    depth = np.full((40, 90), 0.8, np.float32)
-    labels = np.repeat(np.array([1, 2, 3], np.int32), 30)[None].repeat(40, 0)  # normal | dark | glossy
-    luminance_rel = np.where(labels == 2, 0.05, np.where(labels == 3, 0.95, 0.5))
-    config = _quiet(dark_dropout_probability=0.7, glossy_dropout_probability=0.8, sigma_a_m=0.0, sigma_b_per_m=0.0)
-    out = simulate_depth_sensor(depth, labels, _TABLE, luminance_rel, np.random.default_rng(7), config)
-    missing = [float((out[labels == k] == 0).mean()) for k in (1, 2, 3)]
+    cols = np.arange(600)
+    depth = np.full((200, 600), 0.8, np.float32)
+    labels = np.where(cols < 450, 1, 2)[None].repeat(200, 0).astype(np.int32)  # matte | glossy
+    albedo = np.where((cols >= 300) & (cols < 450), 0.02, 0.5)[None].repeat(200, 0)  # normal | dark | normal
+    lum = albedo.copy()  # diffuse shading: luminance proportional to albedo
+    lum[:, 450:] *= 10.0  # the glossy band is in a highlight
+    config = _quiet(dark_dropout_probability=0.6, glossy_dropout_probability=0.8, sigma_a_m=0.0, sigma_b_per_m=0.0)
+    out = _simulate(depth, labels, config, 7, albedo, lum)
+    missing = [float((out[:, band] == 0).mean()) for band in (slice(0, 300), slice(300, 450), slice(450, 600))]
     assert missing[0] == 0.0
-    assert missing[1] == pytest.approx(0.7, abs=0.07) and missing[2] == pytest.approx(0.8, abs=0.07)
-    # Glossy but not in a highlight, dark but well lit: kept.
-    out = simulate_depth_sensor(depth, labels, _TABLE, np.full(depth.shape, 0.5), np.random.default_rng(7), config)
+    assert missing[1] == pytest.approx(0.6, abs=0.06) and missing[2] == pytest.approx(0.8, abs=0.06)
+    holes = (out[:, 300:450] == 0).astype(np.uint8)
+    assert (holes[:, 1:] == holes[:, :-1]).mean() > 0.8  # in blobs, not isolated pixels (independent: ~0.5)
+    # The same glossy surface without a highlight, and a dark surface in bright light: kept.
+    out = _simulate(depth, labels, config, 7, albedo, np.where(albedo < 0.05, 10.0, albedo))
     assert np.all(out > 0)
 
 
 def test_depth_model_leaves_input_untouched_and_checks_shapes():
     depth, labels = _step_scene()
     before = depth.copy()
-    simulate_depth_sensor(depth, labels, _TABLE, np.full(depth.shape, 0.5), np.random.default_rng(8), DepthSensorConfig())
+    _simulate(depth, labels, DepthSensorConfig(), 8)
     assert np.array_equal(depth, before)
     with pytest.raises(InvalidInputError, match="same"):
-        simulate_depth_sensor(depth, labels[:10], _TABLE, np.full(depth.shape, 0.5), np.random.default_rng(8), DepthSensorConfig())
-    with pytest.raises(InvalidInputError, match="table"):
-        simulate_depth_sensor(depth, labels + 10, _TABLE, np.full(depth.shape, 0.5), np.random.default_rng(8), DepthSensorConfig())
-    with pytest.raises(InvalidInputError, match="silhouette_hole_width_px"):
-        DepthSensorConfig(silhouette_hole_width_px=(3, 1))
+        _simulate(depth, labels[:10], DepthSensorConfig(), 8)
+    with pytest.raises(InvalidInputError, match="glossy_labels"):
+        _simulate(depth, labels + 10, DepthSensorConfig(), 8)
+    with pytest.raises(InvalidInputError, match="shadow_width_px"):
+        DepthSensorConfig(shadow_width_px=(3, 1))
