@@ -380,19 +380,19 @@ def _array_digest(array: np.ndarray) -> str:
 
 
 def view_cache_key(scene: PhotorealScene, camera: Camera, quality: RenderQuality, seed: int, mitsuba_version: str,
-                   mesh_hashes: dict[int, str] | None = None) -> str:
+                   mesh_hashes: dict[int, tuple[ObjectModel, str]] | None = None) -> str:
     """Hex SHA-256 over everything that determines a view's linear render.
 
     Args:
         mesh_hashes: memo of :func:`mesh_content_hash` by ``id(model)`` (filled in; hashing large
-            textures per view would be slow).
+            textures per view would be slow). It holds the model too, so an id is never reused.
     """
     memo = {} if mesh_hashes is None else mesh_hashes
     shapes = []
     for shape in scene.shapes:
         if id(shape.model) not in memo:
-            memo[id(shape.model)] = mesh_content_hash(shape.model)
-        shapes.append({"mesh": memo[id(shape.model)], "T": np.round(shape.T_world_object, 12).tolist(),
+            memo[id(shape.model)] = (shape.model, mesh_content_hash(shape.model))
+        shapes.append({"mesh": memo[id(shape.model)][1], "T": np.round(shape.T_world_object, 12).tolist(),
                        "material": asdict(shape.material), "label": shape.label})
     lights = scene.lights
     payload = {
@@ -618,8 +618,9 @@ class PathTracer:
     def __init__(self, quality: RenderQuality, cache_dir: Path | None) -> None:
         self.quality = quality
         self.cache = None if cache_dir is None else RenderCache(cache_dir)
-        self._mesh_hashes: dict[int, str] = {}
+        self._mesh_hashes: dict[int, tuple[ObjectModel, str]] = {}
         self._shapes_key: tuple | None = None
+        self._shapes_source: tuple[PhotorealShape, ...] = ()  # keeps the models of _shapes_key (their ids) alive
         self._shapes: dict[str, _MitsubaShape] = {}
 
     def _scene_shapes(self, mi, shapes: tuple[PhotorealShape, ...]) -> dict[str, _MitsubaShape]:
@@ -627,6 +628,7 @@ class PathTracer:
         if key != self._shapes_key:
             self._shapes = {f"shape_{i}": _MitsubaShape(mi, shape, f"shape_{i}") for i, shape in enumerate(shapes)}
             self._shapes_key = key
+            self._shapes_source = shapes
         return self._shapes
 
     def render(self, scene: PhotorealScene, camera: Camera, seed: int) -> PhotorealRender:
@@ -641,6 +643,8 @@ class PathTracer:
         mi = _mitsuba()
         if abs(camera.K[0, 1]) > 1e-12:
             raise InvalidInputError(f"photoreal: cameras with skew are not supported, got K[0, 1] = {camera.K[0, 1]}")
+        current = {id(shape.model) for shape in scene.shapes}  # forget earlier scenes' models (memory)
+        self._mesh_hashes = {k: v for k, v in self._mesh_hashes.items() if k in current}
         key = view_cache_key(scene, camera, self.quality, seed, mi.__version__, self._mesh_hashes)
         if self.cache is not None:
             hit = self.cache.load(key)
