@@ -296,3 +296,21 @@ def test_untextured_bop_models_render(tmp_path):
     rgb = ds.rgb(0, 0)
     assert rgb.shape == (60, 80, 3) and rgb.std() > 5
     assert len(ds.gts(0, 0)) == 2
+
+
+def test_vertex_colours_are_the_base_colour():
+    """Vertex colours (sRGB uint8) reach the path tracer's albedo as linear values at the right vertices."""
+    quad = clutter_model(ClutterItem("wall", (0.4, 0.3, 0.0), np.eye(4), "wall"))
+    colours = np.where(quad.vertices[:, :1] < 0, [[200, 30, 30]], [[30, 30, 200]]).astype(np.uint8)  # left red, right blue
+    quad = replace(quad, vertex_colors=colours)
+    T_world_camera = np.array([[1.0, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 0.5], [0, 0, 0, 1]])  # image right = object +x
+    camera = Camera(np.array([[200.0, 0, 79.5], [0, 200.0, 59.5], [0, 0, 1]]), WIDTH, HEIGHT, T_world_camera)
+    lights = replace(sample_lights(np.random.default_rng(0), LightingConfig()), lights=())
+    matte = replace(sample_material(np.random.default_rng(0), "matte"), specular=0.0)
+    render = PathTracer(QUALITY_PRESETS["preview"], None).render(
+        PhotorealScene((PhotorealShape(quad, np.eye(4), matte, 1),), lights), camera, seed=0)
+    left, right = render.linear[50:70, 2:8].mean((0, 1)), render.linear[50:70, 152:158].mean((0, 1))  # near the sides
+    assert left[0] > 3 * left[2] and right[2] > 3 * right[0]
+    # The albedo pass sees the vertex colour, linear, near the quad's left side.
+    from pose_node.scene.sensor_model import luminance, srgb_decode
+    assert render.albedo[60, 3] == pytest.approx(luminance(srgb_decode(np.array([200, 30, 30]) / 255.0)), rel=0.1)
