@@ -106,7 +106,7 @@ class PhotorealConfig:
     Attributes:
         quality: a key of :data:`QUALITY_PRESETS`.
         cache_dir: render cache (None: ``$POSE_NODE_CACHE/photoreal`` or ``~/.cache/pose_node/photoreal``).
-        texture_size_px: side of the procedural textures of walls, floor and untextured objects.
+        texture_size_px: side of the procedural textures of the walls and the floor.
         camera: colour camera model ranges. depth: depth camera model.
         lighting: light ranges. clutter: room and distractors.
     """
@@ -320,7 +320,8 @@ def sample_lights(rng: np.random.Generator, config: LightingConfig, centre_m: np
                 strength = irradiance * distance2  # E = I / d^2
                 if kind == "spot":
                     cutoff = float(rng.uniform(20.0, 40.0))
-            lights.append(Light(kind, tuple(position), tuple(target), tuple(float(c) for c in colour * strength), size, cutoff))
+            lights.append(Light(kind, tuple(float(p) for p in position), tuple(float(t) for t in target),
+                                tuple(float(c) for c in colour * strength), size, cutoff))
     return LightSetup(environment_map(rng, config), float(rng.uniform(0, 360)), tuple(lights))
 
 
@@ -407,8 +408,8 @@ def view_cache_key(scene: PhotorealScene, camera: Camera, quality: RenderQuality
 
 
 class RenderCache:
-    """One ``<key>.npz`` per view (``linear`` float16 (H, W, 3), ``labels`` int32 (H, W), ``albedo``
-    float16 (H, W)); atomic writes."""
+    """One compressed ``<key>.npz`` per view (``linear`` float16 (H, W, 3), ``labels`` int16 (H, W),
+    ``albedo`` float16 (H, W)); atomic writes (a killed run leaves no partial entry)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
@@ -435,7 +436,7 @@ class RenderCache:
         fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, linear=linear, labels=labels, albedo=albedo)
+                np.savez_compressed(f, linear=linear, labels=labels.astype(np.int16), albedo=albedo)
             os.replace(tmp, self.directory / f"{key}.npz")
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
