@@ -49,7 +49,7 @@ class ClutterConfig:
     num_distractors: tuple[int, int] = (3, 8)
     distractor_size_m: tuple[float, float] = (0.03, 0.10)
     distractor_gap_m: float = 0.005
-    distractor_ring_m: tuple[float, float] = (0.05, 0.40)
+    distractor_ring_m: tuple[float, float] = (0.0, 0.30)
     max_attempts: int = 40
     room_half_size_m: tuple[float, float] = (1.8, 2.5)
     floor_z_m: float = -0.75

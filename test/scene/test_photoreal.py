@@ -40,7 +40,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 def photoreal_dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("photoreal")
     config = WorkcellConfig(
-        out_dir=root / "out", num_objects=3, max_instances_per_object=2, num_scenes=1, frames_per_scene=1, seed=11,
+        out_dir=root / "out", num_objects=3, max_instances_per_object=2, num_scenes=1, frames_per_scene=1, seed=12,
         write_bag=False, layout=LayoutConfig(num_cameras=2, width_px=WIDTH, height_px=HEIGHT),
         photoreal=PhotorealConfig(quality="preview", cache_dir=root / "cache"),
     )
@@ -51,7 +51,7 @@ def test_gt_masks_match_independent_rasterization(photoreal_dataset):
     """mask / mask_visib (with distractors occluding) agree with rasterize_reference of the GT models at the GT poses."""
     ds = BopDataset(photoreal_dataset)
     world = read_scene_world(photoreal_dataset / "scene_world.json")
-    models = {m.object_id: m for m in make_procedural_objects(3, 11)}
+    models = {m.object_id: m for m in make_procedural_objects(3, 12)}
     distractors = [ClutterItem.from_json(c) for c in world["scenes"][0]["clutter"] if c["role"] == "distractor"]
     assert distractors, "the test seed should place distractors"
     occluders = [clutter_model(item) for item in distractors]
@@ -314,3 +314,26 @@ def test_vertex_colours_are_the_base_colour():
     # The albedo pass sees the vertex colour, linear, near the quad's left side.
     from pose_node.scene.sensor_model import luminance, srgb_decode
     assert render.albedo[60, 3] == pytest.approx(luminance(srgb_decode(np.array([200, 30, 30]) / 255.0)), rel=0.1)
+
+
+def test_gt_is_that_of_the_rasterized_run(photoreal_dataset, tmp_path):
+    """Same seed without photoreal: identical poses, cameras and unoccluded masks; distractors only hide pixels."""
+    config = WorkcellConfig(
+        out_dir=tmp_path / "raster", num_objects=3, max_instances_per_object=2, num_scenes=1, frames_per_scene=1, seed=12,
+        write_bag=False, layout=LayoutConfig(num_cameras=2, width_px=WIDTH, height_px=HEIGHT),
+    )
+    raster = BopDataset(generate_workcell(config))
+    photo = BopDataset(photoreal_dataset)
+    scene_dir = "test/000000"
+    for name in ("scene_gt.json", "scene_camera.json"):
+        assert (photoreal_dataset / scene_dir / name).read_bytes() == (config.out_dir / scene_dir / name).read_bytes()
+    hidden = 0
+    for im_id in raster.image_ids(0):
+        for k in range(len(raster.gts(0, im_id))):
+            assert np.array_equal(photo.mask(0, im_id, k), raster.mask(0, im_id, k))
+            visib_photo, visib_raster = photo.mask_visib(0, im_id, k), raster.mask_visib(0, im_id, k)
+            assert np.all(visib_photo <= visib_raster)
+            hidden += int(visib_raster.sum() - visib_photo.sum())
+        infos_photo, infos_raster = photo.gt_infos(0, im_id), raster.gt_infos(0, im_id)
+        assert all(p.visib_fract <= r.visib_fract + 1e-9 for p, r in zip(infos_photo, infos_raster))
+    assert hidden > 0  # this seed has a distractor in front of an object
