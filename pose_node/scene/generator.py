@@ -61,9 +61,10 @@ from pose_node.scene.appearance import (
 from pose_node.scene.bag_writer import DEPTH_ENCODINGS, WorkcellBagWriter
 from pose_node.scene.clutter import ClutterItem, clutter_model, place_distractors, sample_room
 from pose_node.scene.layout import LayoutConfig, WorkcellLayout, make_table_model, sample_layout
+from pose_node.scene.path_tracer import PathTracer
 from pose_node.scene.photoreal import (
-    GLOSSY, MATTE, METAL, PathTracer, PhotorealConfig, PhotorealScene, PhotorealShape, appearance_model, jitter_lights,
-    sample_lights, sample_material,
+    GLOSSY, MATTE, METAL, PhotorealConfig, PhotorealScene, PhotorealShape, appearance_model, jitter_lights, sample_lights,
+    sample_material,
 )
 from pose_node.scene.placement import PlacedInstance, PlacementConfig, compute_rest_poses, place_objects
 from pose_node.scene.sensor_model import apply_camera_model, luminance, sample_camera_params, simulate_depth_sensor
@@ -312,8 +313,9 @@ class _WorkcellRenderer:
 class _PhotorealWorkcell:
     """The photoreal parts of a run: clutter, materials and lights per scene, path tracing, sensor models.
 
-    All its randomness comes from its own generator, so the rasterized outputs and the GT of a seed
-    are the same with and without photoreal rendering.
+    All its randomness comes from its own generator, so a seed gives the same objects, poses,
+    cameras and unoccluded masks with and without photoreal rendering (distractors can only hide
+    pixels of ``mask_visib``).
     """
 
     def __init__(self, config: PhotorealConfig, models: list[ObjectModel], layout: WorkcellLayout, rng: np.random.Generator):
