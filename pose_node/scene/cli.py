@@ -92,6 +92,8 @@ def config_from_args(args: argparse.Namespace) -> WorkcellConfig:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.photoreal and (args.depth_noise or args.rgb_noise != WorkcellConfig(out_dir=".").appearance.rgb_noise_sigma):
+        logger.warning("--photoreal replaces --depth-noise and --rgb-noise with its camera and depth sensor models; ignoring them")
     started = time.perf_counter()
     try:
         out = generate_workcell(config_from_args(args))

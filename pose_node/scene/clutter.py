@@ -22,7 +22,7 @@ import trimesh
 
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.types import ObjectModel
-from pose_node.scene.placement import PlacedInstance, _footprint, _inside_table, _yaw, polygons_separated
+from pose_node.scene.placement import PlacedInstance, footprint_polygon, inside_table, polygons_separated, yaw_transform
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class ClutterConfig:
     num_distractors: tuple[int, int] = (3, 8)
     distractor_size_m: tuple[float, float] = (0.03, 0.10)
     distractor_gap_m: float = 0.005
-    distractor_ring_m: tuple[float, float] = (0.05, 0.40)
+    distractor_ring_m: tuple[float, float] = (0.0, 0.30)
     max_attempts: int = 40
     room_half_size_m: tuple[float, float] = (1.8, 2.5)
     floor_z_m: float = -0.75
@@ -202,10 +202,10 @@ def place_distractors(rng: np.random.Generator, placed: Sequence[PlacedInstance]
         hull = np.asarray(clutter_mesh(kind, dims).convex_hull.vertices)
         for _attempt in range(config.max_attempts):
             angle, radius = rng.uniform(0, 2 * np.pi), rng.uniform(*config.distractor_ring_m)
-            T = _yaw(rng.uniform(0, 2 * np.pi)) @ T_rest
+            T = yaw_transform(rng.uniform(0, 2 * np.pi)) @ T_rest
             T[:2, 3] += centre + radius * np.array([np.cos(angle), np.sin(angle)])
-            footprint = _footprint(trimesh.transform_points(hull, T)[:, :2])
-            if _inside_table(footprint, table_size_m, table_margin_m) and all(
+            footprint = footprint_polygon(trimesh.transform_points(hull, T)[:, :2])
+            if inside_table(footprint, table_size_m, table_margin_m) and all(
                 polygons_separated(footprint, other, config.distractor_gap_m) for other in footprints
             ):
                 footprints.append(footprint)

@@ -61,8 +61,9 @@ from pose_node.scene.appearance import (
 from pose_node.scene.bag_writer import DEPTH_ENCODINGS, WorkcellBagWriter
 from pose_node.scene.clutter import ClutterItem, clutter_model, place_distractors, sample_room
 from pose_node.scene.layout import LayoutConfig, WorkcellLayout, make_table_model, sample_layout
+from pose_node.scene.path_tracer import PathTracer
 from pose_node.scene.photoreal import (
-    GLOSSY, MATTE, METAL, PathTracer, PhotorealConfig, PhotorealScene, PhotorealShape, jitter_lights, sample_lights,
+    GLOSSY, MATTE, METAL, PhotorealConfig, PhotorealScene, PhotorealShape, appearance_model, jitter_lights, sample_lights,
     sample_material,
 )
 from pose_node.scene.placement import PlacedInstance, PlacementConfig, compute_rest_poses, place_objects
@@ -358,21 +359,22 @@ def _scene_instances(config: WorkcellConfig, num_models: int, rng: np.random.Gen
 class _PhotorealWorkcell:
     """The photoreal parts of a run: clutter, materials and lights per scene, path tracing, sensor models.
 
-    All its randomness comes from its own generator, so the rasterized outputs and the GT of a seed
-    are the same with and without photoreal rendering.
+    All its randomness comes from its own generator, so a seed gives the same objects, poses,
+    cameras and unoccluded masks with and without photoreal rendering (distractors can only hide
+    pixels of ``mask_visib``).
     """
 
     def __init__(self, config: PhotorealConfig, models: list[ObjectModel], layout: WorkcellLayout, rng: np.random.Generator):
         self.config = config
         self.layout = layout
         self.rng = rng
-        self.models = models
         self.tracer = PathTracer(config.render_quality, config.resolved_cache_dir())
-        # An object's finish is part of its identity: drawn once per run, not per scene.
+        # An object's finish and colours are part of its identity: drawn once per run, not per scene.
         self.materials = [sample_material(rng) for _ in models]
+        self.render_models = [appearance_model(m, rng) for m in models]
         self.shapes: tuple[PhotorealShape, ...] = ()
         self.lights = None
-        self.surfaces = None
+        self.glossy_labels = None
 
     def sample_clutter(self, placed: list[PlacedInstance]) -> tuple[list[ClutterItem], list[ObjectModel]]:
         """Room and distractors of a scene, with their models (walls and floor textured)."""
@@ -387,7 +389,7 @@ class _PhotorealWorkcell:
                     clutter_models: list[ObjectModel]) -> None:
         """Shapes (labels as in the geometry pass), materials and lights of a new arrangement."""
         M = len(placed)
-        shapes = [PhotorealShape(self.models[p.model_index], p.T_world_object, self.materials[p.model_index], m + 1)
+        shapes = [PhotorealShape(self.render_models[p.model_index], p.T_world_object, self.materials[p.model_index], m + 1)
                   for m, p in enumerate(placed)]
         shapes.append(PhotorealShape(scene.table, np.eye(4), sample_material(self.rng, (MATTE, GLOSSY)[int(self.rng.integers(2))]),
                                      M + 1))
@@ -397,7 +399,7 @@ class _PhotorealWorkcell:
         self.shapes = tuple(shapes)
         centre = np.append(np.mean([p.T_world_object[:2, 3] for p in placed], 0), 0.0)
         self.lights = sample_lights(self.rng, self.config.lighting, centre)
-        self.surfaces = PhotorealScene(self.shapes, self.lights).surface_table(M + 2 + len(clutter))
+        self.glossy_labels = PhotorealScene(self.shapes, self.lights).glossy_labels(M + 2 + len(clutter))
 
     def frame(self, frame_index: int) -> PhotorealScene:
         """The scene of one frame (the first frame has the scene's lights, later ones move them slightly)."""
@@ -407,11 +409,10 @@ class _PhotorealWorkcell:
     def view(self, frame_scene: PhotorealScene, scene: _StaticScene, v: int) -> tuple[np.ndarray, np.ndarray]:
         """(H, W, 3) uint8 colour image and (H, W) float32 sensor depth (metres) of view ``v``."""
         render = self.tracer.render(frame_scene, self.layout.cameras[v], seed=int(self.rng.integers(2**31)))
+        logger.info("view %d: %s", v, "render cache hit" if render.cached else f"path-traced in {render.seconds:.1f} s")
         rgb = apply_camera_model(render.linear, sample_camera_params(self.rng, self.config.camera), self.rng)
-        lum = luminance(render.linear)
-        bright = float(np.percentile(lum, 97.0))
-        relative = lum / bright if bright > 0 else lum
-        depth = simulate_depth_sensor(scene.depth[v], scene.instance[v], self.surfaces, relative, self.rng, self.config.depth)
+        depth = simulate_depth_sensor(scene.depth[v], scene.instance[v], self.glossy_labels, render.albedo,
+                                      luminance(render.linear), self.rng, self.config.depth)
         return rgb, depth
 
 

@@ -113,12 +113,12 @@ def compute_rest_poses(model: ObjectModel) -> RestPoses:
     for T in transforms:
         p = trimesh.transform_points(hull_vertices, T)
         T[2, 3] -= p[:, 2].min()
-        T[:2, 3] -= _polygon_centroid(_footprint(p[:, :2]))
+        T[:2, 3] -= _polygon_centroid(footprint_polygon(p[:, :2]))
     probabilities = np.asarray(probabilities, float)
     return RestPoses(transforms, probabilities / probabilities.sum(), np.asarray(center_mass, float), hull_vertices)
 
 
-def _footprint(points_xy: np.ndarray) -> np.ndarray:
+def footprint_polygon(points_xy: np.ndarray) -> np.ndarray:
     """(P, 2) counter-clockwise convex hull of 2D points."""
     return points_xy[ConvexHull(points_xy).vertices]
 
@@ -154,12 +154,14 @@ def polygons_separated(a: np.ndarray, b: np.ndarray, gap_m: float = 0.0) -> bool
     return bool(separation.max() >= gap_m)
 
 
-def _inside_table(polygon: np.ndarray, table_size_m: tuple[float, float], margin_m: float) -> bool:
+def inside_table(polygon: np.ndarray, table_size_m: tuple[float, float], margin_m: float) -> bool:
+    """Every corner of the (P, 2) polygon lies within the table top (centred on the origin) minus the margin."""
     half = np.asarray(table_size_m) / 2.0 - margin_m
     return bool(np.all(np.abs(polygon) <= half))
 
 
-def _yaw(angle_rad: float) -> np.ndarray:
+def yaw_transform(angle_rad: float) -> np.ndarray:
+    """(4, 4) rotation about the world z axis."""
     T = np.eye(4)
     c, s = np.cos(angle_rad), np.sin(angle_rad)
     T[:2, :2] = [[c, -s], [s, c]]
@@ -199,9 +201,9 @@ def place_objects(
         poses = rest_poses[model_index]
         for _attempt in range(config.max_attempts):
             k = int(rng.choice(len(poses.probabilities), p=poses.probabilities))
-            T_rest = _yaw(rng.uniform(0.0, 2.0 * np.pi)) @ poses.transforms[k]
+            T_rest = yaw_transform(rng.uniform(0.0, 2.0 * np.pi)) @ poses.transforms[k]
             hull = trimesh.transform_points(poses.hull_vertices, T_rest)
-            footprint = _footprint(hull[:, :2])  # centred on the origin up to the yaw
+            footprint = footprint_polygon(hull[:, :2])  # centred on the origin up to the yaw
             direction = rng.normal(size=2)
             direction /= np.linalg.norm(direction)
             touch = rng.uniform() < config.touch_probability
@@ -209,7 +211,7 @@ def place_objects(
             offset = _slide_to_contact(footprint, centre, direction, [p.footprint_xy for p in placed.values()], config)
             for distance in (offset + extra_gap, offset):
                 candidate = footprint + centre + distance * direction
-                if _inside_table(candidate, table_size_m, config.table_margin_m) and all(
+                if inside_table(candidate, table_size_m, config.table_margin_m) and all(
                     polygons_separated(candidate, p.footprint_xy, config.contact_gap_m) for p in placed.values()
                 ):
                     T = np.eye(4)

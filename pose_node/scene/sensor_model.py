@@ -7,12 +7,13 @@ the full well) -> vignetting -> optical blur -> shot noise (Poisson on electrons
 temperature / tint estimate) -> sRGB encoding -> 8 bits -> JPEG compression.
 
 Depth camera (:func:`simulate_depth_sensor`), a structured-light / ToF-like model: Gaussian z noise
-with ``sigma = a + b z^2``, holes on the background side of silhouettes (random width: the
-projector or the second view does not see there), flying pixels at depth edges (values between
-the foreground and background depth, as mixed returns give), holes on dark surfaces (too little
-signal) and on glossy surfaces where the image is bright (specular highlights saturate the
-pattern). The per-pixel material comes from the exact instance map of the rasterizer and a
-per-label material table. Every parameter is drawn per frame from a seeded generator.
+with ``sigma = a + b z^2``, holes on the background side left of foreground edges (random width:
+the projector or the second camera, to the right, does not see there), flying pixels at depth
+edges (values between the foreground and background depth, as mixed returns give), holes in
+blobs on dark surfaces (too little signal) and on glossy surfaces in specular highlights (they
+saturate the pattern). The per-pixel material comes from the exact instance map of the
+rasterizer, a per-label glossiness table and the path tracer's albedo and brightness. The noise
+is drawn per frame from a seeded generator.
 """
 from __future__ import annotations
 
@@ -266,20 +267,22 @@ class DepthSensorConfig:
 
     Attributes:
         sigma_a_m, sigma_b_per_m: z noise ``sigma = a + b z^2`` (metres; b in 1/m). Defaults:
-            about 1.3 mm at 0.5 m and 3 mm at 1 m, a structured-light camera like a RealSense D4xx.
+            about 1.1 mm at 0.5 m and 3 mm at 1 m, a structured-light camera like a RealSense D4xx.
         edge_threshold_m, edge_threshold_rel: a pixel is at a depth edge if its 3x3 depth range
             exceeds ``max(edge_threshold_m, edge_threshold_rel * z)`` (relative: a plane seen at a
             grazing angle far away has large steps between neighbouring pixels but no edge).
-        silhouette_hole_width_px: (min, max) width of the holes on the background side of edges;
-            the width varies smoothly along each edge.
-        flying_pixel_probability: share of remaining edge pixels replaced by a mixed return.
-        dark_albedo: labels whose mean albedo is below this count as dark.
-        dark_luminance: dark surfaces lose pixels whose image luminance (relative to the image's
-            97th percentile) is below this.
-        dark_dropout_probability: share of those pixels lost.
-        glossy_roughness: labels with roughness below this (or metallic > 0.5) count as glossy.
-        glossy_luminance: glossy surfaces lose pixels brighter than this (relative, as above).
-        glossy_dropout_probability: share of those pixels lost.
+        shadow_width_px: (min, max) width of the holes on the background side left of foreground
+            edges (the projector / second camera sits to the right of the reference camera and
+            does not see there); the width varies smoothly along each edge.
+        flying_pixel_probability: share of the remaining edge pixels replaced by a mixed return.
+        dark_albedo: pixels whose albedo is below this ...
+        dark_luminance: ... and whose image luminance (relative to the image's 97th percentile)
+            is below this return too little signal: lost with ``dark_dropout_probability``.
+        highlight_ratio: a pixel of a glossy label is in a specular highlight if its luminance per
+            albedo exceeds this many times the image's median (diffuse shading) ...
+        glossy_dropout_probability: ... and is then lost with this probability.
+        dropout_blob_px: dropouts come in blobs of about this size (sensors lose patches, not
+            isolated pixels).
         max_range_m: returns beyond this are missing.
     """
 
@@ -287,23 +290,23 @@ class DepthSensorConfig:
     sigma_b_per_m: float = 2.5e-3
     edge_threshold_m: float = 0.02
     edge_threshold_rel: float = 0.05
-    silhouette_hole_width_px: tuple[int, int] = (1, 4)
+    shadow_width_px: tuple[int, int] = (1, 5)
     flying_pixel_probability: float = 0.3
-    dark_albedo: float = 0.06
-    dark_luminance: float = 0.15
-    dark_dropout_probability: float = 0.7
-    glossy_roughness: float = 0.25
-    glossy_luminance: float = 0.8
+    dark_albedo: float = 0.05
+    dark_luminance: float = 0.1
+    dark_dropout_probability: float = 0.6
+    highlight_ratio: float = 3.0
     glossy_dropout_probability: float = 0.8
+    dropout_blob_px: int = 3
     max_range_m: float = 6.0
 
     def __post_init__(self) -> None:
-        lo, hi = self.silhouette_hole_width_px
+        lo, hi = self.shadow_width_px
         checks = [
             ("sigma_a_m", self.sigma_a_m >= 0), ("sigma_b_per_m", self.sigma_b_per_m >= 0),
             ("edge_threshold_m", self.edge_threshold_m > 0), ("edge_threshold_rel", self.edge_threshold_rel >= 0),
-            ("silhouette_hole_width_px", 0 <= lo <= hi),
-            ("max_range_m", self.max_range_m > 0),
+            ("shadow_width_px", 0 <= lo <= hi), ("highlight_ratio", self.highlight_ratio > 0),
+            ("dropout_blob_px", self.dropout_blob_px >= 1), ("max_range_m", self.max_range_m > 0),
         ] + [(name, 0.0 <= getattr(self, name) <= 1.0) for name in
              ("flying_pixel_probability", "dark_dropout_probability", "glossy_dropout_probability")]
         for name, ok in checks:
@@ -311,23 +314,14 @@ class DepthSensorConfig:
                 raise InvalidInputError(f"DepthSensorConfig.{name}: invalid value {getattr(self, name)!r}")
 
 
-@dataclass(frozen=True)
-class SurfaceTable:
-    """What the depth model needs to know about each instance label of a view.
-
-    Attributes:
-        albedo: (L,) mean albedo (linear luminance) per label; index 0 = no surface.
-        glossy: (L,) bool, specular enough to saturate the depth pattern in highlights.
-    """
-
-    albedo: np.ndarray
-    glossy: np.ndarray
-
-
-def _smooth_field(rng: np.random.Generator, height: int, width: int, cell_px: int = 16) -> np.ndarray:
-    """(H, W) float32 in [0, 1]: bilinearly upsampled uniform noise (varies over ~cell_px)."""
-    cells = (max(2, height // cell_px), max(2, width // cell_px))
-    return cv2.resize(rng.uniform(0, 1, cells).astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+def _smooth_uniform(rng: np.random.Generator, height: int, width: int, cell_px: float) -> np.ndarray:
+    """(H, W) float32 random field varying over ~cell_px whose values are uniform on [0, 1) (rank transform)."""
+    cells = (max(2, int(round(height / cell_px))), max(2, int(round(width / cell_px))))
+    field = cv2.resize(rng.uniform(0, 1, cells).astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    field += rng.uniform(0, 1e-4, field.shape).astype(np.float32)  # breaks ties between equal interpolated values
+    ranks = np.empty(field.size, np.float32)
+    ranks[np.argsort(field, axis=None)] = np.arange(field.size, dtype=np.float32) / field.size
+    return ranks.reshape(height, width)
 
 
 def depth_edges(depth_m: np.ndarray, threshold_m: float, threshold_rel: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -350,52 +344,58 @@ def depth_edges(depth_m: np.ndarray, threshold_m: float, threshold_rel: float) -
 
 
 def simulate_depth_sensor(
-    depth_m: np.ndarray, labels: np.ndarray, surfaces: SurfaceTable, relative_luminance: np.ndarray,
+    depth_m: np.ndarray, labels: np.ndarray, glossy_labels: np.ndarray, albedo: np.ndarray, luminance_map: np.ndarray,
     rng: np.random.Generator, config: DepthSensorConfig,
 ) -> np.ndarray:
     """Sensor-like depth from exact depth (see the module docstring).
 
     Args:
         depth_m: (H, W) float32 metres, exact, 0 = nothing.
-        labels: (H, W) int instance labels of the same rasterization (index into ``surfaces``).
-        surfaces: per-label material summary.
-        relative_luminance: (H, W) image luminance divided by a high percentile (~1 = bright).
+        labels: (H, W) int instance labels of the same rasterization (index into ``glossy_labels``).
+        glossy_labels: (L,) bool, the label's material is specular (metal, varnish, glossy plastic).
+        albedo: (H, W) diffuse albedo (luminance) of the surface seen in each pixel, [0, 1].
+        luminance_map: (H, W) luminance of the linear colour render (any scale).
         rng: seeded generator. config: the model.
     Returns:
         (H, W) float32 metres, 0 where the sensor returns nothing.
     Raises:
-        InvalidInputError: the arrays disagree in shape or a label has no table entry.
+        InvalidInputError: the arrays disagree in shape or a label has no ``glossy_labels`` entry.
     """
     depth = np.asarray(depth_m, np.float32)
     labels = np.asarray(labels)
-    if depth.ndim != 2 or labels.shape != depth.shape or np.shape(relative_luminance) != depth.shape:
-        raise InvalidInputError(f"simulate_depth_sensor: depth {depth.shape}, labels {labels.shape} and luminance "
-                                f"{np.shape(relative_luminance)} must be the same (H, W)")
-    if labels.size and (labels.min() < 0 or labels.max() >= len(surfaces.albedo)):
-        raise InvalidInputError(f"simulate_depth_sensor: labels up to {labels.max()} but the table has {len(surfaces.albedo)} entries")
+    if depth.ndim != 2 or any(np.shape(a) != depth.shape for a in (labels, albedo, luminance_map)):
+        raise InvalidInputError(f"simulate_depth_sensor: depth {depth.shape}, labels {labels.shape}, albedo {np.shape(albedo)} "
+                                f"and luminance {np.shape(luminance_map)} must be the same (H, W)")
+    if labels.size and (labels.min() < 0 or labels.max() >= len(glossy_labels)):
+        raise InvalidInputError(f"simulate_depth_sensor: labels up to {labels.max()} but glossy_labels has {len(glossy_labels)} entries")
     height, width = depth.shape
     valid = depth > 0
     edges, fg, bg = depth_edges(depth, config.edge_threshold_m, config.edge_threshold_rel)
-    lo_w, hi_w = config.silhouette_hole_width_px
     out = depth.copy()
-    if hi_w > 0 and edges.any():
-        # Background side of an edge: farther than the nearest depth within the hole width.
-        kernel_size = 2 * hi_w + 1
-        near = cv2.erode(np.where(valid, depth, np.float32(1e6)), np.ones((kernel_size, kernel_size), np.uint8))
-        width_px = lo_w + _smooth_field(rng, height, width) * (hi_w - lo_w)
-        distance = cv2.distanceTransform((~edges).astype(np.uint8), cv2.DIST_L2, 3)
-        step = np.maximum(config.edge_threshold_m, config.edge_threshold_rel * near)
-        shadow = valid & (distance <= width_px) & (depth > near + step)
+    shadow = np.zeros_like(valid)
+    lo_w, hi_w = config.shadow_width_px
+    if hi_w > 0:
+        # A pixel is in the shadow of a foreground surface up to w pixels to its right.
+        width_px = lo_w + _smooth_uniform(rng, height, width, 16.0) * (hi_w - lo_w)
+        step = np.maximum(config.edge_threshold_m, config.edge_threshold_rel * depth)
+        for k in range(1, hi_w + 1):
+            right = np.zeros_like(depth)
+            right[:, :-k] = depth[:, k:]
+            shadow |= valid & (right > 0) & (right < depth - step) & (k <= width_px)
         out[shadow] = 0.0
-        flying = edges & ~shadow & (rng.uniform(0, 1, depth.shape) < config.flying_pixel_probability)
-        mix = rng.uniform(0.1, 0.9, depth.shape).astype(np.float32)
-        out[flying] = (fg + mix * (bg - fg))[flying]
-    albedo = np.asarray(surfaces.albedo, np.float64)[labels]
-    glossy = np.asarray(surfaces.glossy, bool)[labels]
-    lum = np.asarray(relative_luminance, np.float64)
-    draw = rng.uniform(0, 1, depth.shape)
-    dark_holes = (albedo < config.dark_albedo) & (lum < config.dark_luminance) & (draw < config.dark_dropout_probability)
-    glossy_holes = glossy & (lum > config.glossy_luminance) & (draw < config.glossy_dropout_probability)
+    flying = edges & ~shadow & (rng.uniform(0, 1, depth.shape) < config.flying_pixel_probability)
+    mix = rng.uniform(0.1, 0.9, depth.shape).astype(np.float32)
+    out[flying] = (fg + mix * (bg - fg))[flying]
+    albedo = np.asarray(albedo, np.float64)
+    lum = np.asarray(luminance_map, np.float64)
+    bright = float(np.percentile(lum, 97.0))
+    relative = lum / bright if bright > 0 else lum
+    shading = lum / np.maximum(albedo, 0.02)
+    diffuse_level = float(np.median(shading[valid & (albedo > 0.02)])) if np.any(valid & (albedo > 0.02)) else 0.0
+    draw = _smooth_uniform(rng, height, width, config.dropout_blob_px)
+    dark_holes = (albedo < config.dark_albedo) & (relative < config.dark_luminance) & (draw < config.dark_dropout_probability)
+    highlight = np.asarray(glossy_labels, bool)[labels] & (shading > config.highlight_ratio * diffuse_level)
+    glossy_holes = highlight & (draw < config.glossy_dropout_probability)
     sigma = config.sigma_a_m + config.sigma_b_per_m * out.astype(np.float64) ** 2
     noisy = (out + rng.normal(0.0, 1.0, depth.shape) * sigma).astype(np.float32)
     keep = (out > 0) & ~dark_holes & ~glossy_holes & (noisy > 0) & (noisy <= config.max_range_m)

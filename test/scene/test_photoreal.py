@@ -1,6 +1,7 @@
-"""Photoreal workcells: GT exactness, path tracer / rasterizer alignment, reproducibility and the cache.
+"""Photoreal workcells: GT exactness, clutter, materials and lights, reproducibility and the cache.
 
-Small images (160x120) at the ``preview`` quality keep each test within a few seconds.
+Small images (160x120) at the ``preview`` quality keep each test within a few seconds. The pixel
+alignment of the path tracer with the rasterizer is tested in ``test_path_tracer.py``.
 """
 import json
 from dataclasses import replace
@@ -11,22 +12,15 @@ import pytest
 
 pytest.importorskip("mitsuba")
 
-from pose_node.core.geometry import invert_rigid  # noqa: E402
-from pose_node.core.types import Camera  # noqa: E402
 from pose_node.datasets.bop import BopDataset  # noqa: E402
 from pose_node.onboarding.procedural import make_procedural_objects  # noqa: E402
 from pose_node.render.reference import rasterize_reference  # noqa: E402
-from pose_node.render.renderer import Renderer  # noqa: E402
-from pose_node.scene.appearance import procedural_texture  # noqa: E402
-from pose_node.scene.clutter import ClutterConfig, ClutterItem, clutter_model, place_distractors  # noqa: E402
+from pose_node.scene.clutter import ClutterItem, clutter_model  # noqa: E402
 from pose_node.scene.cli import main as pose_scene  # noqa: E402
 from pose_node.scene.generator import WorkcellConfig, generate_workcell, read_scene_world  # noqa: E402
-from pose_node.scene.layout import LayoutConfig, look_at, make_table_model  # noqa: E402
-from pose_node.scene.photoreal import (  # noqa: E402
-    QUALITY_PRESETS, LightingConfig, PathTracer, PhotorealConfig, PhotorealScene, PhotorealShape, sample_lights,
-    sample_material, view_cache_key,
-)
-from pose_node.scene.placement import place_objects  # noqa: E402
+from pose_node.scene.layout import LayoutConfig  # noqa: E402
+from pose_node.scene.path_tracer import PathTracer  # noqa: E402
+from pose_node.scene.photoreal import LightingConfig, PhotorealConfig, sample_lights, sample_material  # noqa: E402
 
 WIDTH, HEIGHT = 160, 120
 MIN_PIXELS = 60  # IoU of smaller silhouettes is dominated by their boundary pixels
@@ -40,7 +34,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 def photoreal_dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("photoreal")
     config = WorkcellConfig(
-        out_dir=root / "out", num_objects=3, max_instances_per_object=2, num_scenes=1, frames_per_scene=1, seed=11,
+        out_dir=root / "out", num_objects=3, max_instances_per_object=2, num_scenes=1, frames_per_scene=1, seed=12,
         write_bag=False, layout=LayoutConfig(num_cameras=2, width_px=WIDTH, height_px=HEIGHT),
         photoreal=PhotorealConfig(quality="preview", cache_dir=root / "cache"),
     )
@@ -51,7 +45,7 @@ def test_gt_masks_match_independent_rasterization(photoreal_dataset):
     """mask / mask_visib (with distractors occluding) agree with rasterize_reference of the GT models at the GT poses."""
     ds = BopDataset(photoreal_dataset)
     world = read_scene_world(photoreal_dataset / "scene_world.json")
-    models = {m.object_id: m for m in make_procedural_objects(3, 11)}
+    models = {m.object_id: m for m in make_procedural_objects(3, 12)}
     distractors = [ClutterItem.from_json(c) for c in world["scenes"][0]["clutter"] if c["role"] == "distractor"]
     assert distractors, "the test seed should place distractors"
     occluders = [clutter_model(item) for item in distractors]
@@ -84,70 +78,6 @@ def test_clutter_is_in_the_geometry_pass(photoreal_dataset):
         assert {g.obj_id for g in ds.gts(0, im_id)} <= {1, 2, 3}
         depth = ds.depth_m(0, im_id)
         assert (depth > 0).mean() > 0.5  # walls and floor return depth: no empty background
-
-
-def _scene_and_camera(fx: float, fy: float, cx: float, cy: float):
-    rng = np.random.default_rng(5)
-    models = make_procedural_objects(3, 5)
-    placed = place_objects(models, [0, 1, 2], rng, table_size_m=(1.2, 0.9))
-    distractors = place_distractors(rng, placed, (1.2, 0.9), ClutterConfig(num_distractors=(3, 3)))
-    table = make_table_model((1.2, 0.9), 0.04, procedural_texture(rng, 64, 64))
-    shapes = [PhotorealShape(models[p.model_index], p.T_world_object, sample_material(rng), i + 1) for i, p in enumerate(placed)]
-    shapes.append(PhotorealShape(table, np.eye(4), sample_material(rng), 4))
-    shapes += [PhotorealShape(clutter_model(d), d.T_world_object, sample_material(rng), 5 + i) for i, d in enumerate(distractors)]
-    centre = np.append(np.mean([p.T_world_object[:2, 3] for p in placed], 0), 0.03)
-    K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
-    camera = Camera(K, WIDTH, HEIGHT, look_at(centre + [0.35, -0.25, 0.4], centre))
-    return PhotorealScene(tuple(shapes), sample_lights(rng, LightingConfig())), camera
-
-
-@pytest.mark.parametrize("intrinsics", [(150.0, 150.0, 79.5, 59.5), (160.0, 152.0, 71.3, 64.8)], ids=["square", "fx!=fy_offcentre"])
-def test_path_traced_silhouettes_align_with_rasterizer(intrinsics):
-    """Mitsuba's per-pixel shape labels agree with the rasterizer that makes mask_visib (and with the reference)."""
-    scene, camera = _scene_and_camera(*intrinsics)
-    render = PathTracer(QUALITY_PRESETS["preview"], None).render(scene, camera, seed=0)
-    assert render.linear.shape == (HEIGHT, WIDTH, 3) and np.isfinite(render.linear).all() and render.linear.mean() > 0
-    T_camera_world = invert_rigid(camera.T_world_camera)
-    T = np.stack([T_camera_world @ s.T_world_object for s in scene.shapes])[None]
-    with Renderer(WIDTH, HEIGHT) as gl:
-        handles = [gl.add_object(replace(s.model, uv=None, texture=None)) for s in scene.shapes]
-        gl_labels = gl.render(camera.K[None], T, handles, outputs=("instance",)).instance[0]
-    objects = [i for i, s in enumerate(scene.shapes) if s.label != 4]  # the table's big triangles reach behind the camera
-    _, _, ref = rasterize_reference(camera.K[None], T[:, objects], [scene.shapes[i].model for i in objects], WIDTH, HEIGHT)
-    ref_labels = np.array([0] + [scene.shapes[i].label for i in objects])[ref[0]]
-    checked = 0
-    for shape in scene.shapes:
-        if shape.label == 4 or (gl_labels == shape.label).sum() < MIN_PIXELS:
-            continue
-        iou = _iou(render.labels == shape.label, gl_labels == shape.label)
-        assert iou > 0.98, f"label {shape.label}: IoU {iou:.3f} with the rasterizer"
-        # Pixels of the reference show the object where nothing else (the table) is in front.
-        assert _iou((render.labels == shape.label) & (ref_labels > 0), ref_labels == shape.label) > 0.98
-        checked += 1
-    assert checked >= 3
-
-
-def test_cache_key_depends_on_every_input():
-    scene, camera = _scene_and_camera(150.0, 150.0, 79.5, 59.5)
-    quality = QUALITY_PRESETS["preview"]
-    base = view_cache_key(scene, camera, quality, 1, "3.9.1")
-    moved = list(scene.shapes)
-    T = moved[0].T_world_object.copy()
-    T[0, 3] += 1e-4
-    moved[0] = replace(moved[0], T_world_object=T)
-    glossier = list(scene.shapes)
-    glossier[1] = replace(glossier[1], material=replace(glossier[1].material, roughness=0.01))
-    others = [
-        view_cache_key(scene, camera, quality, 2, "3.9.1"),
-        view_cache_key(scene, camera, QUALITY_PRESETS["default"], 1, "3.9.1"),
-        view_cache_key(scene, camera, quality, 1, "3.9.2"),
-        view_cache_key(replace(scene, shapes=tuple(moved)), camera, quality, 1, "3.9.1"),
-        view_cache_key(replace(scene, shapes=tuple(glossier)), camera, quality, 1, "3.9.1"),
-        view_cache_key(replace(scene, lights=replace(scene.lights, environment_yaw_deg=1.0)), camera, quality, 1, "3.9.1"),
-        view_cache_key(scene, replace(camera, K=camera.K + np.diag([1e-3, 0, 0])), quality, 1, "3.9.1"),
-    ]
-    assert base == view_cache_key(scene, camera, quality, 1, "3.9.1")
-    assert len({base, *others}) == len(others) + 1
 
 
 def _run(out: Path, cache: Path) -> None:
@@ -189,3 +119,106 @@ def test_same_seed_same_bytes_and_cache_hits(tmp_path, monkeypatch):
 def test_config_validation():
     with pytest.raises(ValueError, match="quality"):
         PhotorealConfig(quality="ultra")
+
+
+def test_materials_span_matte_glossy_metal_dark():
+    rng = np.random.default_rng(0)
+    materials = [sample_material(rng) for _ in range(200)]
+    glossy = np.mean([m.glossy for m in materials])
+    dark = np.mean([m.brightness < 0.25 for m in materials])
+    metal = np.mean([m.metallic > 0.5 for m in materials])
+    assert 0.25 < glossy < 0.6 and 0.08 < dark < 0.25 and 0.04 < metal < 0.2
+    for m in materials:
+        assert 0 <= m.roughness <= 1 and 0 <= m.specular <= 1 and 0 <= m.metallic <= 1 and 0 < m.brightness <= 1
+        assert all(0 <= c <= 1 for c in m.colour)
+
+
+def test_lights_follow_their_ranges_and_jitter():
+    from pose_node.scene.photoreal import jitter_lights
+
+    config = LightingConfig()
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        setup = sample_lights(rng, config)
+        kinds = [light.kind for light in setup.lights]
+        assert config.num_area_lights[0] <= kinds.count("area") <= config.num_area_lights[1]
+        assert kinds.count("point") <= config.num_point_lights[1] and kinds.count("spot") <= config.num_spot_lights[1]
+        for light in setup.lights:
+            assert config.light_height_m[0] <= light.position_m[2] <= config.light_height_m[1]
+            assert min(light.rgb) >= 0 and max(light.rgb) > 0
+        env = setup.environment
+        assert env.shape == (config.environment_size_px[1], config.environment_size_px[0], 3) and env.dtype == np.float32
+        assert env[: len(env) // 2].mean() > env[len(env) // 2 :].mean()  # the sky is brighter than the ground
+        moved = jitter_lights(setup, rng, config)
+        for a, b in zip(setup.lights, moved.lights):
+            shift = np.abs(np.subtract(a.position_m, b.position_m)).max()
+            assert shift == 0 if a.kind == "area" else shift <= config.per_frame_jitter_m
+
+
+def test_mitsuba_is_imported_lazily():
+    """The node and the rasterized generator never load mitsuba."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pose_node.scene, pose_node.scene.cli; "
+            "from pose_node.scene.photoreal import PhotorealConfig; PhotorealConfig(); import pose_node.scene.path_tracer; "
+            "assert 'mitsuba' not in sys.modules, 'mitsuba imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_untextured_models_get_plain_or_procedural_colours():
+    from pose_node.scene.photoreal import appearance_model, is_untextured
+
+    textured = make_procedural_objects(1, 3)[0]
+    assert appearance_model(textured, np.random.default_rng(0)) is textured
+    grey = replace(textured, uv=None, texture=None, vertex_colors=np.full((len(textured.vertices), 3), 128, np.uint8))
+    assert is_untextured(grey)
+    outcomes = [appearance_model(grey, np.random.default_rng(seed)) for seed in range(8)]
+    plain = [m for m in outcomes if m.vertex_colors is None]
+    patterned = [m for m in outcomes if m.vertex_colors is not None]
+    assert plain and patterned
+    for m in patterned:
+        assert not is_untextured(m) and m.vertex_colors.shape == grey.vertex_colors.shape
+        assert len(np.unique(m.vertex_colors, axis=0)) > 10
+    for m in outcomes:
+        assert np.array_equal(m.vertices, grey.vertices) and np.array_equal(m.faces, grey.faces)
+
+
+def test_untextured_bop_models_render(tmp_path):
+    """A BOP models directory of untextured PLYs (as T-LESS) goes through the photoreal path."""
+    from pose_node.datasets.bop import write_bop_models
+
+    models = [replace(m, uv=None, texture=None) for m in make_procedural_objects(2, 4)]
+    write_bop_models(tmp_path / "models", models)
+    out = tmp_path / "out"
+    rc = pose_scene(["--out", str(out), "--objects", str(tmp_path / "models"), "--num-objects", "2", "--cameras", "1",
+                     "--frames-per-scene", "1", "--width", "80", "--height", "60", "--photoreal", "--photoreal-quality",
+                     "preview", "--render-cache", str(tmp_path / "cache"), "--no-bag"])
+    assert rc == 0
+    ds = BopDataset(out)
+    rgb = ds.rgb(0, 0)
+    assert rgb.shape == (60, 80, 3) and rgb.std() > 5
+    assert len(ds.gts(0, 0)) == 2
+
+
+def test_gt_is_that_of_the_rasterized_run(photoreal_dataset, tmp_path):
+    """Same seed without photoreal: identical poses, cameras and unoccluded masks; distractors only hide pixels."""
+    config = WorkcellConfig(
+        out_dir=tmp_path / "raster", num_objects=3, max_instances_per_object=2, num_scenes=1, frames_per_scene=1, seed=12,
+        write_bag=False, layout=LayoutConfig(num_cameras=2, width_px=WIDTH, height_px=HEIGHT),
+    )
+    raster = BopDataset(generate_workcell(config))
+    photo = BopDataset(photoreal_dataset)
+    scene_dir = "test/000000"
+    for name in ("scene_gt.json", "scene_camera.json"):
+        assert (photoreal_dataset / scene_dir / name).read_bytes() == (config.out_dir / scene_dir / name).read_bytes()
+    hidden = 0
+    for im_id in raster.image_ids(0):
+        for k in range(len(raster.gts(0, im_id))):
+            assert np.array_equal(photo.mask(0, im_id, k), raster.mask(0, im_id, k))
+            visib_photo, visib_raster = photo.mask_visib(0, im_id, k), raster.mask_visib(0, im_id, k)
+            assert np.all(visib_photo <= visib_raster)
+            hidden += int(visib_raster.sum() - visib_photo.sum())
+        infos_photo, infos_raster = photo.gt_infos(0, im_id), raster.gt_infos(0, im_id)
+        assert all(p.visib_fract <= r.visib_fract + 1e-9 for p, r in zip(infos_photo, infos_raster))
+    assert hidden > 0  # this seed has a distractor in front of an object
