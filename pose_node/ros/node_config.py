@@ -12,6 +12,9 @@ One YAML file describes a workcell (``config/pose_node.yaml`` is a commented exa
       - {procedural: {seed: 0, count: 4}}
     pipeline: {mode: rgbd, device: cpu, backend: auto, multiview: refinement, thresholds: {...}}
     sync: {slop_s: 0.02, timeout_s: 0.1, min_cameras: 1, queue_size: 10}
+    tracking: {gate_m: 0.05, name_reuse_s: 2.0}
+    diagnostics: {window_s: 5.0, late_s: 1.0, stale_timeout_s: 3.0, period_s: 1.0}
+    tf_timeout_s: 0.5
 
 Every error is an :class:`~pose_node.core.errors.InvalidInputError` whose message starts with
 the key path of the offending value (``cameras.cam0.depth_encoding: expected one of 16UC1,
@@ -40,6 +43,7 @@ import torch
 
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.geometry import Pose
+from pose_node.ros.health import HealthConfig
 from pose_node.ros.sync import SyncConfig
 
 DEPTH_ENCODINGS: tuple[str, ...] = ("16UC1", "32FC1")
@@ -200,6 +204,21 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """Instance naming (:class:`pose_node.pipeline.InstanceTracker`).
+
+    Attributes:
+        gate_m: an estimate keeps the name of the nearest recently seen instance of its object
+            within this distance, metres (> 0).
+        name_reuse_s: an instance unseen for this long (header-stamp time) is forgotten and its
+            name may be given to a new instance, seconds (>= 0).
+    """
+
+    gate_m: float = 0.05
+    name_reuse_s: float = 2.0
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """The whole configuration of a pose_node.
 
@@ -209,6 +228,10 @@ class NodeConfig:
         objects: one per object, in file order.
         pipeline: mode, device, backend, thresholds.
         sync: multi-camera synchronization settings.
+        tracking: instance naming.
+        diagnostics: ``/diagnostics`` window and silence thresholds.
+        tf_timeout_s: how long a set waits for a camera's transform that TF does not have yet
+            (the first images can arrive before ``/tf_static``), seconds (>= 0).
         source_path: the YAML file it was read from (None for a mapping).
     """
 
@@ -217,6 +240,9 @@ class NodeConfig:
     objects: tuple[ObjectConfig, ...]
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    diagnostics: HealthConfig = field(default_factory=HealthConfig)
+    tf_timeout_s: float = 0.5
     source_path: Path | None = None
 
     def camera(self, name: str) -> CameraConfig:
@@ -436,6 +462,26 @@ def _parse_sync(value: Any) -> SyncConfig:
     )
 
 
+def _parse_tracking(value: Any) -> TrackingConfig:
+    section = _Section({} if value is None else value, "tracking", ("gate_m", "name_reuse_s"))
+    defaults = TrackingConfig()
+    return TrackingConfig(
+        gate_m=section.number("gate_m", defaults.gate_m, minimum=0.0, exclusive_minimum=True),
+        name_reuse_s=section.number("name_reuse_s", defaults.name_reuse_s, minimum=0.0),
+    )
+
+
+def _parse_diagnostics(value: Any) -> HealthConfig:
+    keys = ("window_s", "late_s", "stale_timeout_s", "period_s")
+    section = _Section({} if value is None else value, "diagnostics", keys)
+    defaults = HealthConfig()
+    values = {k: section.number(k, getattr(defaults, k), minimum=0.0, exclusive_minimum=True) for k in keys}
+    if values["stale_timeout_s"] <= values["late_s"]:
+        raise InvalidInputError(f"diagnostics.stale_timeout_s: expected > diagnostics.late_s ({values['late_s']}), "
+                                f"got {values['stale_timeout_s']}")
+    return HealthConfig(**values)
+
+
 def _default_name(object_id: int) -> str:
     return f"obj_{object_id:06d}"
 
@@ -583,7 +629,7 @@ def _parse_objects(value: Any, base_dir: Path) -> tuple[ObjectConfig, ...]:
     return tuple(objects)
 
 
-_TOP_KEYS = ("world_frame", "cameras", "objects", "pipeline", "sync")
+_TOP_KEYS = ("world_frame", "cameras", "objects", "pipeline", "sync", "tracking", "diagnostics", "tf_timeout_s")
 
 
 def parse_node_config(mapping: Mapping[str, Any], *, base_dir: str | Path | None = None,
@@ -609,6 +655,9 @@ def parse_node_config(mapping: Mapping[str, Any], *, base_dir: str | Path | None
     objects = _parse_objects(top.raw("objects", required=True), base_dir)
     pipeline = _parse_pipeline(top.raw("pipeline"))
     sync = _parse_sync(top.raw("sync"))
+    tracking = _parse_tracking(top.raw("tracking"))
+    diagnostics = _parse_diagnostics(top.raw("diagnostics"))
+    tf_timeout_s = top.number("tf_timeout_s", NodeConfig.tf_timeout_s, minimum=0.0)
     if pipeline.mode == "rgbd":
         for camera in cameras:
             if camera.depth_topic is None:
@@ -617,6 +666,7 @@ def parse_node_config(mapping: Mapping[str, Any], *, base_dir: str | Path | None
     if sync.min_cameras > len(cameras):
         raise InvalidInputError(f"sync.min_cameras: {sync.min_cameras} is more than the {len(cameras)} configured cameras")
     return NodeConfig(world_frame=world_frame, cameras=cameras, objects=objects, pipeline=pipeline, sync=sync,
+                      tracking=tracking, diagnostics=diagnostics, tf_timeout_s=tf_timeout_s,
                       source_path=source_path)
 
 
@@ -675,6 +725,6 @@ def load_object_models(objects: Sequence[ObjectConfig]) -> list:
 
 __all__ = [
     "BACKENDS", "DEPTH_ENCODINGS", "MESH_UNITS", "MODES", "CameraConfig", "ContinuousSymmetry", "NodeConfig",
-    "ObjectConfig", "ObjectThresholds", "PipelineConfig", "ProceduralSpec", "Thresholds", "load_node_config",
+    "ObjectConfig", "ObjectThresholds", "PipelineConfig", "ProceduralSpec", "Thresholds", "TrackingConfig", "load_node_config",
     "load_object_models", "parse_node_config",
 ]

@@ -65,6 +65,8 @@ def valid_mapping() -> dict:
         "pipeline": {"mode": "rgbd", "device": "cuda:0", "backend": "onnxruntime",
                      "thresholds": {"detection_score": 0.45, "max_position_std_m": 0.01}},
         "sync": {"slop_s": 0.01, "timeout_s": 0.2, "min_cameras": 2, "queue_size": 5},
+        "tracking": {"gate_m": 0.03, "name_reuse_s": 1.5},
+        "diagnostics": {"window_s": 4.0, "late_s": 0.5, "stale_timeout_s": 2.0, "period_s": 0.5},
     }
 
 
@@ -153,7 +155,7 @@ def test_constants_match_the_modules_they_mirror():
 BAD_VALUES = [
     # (path, value, expected message; the message must start with the key path)
     (("cameras", "cam0", "depth_encoding"), "foo", "cameras.cam0.depth_encoding: expected one of 16UC1, 32FC1, got 'foo'"),
-    (("camera",), {}, "camera: unknown key (expected one of world_frame, cameras, objects, pipeline, sync); did you mean 'cameras'?"),
+    (("camera",), {}, "camera: unknown key (expected one of world_frame, cameras, objects, pipeline, sync, tracking, diagnostics, tf_timeout_s); did you mean 'cameras'?"),
     (("cameras", "cam0", "colour_topic"), "/x", "cameras.cam0.colour_topic: unknown key"),
     (("cameras", "cam1", "color_topic"), DELETE, "cameras.cam1.color_topic: required"),
     (("cameras", "cam0", "color_topic"), "/cam 0/image", "cameras.cam0.color_topic: expected a ROS topic name"),
@@ -179,6 +181,11 @@ BAD_VALUES = [
     (("sync", "min_cameras"), 4, "sync.min_cameras: 4 is more than the 3 configured cameras"),
     (("sync", "min_cameras"), True, "sync.min_cameras: expected an integer, got True (bool)"),
     (("sync", "queue_size"), 0, "sync.queue_size: expected an integer >= 1"),
+    (("tracking", "gate_m"), 0, "tracking.gate_m: expected a number > 0.0"),
+    (("tracking", "name_reuse_s"), -1, "tracking.name_reuse_s: expected a number >= 0.0"),
+    (("diagnostics", "stale_timeout_s"), 0.5, "diagnostics.stale_timeout_s: expected > diagnostics.late_s"),
+    (("diagnostics", "window"), 5, "diagnostics.window: unknown key"),
+    (("tf_timeout_s",), -1, "tf_timeout_s: expected a number >= 0.0"),
     (("objects",), [], "objects: expected a non-empty list"),
     (("objects", 0, "procedural"), {"seed": 1, "count": 1}, "objects[0]: expected exactly one source key of mesh, bop_models, procedural, got bop_models, procedural"),
     (("objects", 0), {"id": 3}, "objects[0]: expected exactly one source key"),
