@@ -101,7 +101,7 @@ def test_replay_detections_tf_and_garbage_input(ros, tmp_path):
 
     def counted() -> bool:
         values = diagnostic_values(diagnostics.messages)
-        return int(values.get("bad_input.color", 0)) >= 1 and int(values.get("bad_input.depth_nan", 0)) >= 1
+        return int(values.get("recent.bad_input.color", 0)) >= 1 and int(values.get("recent.bad_input.depth_nan", 0)) >= 1
 
     ros.spin_until(counted, timeout_s=10, what="bad-input counters in /diagnostics")
     assert node.running()
