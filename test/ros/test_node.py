@@ -389,3 +389,38 @@ def test_reset_service(ros, node_factory):
     future = client.call_async(Trigger.Request())
     ros.spin_until(future.done, what="the reset service's answer")
     assert future.result().success and "cleared" in future.result().message and fake.resets == 1
+
+
+def test_sigint_during_processing_exits_0_every_time(ros, tmp_path):
+    """SIGINT while the worker computes: the node waits for the set and exits 0 (5 times in a row)."""
+    import sys
+    from pathlib import Path
+
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from pose_node.ros.conversions import make_header, numpy_to_image
+
+    root = Path(__file__).resolve().parents[2]
+    extrinsics = {"translation_m": [0.0, 0.0, 1.0], "rotation_xyzw": [0.0, 0.0, 0.0, 1.0]}
+    config = {"cameras": {"cam0": {"color_topic": "/sig/image", "camera_info_topic": "/sig/info", "T_world_camera": extrinsics}},
+              "objects": [{"procedural": {"seed": 0, "count": 1}}], "pipeline": {"mode": "rgb"}}
+    path = tmp_path / "sigint.yaml"
+    path.write_text(yaml.safe_dump(config))
+    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    image_pub = ros.node.create_publisher(Image, "/sig/image", qos)
+    info_pub = ros.node.create_publisher(CameraInfo, "/sig/info", qos)
+    for attempt in range(5):
+        node = ros.start([sys.executable, str(root / "test/ros/slow_pipeline_node.py")],
+                         params={"config_file": path, "autostart": True}, env={"PYTHONPATH": str(root)})
+        node.wait_for_output("active", timeout_s=60)
+        ros.wait_for_match(image_pub)
+        ros.wait_for_match(info_pub)
+        stamp = T0 + attempt * 10**9
+        image_pub.publish(numpy_to_image(np.full((H, W, 3), 100, np.uint8), "rgb8", stamp_ns=stamp, frame_id="cam0_optical"))
+        info_pub.publish(CameraInfo(header=make_header(stamp, "cam0_optical"), width=W, height=H, k=K))
+        node.wait_for_output("estimate started", timeout_s=20)
+        code = node.stop()
+        out = node.output()
+        assert code == 0 and out.count("estimate finished") == 1, f"attempt {attempt}: exit {code}\n{out}"
+        ros.spin_until(lambda: image_pub.get_subscription_count() == 0, what="the stopped node gone from the graph")
