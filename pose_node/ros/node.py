@@ -56,6 +56,7 @@ from visualization_msgs.msg import MarkerArray
 
 from pose_node.core.errors import PoseNodeError
 from pose_node.core.types import View
+from pose_node.core.units import depth_distance_ratio, likely_units
 from pose_node.ros import conversions as conv
 from pose_node.ros.health import HealthMonitor, HealthStatus, Level
 from pose_node.ros.node_config import Thresholds, load_node_config, load_object_models
@@ -120,6 +121,7 @@ class PoseNode(Node):
         self._param_callback = None
         self._last_warning: dict[str, float] = {}
         self._logged_levels: dict[str, tuple[Level, float]] = {}
+        self._units_checked: set[int] = set()
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: State) -> TransitionCallbackReturn:
@@ -470,8 +472,29 @@ class PoseNode(Node):
         estimates, timings = self.pipeline.estimate(views)
         self.health.set_processed([v.name for v in views], timings)
         self.counters["processed_sets"] += 1
+        self._check_units(estimates, views)
         if self._running:
             self._publish(synced.stamp_ns, estimates)
+
+    def _check_units(self, estimates, views: list[View]) -> None:
+        """On an object's first estimate with depth, report a mesh whose declared units disagree
+        with the observed depth by a unit factor (10, 1000, ...), naming the likely units."""
+        for e in estimates:
+            if e.object_id in self._units_checked:
+                continue
+            found = depth_distance_ratio(e.T_world_object, views)
+            if found is None:
+                continue
+            self._units_checked.add(e.object_id)
+            ratio, view_name = found
+            obj = self.config.object(e.object_id)
+            units = likely_units(obj.units, ratio)
+            if units is not None:
+                self.counters[f"units_suspect.{obj.name}"] += 1
+                self.get_logger().error(
+                    f"{obj.name}: estimated {ratio:.3g} times as far as the depth at its centre in {view_name}: "
+                    + (f"its mesh is probably in {units}, not the declared {obj.units} ({obj.key_path}.units)"
+                       if units != "unknown" else f"check its declared units ({obj.units}, {obj.key_path}.units) and the depth"))
 
     def _publish(self, stamp_ns: int, estimates) -> None:
         outputs = self.outputs.build(stamp_ns, estimates)

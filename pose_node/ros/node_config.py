@@ -43,6 +43,7 @@ import torch
 
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.geometry import Pose
+from pose_node.core.units import MESH_UNITS
 from pose_node.ros.health import HealthConfig
 from pose_node.ros.sync import SyncConfig
 
@@ -50,7 +51,6 @@ DEPTH_ENCODINGS: tuple[str, ...] = ("16UC1", "32FC1")
 MODES: tuple[str, ...] = ("rgb", "rgbd")  # pose_node.detection.detector.DETECTOR_MODES
 BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "onnxruntime", "torch")  # "auto" + correspondence BACKEND_KINDS
 MULTIVIEW_METHODS: tuple[str, ...] = ("refinement", "association")  # pose_node.refinement.fusion.METHODS
-MESH_UNITS: tuple[str, ...] = ("m", "cm", "mm")  # a subset of mesh_loading.UNIT_TO_METRES
 OBJECT_SOURCES: tuple[str, ...] = ("mesh", "bop_models", "procedural")
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

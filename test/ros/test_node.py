@@ -424,3 +424,22 @@ def test_sigint_during_processing_exits_0_every_time(ros, tmp_path):
         out = node.output()
         assert code == 0 and out.count("estimate finished") == 1, f"attempt {attempt}: exit {code}\n{out}"
         ros.spin_until(lambda: image_pub.get_subscription_count() == 0, what="the stopped node gone from the graph")
+
+
+def test_mesh_units_disagreeing_with_depth_are_reported_once(ros, node_factory, capfd):
+    node, fake = node_factory()
+    node.trigger_configure()
+    node.trigger_activate()
+    pubs = _publishers(ros)
+    _tf_static(pubs, "cam1_optical", 2.0)
+    ros.spin_until(lambda: "cam1_optical" in node.tf.frames(), what="/tf_static in the node's buffer")
+    # The fake estimate is 1 m in front of cam0; the depth there says 1 cm: a factor 100 (m declared, cm likely).
+    for k in range(2):
+        _send(pubs, "cam0", T0 + k * 10**8, depth=np.full((H, W), 0.01, np.float32))
+        _send(pubs, "cam1", T0 + k * 10**8)
+        ros.spin_until(lambda n=k + 1: len(fake.calls) >= n, what=f"set {k}")
+    ros.spin_for(0.2)
+    assert node.counters["units_suspect.obj_000001"] == 1
+    err = capfd.readouterr().err
+    assert err.count("obj_000001: estimated 100 times as far as the depth at its centre in cam0: "
+                     "its mesh is probably in cm, not the declared m (objects[0].units)") == 1, err
