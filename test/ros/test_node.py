@@ -443,3 +443,13 @@ def test_mesh_units_disagreeing_with_depth_are_reported_once(ros, node_factory, 
     err = capfd.readouterr().err
     assert err.count("obj_000001: estimated 100 times as far as the depth at its centre in cam0: "
                      "its mesh is probably in cm, not the declared m (objects[0].units)") == 1, err
+
+
+def test_threshold_parameters_declare_their_ranges(ros, node_factory):
+    node, _ = node_factory()
+    node.trigger_configure()
+    (score,) = node.describe_parameters(["thresholds.pose_score"])
+    assert (score.floating_point_range[0].from_value, score.floating_point_range[0].to_value) == (0.0, 1.0)
+    assert "below which a pose is not published" in score.description
+    (std,) = node.describe_parameters(["thresholds.max_position_std_m"])
+    assert std.floating_point_range[0].from_value == 0.0 and std.floating_point_range[0].to_value == float("inf")
