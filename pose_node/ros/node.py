@@ -8,7 +8,8 @@
   (``world_frame -> <object name>_<instance>``, instances numbered per object and kept while
   tracked), ``~/detections`` (Detection3DArray, empty when nothing is found), ``~/markers`` and
   ``/diagnostics`` (one status per camera and one for the pipeline, see
-  :mod:`pose_node.ros.health`; a status that turns ERROR is logged once).
+  :mod:`pose_node.ros.health`; a status that turns ERROR is logged once); with ``debug_images``,
+  ``~/debug/<camera>/image`` (the camera's image with the estimates' outlines, axes, names and scores).
 - reset: the ``~/reset`` service (``std_srvs/srv/Trigger``, when std_srvs is installed) and the
   ``~/reset`` topic (``std_msgs/Empty``, kept for compatibility) clear the synchronizer, the
   dynamic TF buffer and the tracked instances. The same happens by itself when time goes back
@@ -110,6 +111,7 @@ class PoseNode(Node):
         self._pubs: dict = {}
         self._timers: list = []
         self._services: list = []
+        self._debug_pubs: dict = {}
         self._slot: SyncedSet | None = None
         self._slot_cv = threading.Condition()
         self._worker: threading.Thread | None = None
@@ -215,6 +217,10 @@ class PoseNode(Node):
             "markers": self.create_publisher(MarkerArray, "~/markers", 10),
             "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", 10),
         }
+        self._debug_pubs = {}
+        if self.config.debug_images:
+            for camera in self.config.cameras:
+                self._debug_pubs[camera.name] = self.create_publisher(Image, f"~/debug/{camera.name}/image", 2)
         if self.config.sync.timeout_s is not None:
             self._timers.append(self.create_timer(self.config.sync.timeout_s / 2, lambda: self._guard(self._poll)))
         self._timers.append(self.create_timer(self.config.diagnostics.period_s, lambda: self._guard(self._publish_diagnostics)))
@@ -236,6 +242,9 @@ class PoseNode(Node):
             self._jump_callback = None
         for timer in self._timers:
             self.destroy_timer(timer)
+        for pub in self._debug_pubs.values():
+            self.destroy_publisher(pub)
+        self._debug_pubs = {}
         for name, pub in self._pubs.items():
             if name == "tf":
                 pub.close()
@@ -475,6 +484,11 @@ class PoseNode(Node):
         self._check_units(estimates, views)
         if self._running:
             self._publish(synced.stamp_ns, estimates)
+            for view in views:
+                if view.name in self._debug_pubs:
+                    frame_id = synced.messages[view.name]["color"].payload.frame_id
+                    self._debug_pubs[view.name].publish(conv.numpy_to_image(
+                        self.outputs.debug_image(view, estimates), "rgb8", stamp_ns=view.stamp_ns, frame_id=frame_id))
 
     def _check_units(self, estimates, views: list[View]) -> None:
         """On an object's first estimate with depth, report a mesh whose declared units disagree

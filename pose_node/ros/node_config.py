@@ -15,6 +15,7 @@ One YAML file describes a workcell (``config/pose_node.yaml`` is a commented exa
     tracking: {gate_m: 0.05, name_reuse_s: 2.0}
     diagnostics: {window_s: 5.0, late_s: 1.0, stale_timeout_s: 3.0, period_s: 1.0}
     tf_timeout_s: 0.5
+    debug_images: false
 
 Every error is an :class:`~pose_node.core.errors.InvalidInputError` whose message starts with
 the key path of the offending value (``cameras.cam0.depth_encoding: expected one of 16UC1,
@@ -193,7 +194,8 @@ class PipelineConfig:
         backend: correspondence-network backend: ``auto``, ``tensorrt``, ``onnxruntime`` or ``torch``.
         multiview: after the single-view poses: ``refinement`` (association, then feature-metric
             refinement against all views) or ``association`` (association and fusion only).
-        thresholds: defaults for every object (see :meth:`NodeConfig.thresholds_for`).
+        thresholds: defaults for every object (see :meth:`NodeConfig.thresholds_for`); read from
+            a file, ``pose_score`` defaults to ``DEFAULT_PUBLISH_POSE_SCORE`` (0.3), not 0.
     """
 
     mode: str = "rgbd"
@@ -230,6 +232,8 @@ class NodeConfig:
         sync: multi-camera synchronization settings.
         tracking: instance naming.
         diagnostics: ``/diagnostics`` window and silence thresholds.
+        debug_images: publish ``~/debug/<camera>/image`` per processed set (each camera's image
+            with the estimates drawn); off by default (drawing costs time on the worker).
         tf_timeout_s: how long a set waits for a camera's transform that TF does not have yet
             (the first images can arrive before ``/tf_static``), seconds (>= 0).
         source_path: the YAML file it was read from (None for a mapping).
@@ -243,6 +247,7 @@ class NodeConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     diagnostics: HealthConfig = field(default_factory=HealthConfig)
     tf_timeout_s: float = 0.5
+    debug_images: bool = False
     source_path: Path | None = None
 
     def camera(self, name: str) -> CameraConfig:
@@ -421,6 +426,11 @@ def _parse_cameras(value: Any) -> tuple[CameraConfig, ...]:
 
 
 _THRESHOLD_KEYS = ("detection_score", "pose_score", "max_position_std_m", "max_rotation_std_deg")
+# The node publishes a pose only when its score reaches this, unless pipeline.thresholds.pose_score
+# says otherwise. Refined poses that settled in a wrong minimum score 0.0-0.1, right ones 0.75-0.9
+# (README, the demo workcell); the library default (Thresholds.pose_score) stays 0 so that
+# evaluations see every estimate.
+DEFAULT_PUBLISH_POSE_SCORE = 0.3
 
 
 def _threshold_values(value: Any, path: str) -> dict[str, float]:
@@ -438,7 +448,8 @@ def _parse_pipeline(value: Any) -> PipelineConfig:
     section = _Section({} if value is None else value, "pipeline", ("mode", "device", "backend", "multiview", "thresholds"))
     defaults = PipelineConfig()
     raw_thresholds = section.raw("thresholds")
-    thresholds = Thresholds(**_threshold_values({} if raw_thresholds is None else raw_thresholds, "pipeline.thresholds"))
+    thresholds = Thresholds(**{"pose_score": DEFAULT_PUBLISH_POSE_SCORE,
+                               **_threshold_values({} if raw_thresholds is None else raw_thresholds, "pipeline.thresholds")})
     return PipelineConfig(
         mode=section.string("mode", defaults.mode, choices=MODES),
         device=section.string("device", defaults.device, pattern=DEVICE_PATTERN, what="cpu, cuda or cuda:N"),
@@ -629,7 +640,7 @@ def _parse_objects(value: Any, base_dir: Path) -> tuple[ObjectConfig, ...]:
     return tuple(objects)
 
 
-_TOP_KEYS = ("world_frame", "cameras", "objects", "pipeline", "sync", "tracking", "diagnostics", "tf_timeout_s")
+_TOP_KEYS = ("world_frame", "cameras", "objects", "pipeline", "sync", "tracking", "diagnostics", "tf_timeout_s", "debug_images")
 
 
 def parse_node_config(mapping: Mapping[str, Any], *, base_dir: str | Path | None = None,
@@ -658,6 +669,9 @@ def parse_node_config(mapping: Mapping[str, Any], *, base_dir: str | Path | None
     tracking = _parse_tracking(top.raw("tracking"))
     diagnostics = _parse_diagnostics(top.raw("diagnostics"))
     tf_timeout_s = top.number("tf_timeout_s", NodeConfig.tf_timeout_s, minimum=0.0)
+    debug_images = top.raw("debug_images")
+    if debug_images is not None and not isinstance(debug_images, bool):
+        raise InvalidInputError(f"debug_images: expected true or false, got {_describe(debug_images)}")
     if pipeline.mode == "rgbd":
         for camera in cameras:
             if camera.depth_topic is None:
@@ -667,7 +681,7 @@ def parse_node_config(mapping: Mapping[str, Any], *, base_dir: str | Path | None
         raise InvalidInputError(f"sync.min_cameras: {sync.min_cameras} is more than the {len(cameras)} configured cameras")
     return NodeConfig(world_frame=world_frame, cameras=cameras, objects=objects, pipeline=pipeline, sync=sync,
                       tracking=tracking, diagnostics=diagnostics, tf_timeout_s=tf_timeout_s,
-                      source_path=source_path)
+                      debug_images=bool(debug_images), source_path=source_path)
 
 
 def load_node_config(path: str | Path) -> NodeConfig:

@@ -453,3 +453,70 @@ def test_threshold_parameters_declare_their_ranges(ros, node_factory):
     assert "below which a pose is not published" in score.description
     (std,) = node.describe_parameters(["thresholds.max_position_std_m"])
     assert std.floating_point_range[0].from_value == 0.0 and std.floating_point_range[0].to_value == float("inf")
+
+
+def test_first_set_waits_for_tf_static(ros, node_factory, tmp_path):
+    """Images before /tf_static (another topic, no ordering): the set waits for the transform
+    instead of going ahead without the camera."""
+    node, fake = node_factory(_config_file(tmp_path, "tf_wait.yaml", tf_timeout_s=5.0))
+    node.trigger_configure()
+    node.trigger_activate()
+    pubs = _publishers(ros)
+    _send(pubs, "cam0", T0)
+    _send(pubs, "cam1", T0)  # cam1's extrinsics come from TF, which has nothing yet
+    ros.spin_for(0.3)
+    assert fake.calls == []  # waiting, not processed without cam1
+    _tf_static(pubs, "cam1_optical", 2.0)
+    ros.spin_until(lambda: len(fake.calls) == 1, what="the first set")
+    assert [v.name for v in fake.calls[0]] == ["cam0", "cam1"] and node.counters["bad_input.camera"] == 0
+
+
+def test_a_backward_clock_jump_resets(ros, node_factory):
+    """Sim time going back (/clock of a looping bag or a restarted simulator) clears the state too."""
+    from rclpy.parameter import Parameter
+    from rclpy.time import Time
+    from rosgraph_msgs.msg import Clock
+
+    node, fake = node_factory()
+    node.set_parameters([Parameter("use_sim_time", value=True)])
+    node.trigger_configure()
+    node.trigger_activate()
+    clock = ros.node.create_publisher(Clock, "/clock", 10)
+    ros.wait_for_match(clock)
+    for seconds in (100, 101):
+        clock.publish(Clock(clock=Time(seconds=seconds).to_msg()))
+        ros.spin_until(lambda s=seconds: node.get_clock().now().nanoseconds == s * 10**9, what=f"sim time {seconds} s")
+    assert node.counters["time_jumps"] == 0
+    clock.publish(Clock(clock=Time(seconds=50).to_msg()))
+    ros.spin_until(lambda: node.counters["time_jumps"] == 1 and fake.resets == 1, what="the reset after the jump")
+
+
+def test_debug_images_per_camera_only_when_enabled(ros, node_factory, tmp_path):
+    from sensor_msgs.msg import Image
+
+    from pose_node.ros.conversions import image_to_numpy, stamp_to_ns
+
+    node, fake = node_factory(_config_file(tmp_path, "debug.yaml", debug_images=True))
+    node.trigger_configure()
+    node.trigger_activate()
+    debug = {cam: ros.collect(Image, f"/pose_node/debug/{cam}/image") for cam in ("cam0", "cam1")}
+    pubs = _publishers(ros)
+    _tf_static(pubs, "cam1_optical", 2.0)
+    ros.spin_until(lambda: "cam1_optical" in node.tf.frames(), what="/tf_static in the node's buffer")
+    for cam in debug:
+        ros.wait_for_publishers(f"/pose_node/debug/{cam}/image")
+    _send(pubs, "cam0", T0)
+    _send(pubs, "cam1", T0)
+    ros.spin_until(lambda: all(inbox.messages for inbox in debug.values()), what="one debug image per camera")
+    msg = debug["cam0"].messages[0]
+    assert stamp_to_ns(msg.header.stamp) == T0 and msg.header.frame_id == "cam0_optical" and msg.encoding == "rgb8"
+    image = image_to_numpy(msg)
+    assert image.shape == (H, W, 3)
+    # The estimate is 1 m in front of cam0, on its optical axis: drawn around the principal point.
+    changed = np.argwhere((image != 100).any(-1))
+    assert len(changed) > 0 and np.abs(changed.mean(0) - [24, 32]).max() < 12, changed.mean(0)
+
+    node_off, _ = node_factory()  # the default: no debug topics
+    node_off.trigger_configure()
+    node_off.trigger_activate()
+    assert node_off._debug_pubs == {}

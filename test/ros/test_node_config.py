@@ -113,6 +113,12 @@ def test_full_mapping_parses_with_paths_symmetries_and_thresholds(workdir):
     assert config.thresholds_for(1).detection_score == 0.6
     assert config.thresholds_for(10).detection_score == 0.45
     assert config.thresholds_for(1).max_position_std_m == 0.01
+    # Unset in the file: the node's publishing default, not the library's 0.
+    assert config.thresholds_for(1).pose_score == 0.3 and config.pipeline.thresholds.pose_score == 0.3
+    explicit = valid_mapping()
+    explicit["pipeline"]["thresholds"]["pose_score"] = 0.0
+    assert parse_node_config(explicit, base_dir=workdir).thresholds_for(1).pose_score == 0.0
+    assert config.tracking.name_reuse_s == 1.5 and config.diagnostics.stale_timeout_s == 2.0 and config.tf_timeout_s == 0.5
     # Static extrinsics: a 90 degree yaw.
     T = config.camera("cam1").T_world_camera
     np.testing.assert_allclose(T[:3, :3], Rotation.from_euler("z", 90, degrees=True).as_matrix(), atol=1e-6)
