@@ -161,7 +161,7 @@ def test_constants_match_the_modules_they_mirror():
 BAD_VALUES = [
     # (path, value, expected message; the message must start with the key path)
     (("cameras", "cam0", "depth_encoding"), "foo", "cameras.cam0.depth_encoding: expected one of 16UC1, 32FC1, got 'foo'"),
-    (("camera",), {}, "camera: unknown key (expected one of world_frame, cameras, objects, pipeline, sync, tracking, diagnostics, tf_timeout_s); did you mean 'cameras'?"),
+    (("camera",), {}, "camera: unknown key (expected one of world_frame, cameras, objects, pipeline, sync, tracking, diagnostics, tf_timeout_s, debug_images); did you mean 'cameras'?"),
     (("cameras", "cam0", "colour_topic"), "/x", "cameras.cam0.colour_topic: unknown key"),
     (("cameras", "cam1", "color_topic"), DELETE, "cameras.cam1.color_topic: required"),
     (("cameras", "cam0", "color_topic"), "/cam 0/image", "cameras.cam0.color_topic: expected a ROS topic name"),
@@ -192,6 +192,7 @@ BAD_VALUES = [
     (("diagnostics", "stale_timeout_s"), 0.5, "diagnostics.stale_timeout_s: expected > diagnostics.late_s"),
     (("diagnostics", "window"), 5, "diagnostics.window: unknown key"),
     (("tf_timeout_s",), -1, "tf_timeout_s: expected a number >= 0.0"),
+    (("debug_images",), "yes", "debug_images: expected true or false, got 'yes' (str)"),
     (("objects",), [], "objects: expected a non-empty list"),
     (("objects", 0, "procedural"), {"seed": 1, "count": 1}, "objects[0]: expected exactly one source key of mesh, bop_models, procedural, got bop_models, procedural"),
     (("objects", 0), {"id": 3}, "objects[0]: expected exactly one source key"),
