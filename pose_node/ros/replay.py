@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pose_node.ros.local_env import apply_local_ros_environment
+from pose_node.ros.local_env import apply_local_ros_environment, explicit_domain_id
 
 TF_STATIC_TOPIC = "/tf_static"
 CLOCK_TOPIC = "/clock"
@@ -451,6 +451,10 @@ def run(options: ReplayOptions, ros_args: Sequence[str] | None = None) -> int:
             if not rclpy.ok(context=node.context):
                 break
             node.get_logger().info(f"published {count} messages")
+            if options.loop and not player.subscribed_topics:
+                node.get_logger().error(
+                    f"nothing subscribed to any played topic (ROS_DOMAIN_ID={os.environ.get('ROS_DOMAIN_ID', '0 (unset)')}); "
+                    "looping anyway", throttle_duration_sec=60.0)
             if not options.loop:
                 if not player.subscribed_topics:
                     domain = os.environ.get("ROS_DOMAIN_ID", "0 (unset)")
@@ -492,8 +496,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.local_only:
         # Safe by default: a replay must not flood a shared network with camera traffic unless
         # asked to. Applied before rclpy.init(), which is when the RMW reads these variables. The
-        # user's domain is kept so that a node on this host can be fed.
-        apply_local_ros_environment(keep_existing_domain=True)
+        # user's domain is kept so that a node on this host can be fed; one the local environment
+        # cannot use is an error (replacing it would feed nobody).
+        try:
+            domain_id = explicit_domain_id(os.environ)
+        except ValueError as exc:
+            print(f"pose_replay: {exc} (or pass --network to use the environment as it is)", file=sys.stderr)
+            return 1
+        apply_local_ros_environment(domain_id)
     return run(options, full_argv)
 
 

@@ -261,6 +261,13 @@ def test_replay_defaults_to_the_local_only_environment(monkeypatch):
     assert seen["env"]["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
     assert seen["env"]["FASTDDS_DEFAULT_PROFILES_FILE"].endswith("fastdds_shm_only.xml")
 
+    # An explicit domain is kept; one the local environment cannot use is an error, not replaced.
+    monkeypatch.setenv("ROS_DOMAIN_ID", "9")
+    assert replay.main(["pose_replay", "some_bag"]) == 0 and seen["env"]["ROS_DOMAIN_ID"] == "9"
+    monkeypatch.setenv("ROS_DOMAIN_ID", "0")
+    seen.clear()
+    assert replay.main(["pose_replay", "some_bag"]) == 1 and not seen
+
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "SUBNET")
     assert replay.main(["pose_replay", "some_bag", "--network"]) == 0
     assert not seen["options"].local_only
