@@ -63,6 +63,53 @@ class PipelineOptions:
             raise InvalidInputError(f"PipelineOptions.name_reuse_s: expected >= 0 s, got {self.name_reuse_s}")
 
 
+@dataclass(frozen=True)
+class UnitReport:
+    """An object whose mesh size disagrees with the depth of its first detection by a unit factor.
+
+    Attributes:
+        object_id: the object.
+        declared_units: the units its mesh was declared in.
+        likely_units: the units that explain the sizes (``"unknown"`` when none does).
+        size_ratio: model diameter / extent of the detection's depth points (about 1-2 when
+            the units are right: a view shows part of the object).
+        view_name: the view of that detection.
+    """
+
+    object_id: int
+    declared_units: str
+    likely_units: str
+    size_ratio: float
+    view_name: str
+
+
+# Visible extent vs model diameter: a partial view shows 0.5-1 diameter, so only a ratio beyond
+# this factor is a unit error (units differ by 10, 100, 1000, or 2.54 which this cannot tell).
+UNIT_CHECK_TOLERANCE = 3.5
+
+
+def detection_units(model: ObjectModel, view: View, detection, tolerance: float = UNIT_CHECK_TOLERANCE) -> tuple[float, str | None] | None:
+    """Compare a model's size with the depth its detection covers.
+
+    Args:
+        model: the detected object (``diameter_m``, ``source_units``).
+        view: the detection's view (depth (H, W) metres, camera K).
+        detection: a :class:`~pose_node.core.types.Detection` with a mask.
+    Returns:
+        ``(model diameter / observed extent, likely units or None when the declared ones fit)``,
+        or None when there is nothing to measure (no mask, no depth, too few depth pixels).
+    """
+    from pose_node.core.units import likely_units, observed_extent_m
+
+    if detection.mask is None or view.depth is None:
+        return None
+    extent_m = observed_extent_m(view.depth, detection.mask, view.camera.K)
+    if extent_m is None or extent_m <= 0:
+        return None
+    ratio = model.diameter_m / extent_m
+    return ratio, likely_units(model.source_units, ratio, tolerance)
+
+
 def passes_thresholds(estimate: PoseEstimate, thresholds: Thresholds) -> bool:
     """Whether an estimate is certain enough to publish (``pose_score`` and the std limits)."""
     if estimate.score < thresholds.pose_score:
@@ -204,6 +251,8 @@ class PosePipeline:
         self.fusion = MultiViewFusion(self.models, FusionConfig(method=config.multiview, device=config.device))
         self.tracker = InstanceTracker(options.tracking_gate_m, {m.object_id: m.symmetries for m in self.models if len(m.symmetries) > 1},
                                        name_reuse_s=options.name_reuse_s)
+        self._units_checked: set[int] = set()
+        self._unit_reports: list[UnitReport] = []
         self.build_s = time.perf_counter() - started
         logger.info("pose pipeline: %d objects, mode %s, ready in %.1f s", len(self.models), config.mode, self.build_s)
 
@@ -232,6 +281,32 @@ class PosePipeline:
         with self._lock:
             self.tracker.reset()
 
+    def pop_unit_reports(self) -> list[UnitReport]:
+        """Unit mismatches found since the last call (each object is checked once, on its first
+        RGB-D detection with enough depth)."""
+        with self._lock:
+            reports, self._unit_reports = self._unit_reports, []
+        return reports
+
+    def _check_units(self, views: list[View], per_view, thresholds: Mapping[int, Thresholds]) -> None:
+        models = {m.object_id: m for m in self.models}
+        for view_detections in per_view:
+            for d in view_detections.detections:
+                view = views[d.view_index]
+                if d.object_id in self._units_checked or d.score < thresholds[d.object_id].detection_score:
+                    continue
+                found = detection_units(models[d.object_id], view, d)
+                if found is None:
+                    continue
+                self._units_checked.add(d.object_id)
+                ratio, likely = found
+                model = models[d.object_id]
+                if likely is not None:
+                    logger.warning("object %s: mesh diameter %.3g times the depth extent of its detection in %s: "
+                                   "units %s declared, %s likely", model.name, ratio, view.name, model.source_units, likely)
+                    with self._lock:
+                        self._unit_reports.append(UnitReport(d.object_id, model.source_units, likely, ratio, view.name))
+
     def estimate(self, views: list[View]) -> tuple[list[PoseEstimate], dict[str, float]]:
         """World-frame estimates of the known objects in one synchronized multi-view frame.
 
@@ -249,8 +324,10 @@ class PosePipeline:
         started = time.perf_counter()
         with self._lock:
             thresholds = dict(self._thresholds)
-        estimates, timings, _ = detect_and_estimate(
+        estimates, timings, per_view = detect_and_estimate(
             self.detector, self.estimator, views, keep=lambda d: d.score >= thresholds[d.object_id].detection_score)
+        if self.config.mode == "rgbd":
+            self._check_units(views, per_view, thresholds)
         fused, fusion_ms = self.fusion(views, estimates, with_depth=self.config.mode == "rgbd")
         timings.update(fusion_ms)
         fused = [e for e in fused if passes_thresholds(e, thresholds[e.object_id])]
@@ -260,4 +337,4 @@ class PosePipeline:
         return tracked, timings
 
 
-__all__ = ["InstanceTracker", "PipelineOptions", "PosePipeline", "passes_thresholds"]
+__all__ = ["InstanceTracker", "PipelineOptions", "PosePipeline", "UnitReport", "detection_units", "passes_thresholds"]

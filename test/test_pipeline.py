@@ -82,6 +82,34 @@ def test_tracker_keeps_the_symmetric_equivalent_closest_to_the_previous_pose():
     np.testing.assert_allclose(second.T_world_object[:3, 3], [0.002, 0, 0])
 
 
+def test_detection_units_from_the_depth_a_detection_covers():
+    from dataclasses import replace as dc_replace
+
+    from pose_node.core.types import Camera, Detection, View
+    from pose_node.onboarding.procedural import make_procedural_objects
+    from pose_node.pipeline import detection_units
+
+    K = np.array([[500.0, 0, 64], [0, 500.0, 48], [0, 0, 1]])
+    depth = np.full((96, 128), 1.2, np.float32)  # the table behind
+    mask = np.zeros((96, 128), bool)
+    mask[28:68, 44:84] = True  # 40 x 40 px at 0.5 m: an 4 cm x 4 cm face, 8 cm deep
+    depth[28:68, 44:84] = np.linspace(0.5, 0.58, 40, dtype=np.float32)[:, None]
+    view = View(camera=Camera(K=K, width=128, height=96), rgb=np.zeros((96, 128, 3), np.uint8), depth=depth, name="cam0")
+    detection = Detection(object_id=1, view_index=0, score=0.9, box_xyxy=np.array([44, 28, 84, 68]), mask=mask)
+    model = make_procedural_objects(1, 0)[0]
+    extent = 0.08 * np.sqrt(1.5)  # about the box diagonal the depth shows (0.04, 0.04, 0.08 m, less the tails)
+    right = dc_replace(model, diameter_m=0.1, source_units="m")
+    ratio, likely = detection_units(right, view, detection)
+    assert 0.8 < ratio * extent / 0.1 < 1.3 and likely is None
+    # A millimetre mesh declared in centimetres is ten times too large.
+    ratio, likely = detection_units(dc_replace(model, diameter_m=1.0, source_units="cm"), view, detection)
+    assert likely == "mm" and 8 < ratio < 15
+    ratio, likely = detection_units(dc_replace(model, diameter_m=100.0, source_units="m"), view, detection)
+    assert likely == "mm"
+    assert detection_units(right, View(camera=view.camera, rgb=view.rgb, depth=None, name="rgb"), detection) is None
+    assert detection_units(right, view, Detection(object_id=1, view_index=0, score=0.9, box_xyxy=np.zeros(4))) is None
+
+
 def test_pipeline_imports_without_rclpy():
     code = "import sys; sys.modules['rclpy'] = None; import pose_node.pipeline"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -35,6 +35,31 @@ def likely_units(declared: str, ratio: float, tolerance: float = UNIT_RATIO_TOLE
     return best if abs(math.log(UNIT_TO_METRES[best] / wanted)) <= math.log(tolerance) else "unknown"
 
 
+# A detection's depth points give a size only with enough of them (a few pixels are noise).
+MIN_EXTENT_POINTS = 50
+
+
+def observed_extent_m(depth: np.ndarray, mask: np.ndarray, K: np.ndarray, *, percentile: float = 5.0) -> float | None:
+    """Size of what a detection covers in the depth image: the diagonal of the bounding box of its
+    back-projected depth points, between the ``percentile`` and ``100 - percentile`` percentiles
+    per axis (stray background pixels at the mask border do not count).
+
+    Args:
+        depth: (H, W) metres, 0 or non-finite = no return.
+        mask: (H, W) bool, the detection's pixels.
+        K: (3, 3) intrinsics, pixels.
+    Returns:
+        Metres, or None with fewer than ``MIN_EXTENT_POINTS`` valid depth pixels in the mask.
+    """
+    v, u = np.nonzero(mask & np.isfinite(depth) & (depth > 0))
+    if len(u) < MIN_EXTENT_POINTS:
+        return None
+    z = depth[v, u].astype(np.float64)
+    points = np.stack([(u - K[0, 2]) * z / K[0, 0], (v - K[1, 2]) * z / K[1, 1], z], axis=1)
+    low, high = np.percentile(points, [percentile, 100.0 - percentile], axis=0)
+    return float(np.linalg.norm(high - low))
+
+
 def depth_distance_ratio(T_world_object: np.ndarray, views: Sequence, window_px: int = 2) -> tuple[float, str] | None:
     """How many times farther an estimated object is than the depth observed at its centre.
 
@@ -71,4 +96,4 @@ def depth_distance_ratio(T_world_object: np.ndarray, views: Sequence, window_px:
     return None
 
 
-__all__ = ["MESH_UNITS", "depth_distance_ratio", "UNIT_RATIO_TOLERANCE", "UNIT_TO_METRES", "likely_units"]
+__all__ = ["MESH_UNITS", "MIN_EXTENT_POINTS", "depth_distance_ratio", "observed_extent_m", "UNIT_RATIO_TOLERANCE", "UNIT_TO_METRES", "likely_units"]

@@ -9,7 +9,7 @@ for the pipeline, with the levels of ``diagnostic_msgs/DiagnosticStatus``:
   (nothing for ``late_s``), or the camera recently was missing from sets or sent bad input; OK
   otherwise.
 - pipeline: ERROR when no camera delivers anything, or when cameras deliver but no set was
-  processed for ``stale_timeout_s``; WARN while waiting for the first data, and when sets were
+  started or finished for ``stale_timeout_s`` (counted from the first data); WARN while waiting for the first data, and when sets were
   recently dropped, partial, failed, or time jumped back; OK otherwise. Its values carry the last
   set's stage latencies, the recent mean and max total latency and the recent counters.
 
@@ -132,6 +132,8 @@ class HealthMonitor:
         self._started = clock()
         self._last: dict[tuple[str, str], float] = {}
         self._last_processed: float | None = None
+        self._last_started: float | None = None
+        self._first_data: float | None = None
         self._latency_ms: dict[str, float] = {}
 
     # ------------------------------------------------------------------ events
@@ -139,11 +141,13 @@ class HealthMonitor:
         """Start the silence clocks again (activation): a stream counts as silent from now."""
         self._started = self._clock()
         self._last.clear()
-        self._last_processed = None
+        self._last_processed = self._last_started = self._first_data = None
 
     def message(self, camera: str, stream: str) -> None:
         """A message arrived on a camera's stream (counted before validation: silence means no traffic)."""
-        self._last[(camera, stream)] = self._clock()
+        self._last[(camera, stream)] = now = self._clock()
+        if self._first_data is None:
+            self._first_data = now
         if stream == "color":
             self._events.add(f"color.{camera}")
 
@@ -152,6 +156,10 @@ class HealthMonitor:
         self._events.add(f"bad_input.{kind}")
         if camera is not None:
             self._events.add(f"bad_camera.{camera}")
+
+    def set_started(self) -> None:
+        """The worker took a set (processing a set is not being idle, however long it takes)."""
+        self._last_started = self._clock()
 
     def set_processed(self, cameras: Iterable[str], latency_ms: Mapping[str, float]) -> None:
         """A set was processed with ``cameras``; ``latency_ms``: the pipeline's stage timings."""
@@ -218,7 +226,10 @@ class HealthMonitor:
         if camera_levels is None:
             camera_levels = {c: self.camera_status(c, counts).level for c in self._topics}
         now = self._clock()
-        idle_s = now - (self._last_processed if self._last_processed is not None else self._started)
+        # Idle since the last set started or ended, or since data began to arrive (not since
+        # activation: the first data may come much later, and the first set takes its time).
+        marks = [t for t in (self._last_processed, self._last_started, self._first_data) if t is not None]
+        idle_s = now - (max(marks) if marks else self._started)
         totals = self._events.values("latency_total")
         keys = ("processed_sets", "dropped_sets", "partial_sets", "unusable_sets", "callback_errors", "time_jumps")
         values = [(f"recent.{k}", str(counts[k])) for k in keys]

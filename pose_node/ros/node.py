@@ -435,6 +435,7 @@ class PoseNode(Node):
                 if not self._running:
                     return
                 synced, self._slot = self._slot, None
+            self.health.set_started()
             self._guard(self._process, synced)
 
     def _lookup(self, frame_id: str, stamp_ns: int, deadline: float):
@@ -490,9 +491,21 @@ class PoseNode(Node):
                     self._debug_pubs[view.name].publish(conv.numpy_to_image(
                         self.outputs.debug_image(view, estimates), "rgb8", stamp_ns=view.stamp_ns, frame_id=frame_id))
 
+    def _report_units(self, obj, found: str, likely: str) -> None:
+        self.counters[f"units_suspect.{obj.name}"] += 1
+        self.get_logger().error(
+            f"{obj.name}: {found}: "
+            + (f"its mesh is probably in {likely}, not the declared {obj.units} ({obj.key_path}.units)"
+               if likely != "unknown" else f"check its declared units ({obj.units}, {obj.key_path}.units) and the depth"))
+
     def _check_units(self, estimates, views: list[View]) -> None:
-        """On an object's first estimate with depth, report a mesh whose declared units disagree
-        with the observed depth by a unit factor (10, 1000, ...), naming the likely units."""
+        """Report a mesh whose declared units disagree with the observed depth by a unit factor
+        (10, 1000, ...), naming the likely units, once per object: from the pipeline's check of
+        its first RGB-D detection (size), else from its first estimate (distance)."""
+        for report in self.pipeline.pop_unit_reports():
+            self._units_checked.add(report.object_id)
+            self._report_units(self.config.object(report.object_id), f"mesh diameter {report.size_ratio:.3g} times the "
+                               f"extent of its detection's depth in {report.view_name}", report.likely_units)
         for e in estimates:
             if e.object_id in self._units_checked:
                 continue
@@ -504,11 +517,7 @@ class PoseNode(Node):
             obj = self.config.object(e.object_id)
             units = likely_units(obj.units, ratio)
             if units is not None:
-                self.counters[f"units_suspect.{obj.name}"] += 1
-                self.get_logger().error(
-                    f"{obj.name}: estimated {ratio:.3g} times as far as the depth at its centre in {view_name}: "
-                    + (f"its mesh is probably in {units}, not the declared {obj.units} ({obj.key_path}.units)"
-                       if units != "unknown" else f"check its declared units ({obj.units}, {obj.key_path}.units) and the depth"))
+                self._report_units(obj, f"estimated {ratio:.3g} times as far as the depth at its centre in {view_name}", units)
 
     def _publish(self, stamp_ns: int, estimates) -> None:
         outputs = self.outputs.build(stamp_ns, estimates)

@@ -31,6 +31,9 @@ class SlowPipeline:
     def set_thresholds(self, thresholds):
         pass
 
+    def pop_unit_reports(self):
+        return []
+
     def reset(self):
         pass
 

@@ -43,6 +43,9 @@ class FakePipeline:
     def set_thresholds(self, thresholds):
         self.thresholds = thresholds
 
+    def pop_unit_reports(self):
+        return []
+
     def reset(self):
         self.resets += 1
 
