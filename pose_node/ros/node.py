@@ -124,6 +124,7 @@ class PoseNode(Node):
         self._last_warning: dict[str, float] = {}
         self._logged_levels: dict[str, tuple[Level, float]] = {}
         self._units_checked: set[int] = set()
+        self._tf_gave_up: set[str] = set()  # frames whose TF wait timed out (worker thread only)
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: State) -> TransitionCallbackReturn:
@@ -294,6 +295,7 @@ class PoseNode(Node):
             self._slot = None
         if self.tf is not None:
             self.tf.clear_dynamic()
+        self._tf_gave_up = set()
         if self.pipeline is not None:
             self.pipeline.reset()
         self.counters["resets"] += 1
@@ -440,12 +442,19 @@ class PoseNode(Node):
 
     def _lookup(self, frame_id: str, stamp_ns: int, deadline: float):
         """``T_world_frame`` at the stamp, waiting until ``deadline`` (monotonic) for TF to have it:
-        the first images can arrive before ``/tf_static`` (another topic, no ordering)."""
+        the first images can arrive before ``/tf_static`` (another topic, no ordering). A frame
+        whose wait timed out is not waited for again until it has been found (a camera with a
+        wrong frame id delays one set, not every set)."""
+        wait = frame_id not in self._tf_gave_up
         while True:
             try:
-                return self.tf.lookup(self.config.world_frame, frame_id, stamp_ns)
+                T = self.tf.lookup(self.config.world_frame, frame_id, stamp_ns)
+                self._tf_gave_up.discard(frame_id)
+                return T
             except TransformError:
-                if not self._running or time.monotonic() >= deadline:
+                if not wait or not self._running or time.monotonic() >= deadline:
+                    if wait:
+                        self._tf_gave_up.add(frame_id)
                     raise
             time.sleep(TF_RETRY_S)
 

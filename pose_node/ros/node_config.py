@@ -235,7 +235,8 @@ class NodeConfig:
         debug_images: publish ``~/debug/<camera>/image`` per processed set (each camera's image
             with the estimates drawn); off by default (drawing costs time on the worker).
         tf_timeout_s: how long a set waits for a camera's transform that TF does not have yet
-            (the first images can arrive before ``/tf_static``), seconds (>= 0).
+            (the first images can arrive before ``/tf_static``), seconds (>= 0); after a wait
+            that timed out, that frame is not waited for again until it has been found.
         source_path: the YAML file it was read from (None for a mapping).
     """
 

@@ -472,6 +472,12 @@ def test_first_set_waits_for_tf_static(ros, node_factory, tmp_path):
     _tf_static(pubs, "cam1_optical", 2.0)
     ros.spin_until(lambda: len(fake.calls) == 1, what="the first set")
     assert [v.name for v in fake.calls[0]] == ["cam0", "cam1"] and node.counters["bad_input.camera"] == 0
+    # A frame TF never gets: one set waits (then goes ahead without it), later sets do not wait for it.
+    for k in (1, 2):
+        _send(pubs, "cam0", T0 + k * 10**8)
+        _send(pubs, "cam1", T0 + k * 10**8, frame="nowhere")
+        ros.spin_until(lambda n=k + 1: len(fake.calls) == n, timeout_s=10, what=f"set {k} without cam1")
+        assert [v.name for v in fake.calls[-1]] == ["cam0"] and node._tf_gave_up == {"nowhere"}
 
 
 def test_a_backward_clock_jump_resets(ros, node_factory):
