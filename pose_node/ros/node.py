@@ -43,7 +43,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
 from rclpy.clock import JumpThreshold
 from rclpy.duration import Duration
@@ -59,7 +58,8 @@ from pose_node.core.errors import PoseNodeError
 from pose_node.core.types import View
 from pose_node.core.units import depth_distance_ratio, likely_units
 from pose_node.ros import conversions as conv
-from pose_node.ros.health import HealthMonitor, HealthStatus, Level
+from pose_node.ros.diagnostics import DiagnosticsPublisher
+from pose_node.ros.health import HealthMonitor
 from pose_node.ros.node_config import Thresholds, load_node_config, load_object_models
 from pose_node.ros.outputs import SetOutputBuilder
 from pose_node.ros.sync import ApproximateTimeSynchronizer, BackwardStampDetector, SyncedSet
@@ -73,8 +73,6 @@ except ImportError:
 
 NODE_NAME = "pose_node"
 WARN_THROTTLE_S = 2.0
-# A diagnostics status that keeps flapping into ERROR is logged at most this often.
-ERROR_LOG_THROTTLE_S = 30.0
 TF_RETRY_S = 0.01
 # Shutdown waits this long for the set in progress (one set takes < 2 s even on a busy CPU).
 WORKER_JOIN_TIMEOUT_S = 30.0
@@ -122,7 +120,6 @@ class PoseNode(Node):
         self._jump_callback = None
         self._param_callback = None
         self._last_warning: dict[str, float] = {}
-        self._logged_levels: dict[str, tuple[Level, float]] = {}
         self._units_checked: set[int] = set()
         self._tf_gave_up: set[str] = set()  # frames whose TF wait timed out (worker thread only)
 
@@ -216,7 +213,7 @@ class PoseNode(Node):
             "tf": TfBroadcaster(self),
             "detections": self.create_publisher(Detection3DArray, "~/detections", 10),
             "markers": self.create_publisher(MarkerArray, "~/markers", 10),
-            "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", 10),
+            "diagnostics": DiagnosticsPublisher(self),
         }
         self._debug_pubs = {}
         if self.config.debug_images:
@@ -247,7 +244,7 @@ class PoseNode(Node):
             self.destroy_publisher(pub)
         self._debug_pubs = {}
         for name, pub in self._pubs.items():
-            if name == "tf":
+            if name in ("tf", "diagnostics"):
                 pub.close()
             else:
                 self.destroy_publisher(pub)
@@ -536,37 +533,13 @@ class PoseNode(Node):
 
     # ------------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:
-        statuses = self.health.statuses()
         stats = self.sync.stats
         totals = {  # lifetime totals, next to the recent counters (pose_bench reads these keys)
             "processed_sets": self.counters["processed_sets"], "dropped_sets": self.counters["dropped_sets"],
             "resets": self.counters["resets"], "sync.dropped_sets": stats.dropped_sets,
             "sync.dropped_messages": stats.dropped_messages, "sync.partial_sets": stats.partial_sets,
         }
-        msg = DiagnosticArray()
-        msg.header.stamp = self.get_clock().now().to_msg()
-        for status in statuses:
-            values = list(status.values)
-            if status.name == "pipeline":
-                values += [(k, str(v)) for k, v in totals.items()]
-            msg.status.append(DiagnosticStatus(
-                level=bytes([int(status.level)]), name=f"{self.get_name()}: {status.name}",
-                hardware_id=self.get_fully_qualified_name(), message=status.message,
-                values=[KeyValue(key=k, value=v) for k, v in values]))
-            self._log_level_change(status)
-        self._pubs["diagnostics"].publish(msg)
-
-    def _log_level_change(self, status: HealthStatus) -> None:
-        """Log a status when it turns ERROR (once; again only after ``ERROR_LOG_THROTTLE_S``) and when it recovers."""
-        now = time.monotonic()
-        previous, logged_at = self._logged_levels.get(status.name, (Level.OK, -float("inf")))
-        if status.level == Level.ERROR and previous != Level.ERROR:
-            if now - logged_at >= ERROR_LOG_THROTTLE_S:
-                self.get_logger().error(f"{status.name}: {status.message}")
-                logged_at = now
-        elif status.level != Level.ERROR and previous == Level.ERROR:
-            self.get_logger().info(f"{status.name}: recovered ({status.message})")
-        self._logged_levels[status.name] = (status.level, logged_at)
+        self._pubs["diagnostics"].publish(self.health.statuses(), {"pipeline": {k: str(v) for k, v in totals.items()}})
 
 
 def main(argv: list[str] | None = None) -> int:
