@@ -10,11 +10,12 @@ the refinement's renderer and features, warm-up), then called per synchronized m
 Association and refinement are :class:`pose_node.refinement.fusion.MultiViewFusion`
 (``PipelineConfig.multiview`` selects refinement or association only).
 
-Instance ids are stable across frames: each estimate takes the id of the nearest estimate of the
-same object in the previous frame within ``tracking_gate_m`` (greedy, closest pairs first); the
-others get fresh ids. A tracked symmetric object is reported as the symmetric equivalent closest
-to its previous pose, so its frame does not jump between equivalent orientations.
-:meth:`PosePipeline.reset` forgets the tracked state (re-detection).
+Instance ids are numbered per object and stable across frames (:class:`InstanceTracker`): each
+estimate takes the id of the nearest recently seen instance of the same object within
+``tracking_gate_m``; an id is given again only after its instance has been unseen for
+``name_reuse_s``. A tracked symmetric object is reported as the symmetric equivalent closest to its
+previous pose, so its frame does not jump between equivalent orientations.
+:meth:`PosePipeline.reset` forgets the tracked state (re-detection; ids start again at 0).
 """
 from __future__ import annotations
 
@@ -42,19 +43,71 @@ class PipelineOptions:
     Attributes:
         weights_path: correspondence checkpoint (None: ``stage.default_weights_path()``).
         cache_dir: onboarding cache (None: the default cache).
-        tracking_gate_m: an estimate keeps the id of the previous frame's nearest estimate of
-            the same object when it is within this distance, metres.
+        tracking_gate_m: an estimate keeps the id of the nearest recently seen instance of the
+            same object when it is within this distance, metres.
+        name_reuse_s: an instance unseen for this long (header-stamp time, seconds) is
+            forgotten and its id may name a new instance.
         warm_up: encode every template when the pipeline is built.
     """
 
     weights_path: str | None = None
     cache_dir: str | None = None
     tracking_gate_m: float = 0.05
+    name_reuse_s: float = 2.0
     warm_up: bool = True
 
     def __post_init__(self) -> None:
         if not self.tracking_gate_m > 0:
             raise InvalidInputError(f"PipelineOptions.tracking_gate_m: expected > 0 m, got {self.tracking_gate_m}")
+        if not self.name_reuse_s >= 0:
+            raise InvalidInputError(f"PipelineOptions.name_reuse_s: expected >= 0 s, got {self.name_reuse_s}")
+
+
+@dataclass(frozen=True)
+class UnitReport:
+    """An object whose mesh size disagrees with the depth of its first detection by a unit factor.
+
+    Attributes:
+        object_id: the object.
+        declared_units: the units its mesh was declared in.
+        likely_units: the units that explain the sizes (``"unknown"`` when none does).
+        size_ratio: model diameter / extent of the detection's depth points (about 1-2 when
+            the units are right: a view shows part of the object).
+        view_name: the view of that detection.
+    """
+
+    object_id: int
+    declared_units: str
+    likely_units: str
+    size_ratio: float
+    view_name: str
+
+
+# Visible extent vs model diameter: a partial view shows 0.5-1 diameter, so only a ratio beyond
+# this factor is a unit error (units differ by 10, 100, 1000, or 2.54 which this cannot tell).
+UNIT_CHECK_TOLERANCE = 3.5
+
+
+def detection_units(model: ObjectModel, view: View, detection, tolerance: float = UNIT_CHECK_TOLERANCE) -> tuple[float, str | None] | None:
+    """Compare a model's size with the depth its detection covers.
+
+    Args:
+        model: the detected object (``diameter_m``, ``source_units``).
+        view: the detection's view (depth (H, W) metres, camera K).
+        detection: a :class:`~pose_node.core.types.Detection` with a mask.
+    Returns:
+        ``(model diameter / observed extent, likely units or None when the declared ones fit)``,
+        or None when there is nothing to measure (no mask, no depth, too few depth pixels).
+    """
+    from pose_node.core.units import likely_units, observed_extent_m
+
+    if detection.mask is None or view.depth is None:
+        return None
+    extent_m = observed_extent_m(view.depth, detection.mask, view.camera.K)
+    if extent_m is None or extent_m <= 0:
+        return None
+    ratio = model.diameter_m / extent_m
+    return ratio, likely_units(model.source_units, ratio, tolerance)
 
 
 def passes_thresholds(estimate: PoseEstimate, thresholds: Thresholds) -> bool:
@@ -68,52 +121,90 @@ def passes_thresholds(estimate: PoseEstimate, thresholds: Thresholds) -> bool:
 
 
 @dataclass
+class _Track:
+    """One named instance: its last published estimate and the stamp it was last seen at."""
+
+    estimate: PoseEstimate
+    last_seen_ns: int
+
+
+@dataclass
 class InstanceTracker:
-    """Stable instance ids by nearest-neighbour association to the previous frame (see module docstring).
+    """Stable per-object instance ids (see the module docstring).
+
+    An object's instances are numbered 0, 1, ... on their own (``mug_0``, ``mug_1`` whatever
+    the other objects do). An estimate takes the id of the nearest live instance of its object
+    within ``gate_m`` (greedy, closest pairs first); an instance stays live, keeping its name
+    for a re-detection at the same place, until it has not been seen for ``name_reuse_s`` of
+    stamp time; then its id is free again. A new instance takes the smallest free id.
 
     Attributes:
         gate_m: association gate, metres.
         symmetries: object id -> (S, 4, 4) symmetry transforms: a tracked estimate is re-expressed
             as the equivalent closest to its previous pose (objects not listed: no symmetry).
+        name_reuse_s: an instance unseen for this long (header-stamp time, seconds) is forgotten
+            and its id may be given to a new instance.
     """
 
     gate_m: float
     symmetries: Mapping[int, np.ndarray] = field(default_factory=dict)
-    _previous: list[PoseEstimate] = field(default_factory=list)
-    _next_id: int = 0
+    name_reuse_s: float = 2.0
+    _tracks: dict[int, list[_Track]] = field(default_factory=dict)
+    _last_stamp_ns: int | None = None
 
     def reset(self) -> None:
-        """Forget the previous frame; ids keep increasing (a new id never repeats an old one)."""
-        self._previous = []
+        """Forget every instance: ids start again at 0 per object (re-detection, time jumped back)."""
+        self._tracks = {}
+        self._last_stamp_ns = None
 
-    def assign(self, estimates: Sequence[PoseEstimate]) -> list[PoseEstimate]:
-        """The estimates with tracked ``instance_id`` s (input order kept)."""
+    def live_ids(self, object_id: int) -> list[int]:
+        """Ids of the object's instances that are still remembered, ascending."""
+        return sorted(t.estimate.instance_id for t in self._tracks.get(object_id, []))
+
+    def assign(self, estimates: Sequence[PoseEstimate], stamp_ns: int) -> list[PoseEstimate]:
+        """The estimates with tracked ``instance_id`` s (input order kept).
+
+        Args:
+            estimates: one set's estimates (``instance_id`` ignored).
+            stamp_ns: the set's header stamp, nanoseconds; a stamp before the previous one
+                (a looping bag, a sim-time reset) resets the tracker first.
+        """
+        if self._last_stamp_ns is not None and stamp_ns < self._last_stamp_ns:
+            logger.info("instance tracker: stamp went back by %.3f s, forgetting instances",
+                        (self._last_stamp_ns - stamp_ns) / 1e9)
+            self.reset()
+        self._last_stamp_ns = stamp_ns
+        forget_before = stamp_ns - int(round(self.name_reuse_s * 1e9))
+        self._tracks = {o: [t for t in ts if t.last_seen_ns >= forget_before] for o, ts in self._tracks.items()}
         pairs = []
         for i, e in enumerate(estimates):
-            for j, p in enumerate(self._previous):
-                if p.object_id == e.object_id:
-                    d = float(np.linalg.norm(p.T_world_object[:3, 3] - e.T_world_object[:3, 3]))
-                    if d <= self.gate_m:
-                        pairs.append((d, i, j))
-        ids: dict[int, int] = {}
-        used: set[int] = set()
+            for j, track in enumerate(self._tracks.get(e.object_id, [])):
+                d = float(np.linalg.norm(track.estimate.T_world_object[:3, 3] - e.T_world_object[:3, 3]))
+                if d <= self.gate_m:
+                    pairs.append((d, i, j))
+        matched: dict[int, _Track] = {}
+        used: set[tuple[int, int]] = set()
         for _, i, j in sorted(pairs):
-            if i not in ids and j not in used:
-                ids[i] = self._previous[j].instance_id
-                used.add(j)
-        previous = {self._previous[j].instance_id: self._previous[j] for j in used}
+            key = (estimates[i].object_id, j)
+            if i not in matched and key not in used:
+                matched[i] = self._tracks[estimates[i].object_id][j]
+                used.add(key)
         out = []
         for i, e in enumerate(estimates):
-            if i not in ids:
-                ids[i] = self._next_id
-                self._next_id += 1
-            elif e.object_id in self.symmetries:
-                T, cov = equivalent_with_covariance(e.T_world_object, e.covariance, closest_equivalent(
-                    e.T_world_object, previous[ids[i]].T_world_object, self.symmetries[e.object_id]))
-                e = replace(e, T_world_object=T, covariance=cov)
-            out.append(replace(e, instance_id=ids[i]))
-        self._next_id = max([self._next_id] + [x + 1 for x in ids.values()])
-        self._previous = out
+            track = matched.get(i)
+            if track is None:
+                taken = set(self.live_ids(e.object_id))
+                new_id = next(k for k in range(len(taken) + 1) if k not in taken)
+                e = replace(e, instance_id=new_id)
+                self._tracks.setdefault(e.object_id, []).append(_Track(e, stamp_ns))
+            else:
+                if e.object_id in self.symmetries:
+                    T, cov = equivalent_with_covariance(e.T_world_object, e.covariance, closest_equivalent(
+                        e.T_world_object, track.estimate.T_world_object, self.symmetries[e.object_id]))
+                    e = replace(e, T_world_object=T, covariance=cov)
+                e = replace(e, instance_id=track.estimate.instance_id)
+                track.estimate, track.last_seen_ns = e, stamp_ns
+            out.append(e)
         return out
 
 
@@ -158,14 +249,20 @@ class PosePipeline:
         self.detector = Detector(self.models, detector_config, cache_dir=options.cache_dir)
         self.estimator = build_estimator(stage_config, self.detector.templates, [m.object_id for m in self.models])
         self.fusion = MultiViewFusion(self.models, FusionConfig(method=config.multiview, device=config.device))
-        self.tracker = InstanceTracker(options.tracking_gate_m, {m.object_id: m.symmetries for m in self.models if len(m.symmetries) > 1})
+        self.tracker = InstanceTracker(options.tracking_gate_m, {m.object_id: m.symmetries for m in self.models if len(m.symmetries) > 1},
+                                       name_reuse_s=options.name_reuse_s)
+        self._units_checked: set[int] = set()
+        self._unit_reports: list[UnitReport] = []
         self.build_s = time.perf_counter() - started
         logger.info("pose pipeline: %d objects, mode %s, ready in %.1f s", len(self.models), config.mode, self.build_s)
 
     @classmethod
     def from_node_config(cls, config: NodeConfig, models: Sequence[ObjectModel],
-                         options: PipelineOptions = PipelineOptions()) -> PosePipeline:
-        """Build from the node's configuration (per-object threshold overrides included)."""
+                         options: PipelineOptions | None = None) -> PosePipeline:
+        """Build from the node's configuration (per-object threshold overrides included; ``options``
+        default: the file's ``tracking`` section)."""
+        if options is None:
+            options = PipelineOptions(tracking_gate_m=config.tracking.gate_m, name_reuse_s=config.tracking.name_reuse_s)
         return cls(models, config.pipeline, object_thresholds={o.object_id: config.thresholds_for(o.object_id)
                                                                for o in config.objects}, options=options)
 
@@ -184,6 +281,32 @@ class PosePipeline:
         with self._lock:
             self.tracker.reset()
 
+    def pop_unit_reports(self) -> list[UnitReport]:
+        """Unit mismatches found since the last call (each object is checked once, on its first
+        RGB-D detection with enough depth)."""
+        with self._lock:
+            reports, self._unit_reports = self._unit_reports, []
+        return reports
+
+    def _check_units(self, views: list[View], per_view, thresholds: Mapping[int, Thresholds]) -> None:
+        models = {m.object_id: m for m in self.models}
+        for view_detections in per_view:
+            for d in view_detections.detections:
+                view = views[d.view_index]
+                if d.object_id in self._units_checked or d.score < thresholds[d.object_id].detection_score:
+                    continue
+                found = detection_units(models[d.object_id], view, d)
+                if found is None:
+                    continue
+                self._units_checked.add(d.object_id)
+                ratio, likely = found
+                model = models[d.object_id]
+                if likely is not None:
+                    logger.warning("object %s: mesh diameter %.3g times the depth extent of its detection in %s: "
+                                   "units %s declared, %s likely", model.name, ratio, view.name, model.source_units, likely)
+                    with self._lock:
+                        self._unit_reports.append(UnitReport(d.object_id, model.source_units, likely, ratio, view.name))
+
     def estimate(self, views: list[View]) -> tuple[list[PoseEstimate], dict[str, float]]:
         """World-frame estimates of the known objects in one synchronized multi-view frame.
 
@@ -201,15 +324,17 @@ class PosePipeline:
         started = time.perf_counter()
         with self._lock:
             thresholds = dict(self._thresholds)
-        estimates, timings, _ = detect_and_estimate(
+        estimates, timings, per_view = detect_and_estimate(
             self.detector, self.estimator, views, keep=lambda d: d.score >= thresholds[d.object_id].detection_score)
+        if self.config.mode == "rgbd":
+            self._check_units(views, per_view, thresholds)
         fused, fusion_ms = self.fusion(views, estimates, with_depth=self.config.mode == "rgbd")
         timings.update(fusion_ms)
         fused = [e for e in fused if passes_thresholds(e, thresholds[e.object_id])]
         with self._lock:
-            tracked = self.tracker.assign(fused)
+            tracked = self.tracker.assign(fused, min((v.stamp_ns for v in views), default=0))
         timings["total"] = (time.perf_counter() - started) * 1e3
         return tracked, timings
 
 
-__all__ = ["InstanceTracker", "PipelineOptions", "PosePipeline", "passes_thresholds"]
+__all__ = ["InstanceTracker", "PipelineOptions", "PosePipeline", "UnitReport", "detection_units", "passes_thresholds"]

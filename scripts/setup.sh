@@ -20,8 +20,8 @@ VENV="${VENV:-$ROOT/.venv}"
 [[ $VENV == /* ]] || VENV="$PWD/$VENV"
 STAMPS="$VENV/.setup-stamps"
 
-# ROS 2 Kilted runtime wheels (PyPI names). diagnostic_msgs has a wheel; tf2_msgs and
-# vision_msgs do not and are built from ros_interfaces/.
+# ROS 2 Kilted runtime wheels (PyPI names). diagnostic_msgs and std_srvs (the node's ~/reset
+# Trigger service) have wheels; tf2_msgs and vision_msgs do not and are built from ros_interfaces/.
 ROS_WHEELS=(
   "ros-rclpy[fastrtps]==9.1.2"
   "ros-std-msgs==5.5.1"
@@ -29,6 +29,7 @@ ROS_WHEELS=(
   "ros-geometry-msgs==5.5.1"
   "ros-visualization-msgs==5.5.1"
   "ros-diagnostic-msgs==5.5.1"
+  "ros-std-srvs==5.5.1"
   "ros-rosgraph-msgs==2.3.0"
 )
 # Build tools for ros_interfaces/ that the runtime wheels do not declare.

@@ -19,10 +19,10 @@ from scipy.spatial.distance import pdist
 
 from pose_node.core.errors import MeshLoadError
 from pose_node.core.types import ObjectModel
+from pose_node.core.units import UNIT_TO_METRES  # noqa: F401 - re-exported: the one list of mesh units
 
 logger = logging.getLogger(__name__)
 
-UNIT_TO_METRES: Mapping[str, float] = {"m": 1.0, "cm": 1e-2, "mm": 1e-3, "in": 0.0254}
 
 # Graspable workcell objects: a diameter outside this range almost always means wrong units.
 PLAUSIBLE_DIAMETER_RANGE_M = (0.005, 2.0)

@@ -13,6 +13,11 @@ Command line (used by the Makefile)::
 
     python -m pose_node.ros.local_env                 # print ``export NAME=value`` lines
     python -m pose_node.ros.local_env -- CMD [ARGS]   # run CMD inside that environment
+
+The command line keeps a ``ROS_DOMAIN_ID`` that is already set (``ROS_DOMAIN_ID=7 python -m
+pose_node.ros.local_env -- pose_replay ...`` feeds a node started on domain 7) and draws a random
+one only when it is unset or empty; a set value outside [1, 101] is an error (exit status 2), never
+silently replaced.
 """
 from __future__ import annotations
 
@@ -115,21 +120,41 @@ def apply_local_ros_environment(
     return values
 
 
+def explicit_domain_id(environ: dict[str, str] | os._Environ) -> int | None:
+    """The ``ROS_DOMAIN_ID`` set in ``environ`` (None when unset or empty).
+
+    Raises:
+        ValueError: it is set but not an integer in [MIN_DOMAIN_ID, MAX_DOMAIN_ID] (the message
+            says why and what to do).
+    """
+    value = environ.get("ROS_DOMAIN_ID", "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or not MIN_DOMAIN_ID <= int(value) <= MAX_DOMAIN_ID:
+        raise ValueError(
+            f"ROS_DOMAIN_ID={value!r} is set but local runs use a domain in [{MIN_DOMAIN_ID}, {MAX_DOMAIN_ID}] "
+            f"(0 is every stray ROS process's domain; above {MAX_DOMAIN_ID} the DDS ports collide with ephemeral "
+            "ports): set one in that range, or unset it for a random one")
+    return int(value)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Print the environment as shell exports, or run ``-- CMD ...`` inside it."""
+    """Print the environment as shell exports, or run ``-- CMD ...`` inside it (module docstring)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] == "--":
-        command = args[1:]
-        if not command:
-            print("usage: python -m pose_node.ros.local_env [-- CMD [ARGS...]]", file=sys.stderr)
-            return 2
-        apply_local_ros_environment()
-        os.execvp(command[0], command)
-    if args:
-        print("usage: python -m pose_node.ros.local_env [-- CMD [ARGS...]]", file=sys.stderr)
+    usage = "usage: python -m pose_node.ros.local_env [-- CMD [ARGS...]]"
+    if (args and args[0] != "--") or args == ["--"]:
+        print(usage, file=sys.stderr)
         return 2
+    try:
+        domain_id = explicit_domain_id(os.environ)
+    except ValueError as exc:
+        print(f"pose_node.ros.local_env: {exc}", file=sys.stderr)
+        return 2
+    if args:
+        apply_local_ros_environment(domain_id)
+        os.execvp(args[1], args[1:])
     environ = dict(os.environ)
-    for name, value in apply_local_ros_environment(environ=environ).items():
+    for name, value in apply_local_ros_environment(domain_id, environ=environ).items():
         print(f"export {name}={shlex.quote(value)}")
     return 0
 

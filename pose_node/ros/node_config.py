@@ -12,6 +12,10 @@ One YAML file describes a workcell (``config/pose_node.yaml`` is a commented exa
       - {procedural: {seed: 0, count: 4}}
     pipeline: {mode: rgbd, device: cpu, backend: auto, multiview: refinement, thresholds: {...}}
     sync: {slop_s: 0.02, timeout_s: 0.1, min_cameras: 1, queue_size: 10}
+    tracking: {gate_m: 0.05, name_reuse_s: 2.0}
+    diagnostics: {window_s: 5.0, late_s: 1.0, stale_timeout_s: 3.0, period_s: 1.0}
+    tf_timeout_s: 0.5
+    debug_images: false
 
 Every error is an :class:`~pose_node.core.errors.InvalidInputError` whose message starts with
 the key path of the offending value (``cameras.cam0.depth_encoding: expected one of 16UC1,
@@ -41,13 +45,14 @@ import torch
 
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.geometry import Pose
+from pose_node.core.units import MESH_UNITS
+from pose_node.ros.health import HealthConfig
 from pose_node.ros.sync import SyncConfig
 
 DEPTH_ENCODINGS: tuple[str, ...] = ("16UC1", "32FC1")
 MODES: tuple[str, ...] = ("rgb", "rgbd")  # pose_node.detection.detector.DETECTOR_MODES
 BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "onnxruntime", "torch")  # "auto" + correspondence BACKEND_KINDS
 MULTIVIEW_METHODS: tuple[str, ...] = ("refinement", "association")  # pose_node.refinement.fusion.METHODS
-MESH_UNITS: tuple[str, ...] = ("m", "cm", "mm")  # a subset of mesh_loading.UNIT_TO_METRES
 OBJECT_SOURCES: tuple[str, ...] = ("mesh", "bop_models", "procedural")
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -190,7 +195,8 @@ class PipelineConfig:
         backend: correspondence-network backend: ``auto``, ``tensorrt``, ``onnxruntime`` or ``torch``.
         multiview: after the single-view poses: ``refinement`` (association, then feature-metric
             refinement against all views) or ``association`` (association and fusion only).
-        thresholds: defaults for every object (see :meth:`NodeConfig.thresholds_for`).
+        thresholds: defaults for every object (see :meth:`NodeConfig.thresholds_for`); read from
+            a file, ``pose_score`` defaults to ``DEFAULT_PUBLISH_POSE_SCORE`` (0.3), not 0.
     """
 
     mode: str = "rgbd"
@@ -198,6 +204,21 @@ class PipelineConfig:
     backend: str = "auto"
     multiview: str = "refinement"
     thresholds: Thresholds = field(default_factory=Thresholds)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Instance naming (:class:`pose_node.pipeline.InstanceTracker`).
+
+    Attributes:
+        gate_m: an estimate keeps the name of the nearest recently seen instance of its object
+            within this distance, metres (> 0).
+        name_reuse_s: an instance unseen for this long (header-stamp time) is forgotten and its
+            name may be given to a new instance, seconds (>= 0).
+    """
+
+    gate_m: float = 0.05
+    name_reuse_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -210,6 +231,13 @@ class NodeConfig:
         objects: one per object, in file order.
         pipeline: mode, device, backend, thresholds.
         sync: multi-camera synchronization settings.
+        tracking: instance naming.
+        diagnostics: ``/diagnostics`` window and silence thresholds.
+        debug_images: publish ``~/debug/<camera>/image`` per processed set (each camera's image
+            with the estimates drawn); off by default (drawing costs time on the worker).
+        tf_timeout_s: how long a set waits for a camera's transform that TF does not have yet
+            (the first images can arrive before ``/tf_static``), seconds (>= 0); after a wait
+            that timed out, that frame is not waited for again until it has been found.
         source_path: the YAML file it was read from (None for a mapping).
     """
 
@@ -218,6 +246,10 @@ class NodeConfig:
     objects: tuple[ObjectConfig, ...]
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    diagnostics: HealthConfig = field(default_factory=HealthConfig)
+    tf_timeout_s: float = 0.5
+    debug_images: bool = False
     source_path: Path | None = None
 
     def camera(self, name: str) -> CameraConfig:
@@ -396,6 +428,11 @@ def _parse_cameras(value: Any) -> tuple[CameraConfig, ...]:
 
 
 _THRESHOLD_KEYS = ("detection_score", "pose_score", "max_position_std_m", "max_rotation_std_deg")
+# The node publishes a pose only when its score reaches this, unless pipeline.thresholds.pose_score
+# says otherwise. Refined poses that settled in a wrong minimum score 0.0-0.1, right ones 0.75-0.9
+# (README, the demo workcell); the library default (Thresholds.pose_score) stays 0 so that
+# evaluations see every estimate.
+DEFAULT_PUBLISH_POSE_SCORE = 0.3
 
 
 def _threshold_values(value: Any, path: str) -> dict[str, float]:
@@ -413,7 +450,8 @@ def _parse_pipeline(value: Any) -> PipelineConfig:
     section = _Section({} if value is None else value, "pipeline", ("mode", "device", "backend", "multiview", "thresholds"))
     defaults = PipelineConfig()
     raw_thresholds = section.raw("thresholds")
-    thresholds = Thresholds(**_threshold_values({} if raw_thresholds is None else raw_thresholds, "pipeline.thresholds"))
+    thresholds = Thresholds(**{"pose_score": DEFAULT_PUBLISH_POSE_SCORE,
+                               **_threshold_values({} if raw_thresholds is None else raw_thresholds, "pipeline.thresholds")})
     return PipelineConfig(
         mode=section.string("mode", defaults.mode, choices=MODES),
         device=section.string("device", defaults.device, pattern=DEVICE_PATTERN, what="cpu, cuda or cuda:N"),
@@ -435,6 +473,26 @@ def _parse_sync(value: Any) -> SyncConfig:
         min_cameras=section.integer("min_cameras", defaults.min_cameras, minimum=1),
         queue_size=section.integer("queue_size", defaults.queue_size, minimum=1),
     )
+
+
+def _parse_tracking(value: Any) -> TrackingConfig:
+    section = _Section({} if value is None else value, "tracking", ("gate_m", "name_reuse_s"))
+    defaults = TrackingConfig()
+    return TrackingConfig(
+        gate_m=section.number("gate_m", defaults.gate_m, minimum=0.0, exclusive_minimum=True),
+        name_reuse_s=section.number("name_reuse_s", defaults.name_reuse_s, minimum=0.0),
+    )
+
+
+def _parse_diagnostics(value: Any) -> HealthConfig:
+    keys = ("window_s", "late_s", "stale_timeout_s", "period_s")
+    section = _Section({} if value is None else value, "diagnostics", keys)
+    defaults = HealthConfig()
+    values = {k: section.number(k, getattr(defaults, k), minimum=0.0, exclusive_minimum=True) for k in keys}
+    if values["stale_timeout_s"] <= values["late_s"]:
+        raise InvalidInputError(f"diagnostics.stale_timeout_s: expected > diagnostics.late_s ({values['late_s']}), "
+                                f"got {values['stale_timeout_s']}")
+    return HealthConfig(**values)
 
 
 def _default_name(object_id: int) -> str:
@@ -597,7 +655,7 @@ def parse_objects_section(value: Any, *, base_dir: str | Path, key: str = "objec
     return tuple(objects)
 
 
-_TOP_KEYS = ("world_frame", "cameras", "objects", "pipeline", "sync")
+_TOP_KEYS = ("world_frame", "cameras", "objects", "pipeline", "sync", "tracking", "diagnostics", "tf_timeout_s", "debug_images")
 
 
 def parse_node_config(mapping: Mapping[str, Any], *, base_dir: str | Path | None = None,
@@ -623,6 +681,12 @@ def parse_node_config(mapping: Mapping[str, Any], *, base_dir: str | Path | None
     objects = parse_objects_section(top.raw("objects", required=True), base_dir=base_dir)
     pipeline = _parse_pipeline(top.raw("pipeline"))
     sync = _parse_sync(top.raw("sync"))
+    tracking = _parse_tracking(top.raw("tracking"))
+    diagnostics = _parse_diagnostics(top.raw("diagnostics"))
+    tf_timeout_s = top.number("tf_timeout_s", NodeConfig.tf_timeout_s, minimum=0.0)
+    debug_images = top.raw("debug_images")
+    if debug_images is not None and not isinstance(debug_images, bool):
+        raise InvalidInputError(f"debug_images: expected true or false, got {_describe(debug_images)}")
     if pipeline.mode == "rgbd":
         for camera in cameras:
             if camera.depth_topic is None:
@@ -631,7 +695,8 @@ def parse_node_config(mapping: Mapping[str, Any], *, base_dir: str | Path | None
     if sync.min_cameras > len(cameras):
         raise InvalidInputError(f"sync.min_cameras: {sync.min_cameras} is more than the {len(cameras)} configured cameras")
     return NodeConfig(world_frame=world_frame, cameras=cameras, objects=objects, pipeline=pipeline, sync=sync,
-                      source_path=source_path)
+                      tracking=tracking, diagnostics=diagnostics, tf_timeout_s=tf_timeout_s,
+                      debug_images=bool(debug_images), source_path=source_path)
 
 
 def _read_yaml_mapping(path: str | Path) -> tuple[Any, Path]:
@@ -721,6 +786,6 @@ def load_object_models(objects: Sequence[ObjectConfig]) -> list:
 
 __all__ = [
     "BACKENDS", "DEPTH_ENCODINGS", "MESH_UNITS", "MODES", "CameraConfig", "ContinuousSymmetry", "NodeConfig",
-    "ObjectConfig", "ObjectThresholds", "PipelineConfig", "ProceduralSpec", "Thresholds", "load_node_config",
+    "ObjectConfig", "ObjectThresholds", "PipelineConfig", "ProceduralSpec", "Thresholds", "TrackingConfig", "load_node_config",
     "load_object_configs", "load_object_models", "parse_node_config", "parse_objects_section",
 ]

@@ -19,6 +19,8 @@ from pose_node.ros import conversions as conv
 
 MESH_MARKER_MAX_TRIANGLES = 2000  # a marker with many points is slow to build and to send
 LABEL_HEIGHT_DIAMETERS = 0.6  # the label floats this many object diameters above the object
+# Outline colours of the debug images, by object id (distinct on grey and on table wood).
+DEBUG_COLORS_RGB = ((0, 255, 0), (255, 0, 255), (0, 200, 255), (255, 160, 0), (255, 255, 0), (255, 60, 60))
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,27 @@ class SetOutputBuilder:
                                   f"{name} {e.score:.2f}", marker_id=k),
             ]
         return SetOutputs(detections=detections, transforms=transforms, markers=markers)
+
+
+    def debug_image(self, view, estimates: Sequence[PoseEstimate]) -> np.ndarray:
+        """One view's image with every estimate drawn: model outline, axes, ``<name>_<instance> <score>``.
+
+        Args:
+            view: a :class:`~pose_node.core.types.View` (rgb (H, W, 3) uint8, camera with K and
+                ``T_world_camera``).
+            estimates: world-frame estimates with tracked instance ids.
+        Returns:
+            (H, W, 3) uint8, a copy.
+        """
+        from pose_node.visualization import draw_pose_overlay
+
+        image = np.ascontiguousarray(view.rgb)
+        T_camera_world = np.linalg.inv(view.camera.T_world_camera)
+        for e in estimates:
+            image = draw_pose_overlay(image, self.models[e.object_id], view.camera.K, T_camera_world @ e.T_world_object,
+                                      color_rgb=DEBUG_COLORS_RGB[e.object_id % len(DEBUG_COLORS_RGB)],
+                                      label=f"{self.names[e.object_id]}_{e.instance_id} {e.score:.2f}")
+        return image
 
 
 __all__ = ["SetOutputBuilder", "SetOutputs"]

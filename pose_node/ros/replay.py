@@ -21,13 +21,22 @@ Examples::
     pose_replay demo.mcap --wait-for-subscribers 1 --ros-args -r /cam0/image_raw:=/image
     pose_replay demo_bag/ --rate 3 --loop --restamp --no-clock   # stamps = publication time
 
+``--wait-for-subscribers N`` waits until every played topic that N subscribers in the graph want
+has N matched subscriptions, and that has held for ``SETTLE_S`` (a node's subscriptions are
+discovered one by one within milliseconds; without the pause the first frame could go out
+before the last camera's topic matched). Topics nobody subscribes (a bag's ``depth_info`` or
+``/clock`` for a node without sim time) are played but not waited for.
+
 Exit status: 0 after the last message (or on Ctrl-C), 1 on a bad bag or argument, 2 on a
-``--wait-timeout`` that expired before the subscribers matched.
+``--wait-timeout`` that expired before the subscribers matched, 3 when the whole bag was played
+and no subscriber ever matched any of its topics (wrong ROS_DOMAIN_ID or topic names: nothing
+arrived anywhere).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import struct
 import sys
 import time
@@ -35,7 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pose_node.ros.local_env import apply_local_ros_environment
+from pose_node.ros.local_env import apply_local_ros_environment, explicit_domain_id
 
 TF_STATIC_TOPIC = "/tf_static"
 CLOCK_TOPIC = "/clock"
@@ -43,6 +52,9 @@ DEFAULT_DEPTH = 10
 TF_STATIC_MIN_DEPTH = 100
 # Longest single sleep while pacing, so Ctrl-C and /clock publishing stay responsive.
 MAX_SLEEP_S = 0.05
+# --wait-for-subscribers: the matched topics must stay the same this long before playing starts.
+SETTLE_S = 0.5
+EXIT_NOTHING_SUBSCRIBED = 3
 HEADER_TYPE = "std_msgs/Header"
 # CDR encapsulation identifiers (first two bytes of a serialized message) -> struct byte order.
 _CDR_BYTE_ORDER = {b"\x00\x00": ">", b"\x00\x01": "<"}
@@ -63,8 +75,9 @@ class ReplayOptions:
         rate: playback speed factor; 0 plays as fast as possible.
         loop: start over after the last message.
         topics: topics to play; empty plays every topic of the bag.
-        wait_for_subscribers: before playing, wait until every publisher (``/clock`` included
-            unless disabled) has this many matched subscriptions.
+        wait_for_subscribers: before playing, wait until every played topic (``/clock``
+            included unless disabled) that this many subscribers want has them matched
+            (module docstring).
         wait_timeout_s: give up waiting after this many seconds; 0 waits forever.
         clock: publish ``/clock`` from bag time.
         clock_hz: how often ``/clock`` advances while waiting between messages (0: only
@@ -102,7 +115,8 @@ def parse_args(argv: Sequence[str]) -> ReplayOptions:
     parser.add_argument("--topics", nargs="+", default=[], metavar="TOPIC",
                         help="play only these topics (default: all)")
     parser.add_argument("--wait-for-subscribers", type=int, default=0, metavar="N",
-                        help="wait until each publisher has N matched subscriptions")
+                        help="wait until every topic that N subscribers in the graph want has them matched "
+                             "(topics nobody subscribes are played without waiting)")
     parser.add_argument("--wait-timeout", type=float, default=0.0, metavar="S",
                         help="fail if subscribers have not matched after S seconds "
                              "(0 = wait forever)")
@@ -258,6 +272,7 @@ class BagPlayer:
         self._connections = connections
 
         self._publishers = {}
+        self._subscribed: set[str] = set()
         self._restamp_topics: set[str] = set()
         self._restamper = Restamper()
         for topic in sorted({c.topic for c in connections}):
@@ -309,19 +324,31 @@ class BagPlayer:
         deadline = (time.monotonic() + self._options.wait_timeout_s
                     if self._options.wait_timeout_s > 0 else None)
         self._node.get_logger().info(
-            f"waiting for {needed} subscriber(s) on {', '.join(sorted(publishers))}")
+            f"waiting for {needed} subscriber(s) on the topics they want of {', '.join(sorted(publishers))}")
+        state, since = None, time.monotonic()
         while rclpy.ok(context=self._node.context):
-            unmatched = sorted(
-                t for t, p in publishers.items() if p.get_subscription_count() < needed)
-            if not unmatched:
+            wanted = frozenset(t for t in publishers if self._node.count_subscribers(t) >= needed)
+            unmatched = frozenset(t for t in wanted if publishers[t].get_subscription_count() < needed)
+            now = time.monotonic()
+            if (wanted, unmatched) != state:
+                state, since = (wanted, unmatched), now
+            if wanted and not unmatched and now - since >= SETTLE_S:
+                ignored = sorted(set(publishers) - wanted)
+                if ignored:
+                    self._node.get_logger().info(f"not subscribed, played without waiting: {', '.join(ignored)}")
                 return True
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and now > deadline:
                 self._node.get_logger().error(
                     f"no {needed} subscriber(s) after {self._options.wait_timeout_s} s on: "
-                    f"{', '.join(unmatched)}")
+                    f"{', '.join(sorted(unmatched or set(publishers)))}")
                 return False
             time.sleep(0.01)
         return False
+
+    @property
+    def subscribed_topics(self) -> frozenset[str]:
+        """Topics that had at least one matched subscription when a message was published on them."""
+        return frozenset(self._subscribed)
 
     def _records(self) -> Iterator[tuple[str, int, bytes]]:
         for connection, timestamp_ns, data in self._reader.messages(connections=self._connections):
@@ -376,7 +403,10 @@ class BagPlayer:
             self._publish_clock(timestamp_ns)
             if topic in self._restamp_topics:
                 data = self._restamper.restamp(data)
-            self._publishers[topic].publish(data)
+            publisher = self._publishers[topic]
+            if topic not in self._subscribed and publisher.get_subscription_count() > 0:
+                self._subscribed.add(topic)
+            publisher.publish(data)
             published += 1
         return published
 
@@ -421,7 +451,18 @@ def run(options: ReplayOptions, ros_args: Sequence[str] | None = None) -> int:
             if not rclpy.ok(context=node.context):
                 break
             node.get_logger().info(f"published {count} messages")
+            if options.loop and not player.subscribed_topics:
+                node.get_logger().error(
+                    f"nothing subscribed to any played topic (ROS_DOMAIN_ID={os.environ.get('ROS_DOMAIN_ID', '0 (unset)')}); "
+                    "looping anyway", throttle_duration_sec=60.0)
             if not options.loop:
+                if not player.subscribed_topics:
+                    domain = os.environ.get("ROS_DOMAIN_ID", "0 (unset)")
+                    node.get_logger().error(
+                        f"nothing subscribed to any of the {count} messages' topics: no node received anything "
+                        f"(ROS_DOMAIN_ID={domain}; check the domain, the topic names and remaps, or use "
+                        "--wait-for-subscribers)")
+                    return EXIT_NOTHING_SUBSCRIBED
                 if not player.wait_for_acks():
                     node.get_logger().warning(
                         f"not every subscriber acknowledged within {options.ack_timeout_s} s")
@@ -455,8 +496,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.local_only:
         # Safe by default: a replay must not flood a shared network with camera traffic unless
         # asked to. Applied before rclpy.init(), which is when the RMW reads these variables. The
-        # user's domain is kept so that a node on this host can be fed.
-        apply_local_ros_environment(keep_existing_domain=True)
+        # user's domain is kept so that a node on this host can be fed; one the local environment
+        # cannot use is an error (replacing it would feed nobody).
+        try:
+            domain_id = explicit_domain_id(os.environ)
+        except ValueError as exc:
+            print(f"pose_replay: {exc} (or pass --network to use the environment as it is)", file=sys.stderr)
+            return 1
+        apply_local_ros_environment(domain_id)
     return run(options, full_argv)
 
 

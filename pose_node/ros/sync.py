@@ -338,4 +338,33 @@ class ApproximateTimeSynchronizer:
         return SyncedSet(messages=messages, stamp_ns=min(stamps), max_stamp_ns=max(stamps), missing_cameras=missing)
 
 
-__all__ = ["ApproximateTimeSynchronizer", "StampedMessage", "SyncConfig", "SyncStats", "SyncedSet", "NS_PER_S"]
+class BackwardStampDetector:
+    """Notices header stamps that go back in time on a stream (a looping bag, a restarted simulation).
+
+    A publisher's messages arrive in order, so any step back on one stream beyond
+    ``tolerance_ns`` means its timeline restarted; the synchronizer would otherwise drop every
+    later message as stale. After :meth:`reset` every stream starts afresh.
+
+    Args:
+        tolerance_ns: steps back up to this many nanoseconds are accepted (>= 0).
+    """
+
+    def __init__(self, tolerance_ns: int = 0) -> None:
+        if tolerance_ns < 0:
+            raise InvalidInputError(f"BackwardStampDetector.tolerance_ns: expected >= 0, got {tolerance_ns}")
+        self._tolerance_ns = int(tolerance_ns)
+        self._last: dict[Any, int] = {}
+
+    def check(self, key: Any, stamp_ns: int) -> int | None:
+        """Record ``stamp_ns`` for stream ``key``; return the stream's previous stamp if this one went back, else None."""
+        previous = self._last.get(key)
+        self._last[key] = stamp_ns
+        if previous is not None and stamp_ns < previous - self._tolerance_ns:
+            return previous
+        return None
+
+    def reset(self) -> None:
+        self._last.clear()
+
+
+__all__ = ["ApproximateTimeSynchronizer", "BackwardStampDetector", "StampedMessage", "SyncConfig", "SyncStats", "SyncedSet", "NS_PER_S"]

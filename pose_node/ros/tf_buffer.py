@@ -152,10 +152,14 @@ class TransformBuffer:
         with self._lock:
             return frozenset(self._links) | frozenset(link.parent for link in self._links.values())
 
-    def clear(self) -> None:
-        """Forget every transform (e.g. when sim time jumps back in a looping replay)."""
+    def clear(self, keep_static: bool = False) -> None:
+        """Forget every transform, or with ``keep_static`` only the dynamic ones (as ``tf2``'s
+        ``clear()`` does when time jumps back: static transforms are sent once and stay valid)."""
         with self._lock:
-            self._links.clear()
+            if keep_static:
+                self._links = {child: link for child, link in self._links.items() if link.static}
+            else:
+                self._links.clear()
 
     # ------------------------------------------------------------------ filling
     def set_transform(self, parent: str, child: str, stamp_ns: int, T_parent_child, *, static: bool = False) -> bool:

@@ -91,6 +91,14 @@ class TfListener:
             raise TransformError(f"{target} <- {source}: {exc}") from exc
         return transform_from_message(stamped.transform)
 
+    def clear_dynamic(self) -> None:
+        """Forget the dynamic transforms, keep the static ones (time went back: the buffered
+        samples belong to a timeline that no longer exists)."""
+        if self.backend == "pose_node":
+            self.buffer.clear(keep_static=True)
+        else:
+            self.buffer.clear()  # tf2 keeps /tf_static through clear()
+
     def close(self) -> None:
         for subscription in self._subscriptions:
             self._node.destroy_subscription(subscription)

@@ -95,3 +95,28 @@ def test_command_line_runs_a_command_inside_the_environment(tmp_path):
     ).stdout.split()
     assert out[0] == "LOCALHOST"
     assert MIN_DOMAIN_ID <= int(out[1]) <= MAX_DOMAIN_ID
+
+
+def _run_local_env(env_domain: str | None, *command: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "ROS_DOMAIN_ID"}
+    if env_domain is not None:
+        env["ROS_DOMAIN_ID"] = env_domain
+    return subprocess.run([sys.executable, "-m", "pose_node.ros.local_env", *command], env=env,
+                          capture_output=True, text=True)
+
+
+def test_command_line_keeps_an_explicit_domain_and_rejects_a_bad_one():
+    import sys
+
+    show = ["--", sys.executable, "-c", "import os; print(os.environ['ROS_DOMAIN_ID'])"]
+    assert _run_local_env("7", *show).stdout.split() == ["7"]
+    assert "export ROS_DOMAIN_ID=7" in _run_local_env("7").stdout
+    unset = _run_local_env(None, *show)
+    assert MIN_DOMAIN_ID <= int(unset.stdout) <= MAX_DOMAIN_ID
+    for bad in ("0", "150", "seven"):
+        result = _run_local_env(bad, *show)
+        assert result.returncode == 2 and f"ROS_DOMAIN_ID={bad!r} is set" in result.stderr and not result.stdout

@@ -65,6 +65,8 @@ def valid_mapping() -> dict:
         "pipeline": {"mode": "rgbd", "device": "cuda:0", "backend": "onnxruntime",
                      "thresholds": {"detection_score": 0.45, "max_position_std_m": 0.01}},
         "sync": {"slop_s": 0.01, "timeout_s": 0.2, "min_cameras": 2, "queue_size": 5},
+        "tracking": {"gate_m": 0.03, "name_reuse_s": 1.5},
+        "diagnostics": {"window_s": 4.0, "late_s": 0.5, "stale_timeout_s": 2.0, "period_s": 0.5},
     }
 
 
@@ -111,6 +113,12 @@ def test_full_mapping_parses_with_paths_symmetries_and_thresholds(workdir):
     assert config.thresholds_for(1).detection_score == 0.6
     assert config.thresholds_for(10).detection_score == 0.45
     assert config.thresholds_for(1).max_position_std_m == 0.01
+    # Unset in the file: the node's publishing default, not the library's 0.
+    assert config.thresholds_for(1).pose_score == 0.3 and config.pipeline.thresholds.pose_score == 0.3
+    explicit = valid_mapping()
+    explicit["pipeline"]["thresholds"]["pose_score"] = 0.0
+    assert parse_node_config(explicit, base_dir=workdir).thresholds_for(1).pose_score == 0.0
+    assert config.tracking.name_reuse_s == 1.5 and config.diagnostics.stale_timeout_s == 2.0 and config.tf_timeout_s == 0.5
     # Static extrinsics: a 90 degree yaw.
     T = config.camera("cam1").T_world_camera
     np.testing.assert_allclose(T[:3, :3], Rotation.from_euler("z", 90, degrees=True).as_matrix(), atol=1e-6)
@@ -153,7 +161,7 @@ def test_constants_match_the_modules_they_mirror():
 BAD_VALUES = [
     # (path, value, expected message; the message must start with the key path)
     (("cameras", "cam0", "depth_encoding"), "foo", "cameras.cam0.depth_encoding: expected one of 16UC1, 32FC1, got 'foo'"),
-    (("camera",), {}, "camera: unknown key (expected one of world_frame, cameras, objects, pipeline, sync); did you mean 'cameras'?"),
+    (("camera",), {}, "camera: unknown key (expected one of world_frame, cameras, objects, pipeline, sync, tracking, diagnostics, tf_timeout_s, debug_images); did you mean 'cameras'?"),
     (("cameras", "cam0", "colour_topic"), "/x", "cameras.cam0.colour_topic: unknown key"),
     (("cameras", "cam1", "color_topic"), DELETE, "cameras.cam1.color_topic: required"),
     (("cameras", "cam0", "color_topic"), "/cam 0/image", "cameras.cam0.color_topic: expected a ROS topic name"),
@@ -179,13 +187,19 @@ BAD_VALUES = [
     (("sync", "min_cameras"), 4, "sync.min_cameras: 4 is more than the 3 configured cameras"),
     (("sync", "min_cameras"), True, "sync.min_cameras: expected an integer, got True (bool)"),
     (("sync", "queue_size"), 0, "sync.queue_size: expected an integer >= 1"),
+    (("tracking", "gate_m"), 0, "tracking.gate_m: expected a number > 0.0"),
+    (("tracking", "name_reuse_s"), -1, "tracking.name_reuse_s: expected a number >= 0.0"),
+    (("diagnostics", "stale_timeout_s"), 0.5, "diagnostics.stale_timeout_s: expected > diagnostics.late_s"),
+    (("diagnostics", "window"), 5, "diagnostics.window: unknown key"),
+    (("tf_timeout_s",), -1, "tf_timeout_s: expected a number >= 0.0"),
+    (("debug_images",), "yes", "debug_images: expected true or false, got 'yes' (str)"),
     (("objects",), [], "objects: expected a non-empty list"),
     (("objects", 0, "procedural"), {"seed": 1, "count": 1}, "objects[0]: expected exactly one source key of mesh, bop_models, procedural, got bop_models, procedural"),
     (("objects", 0), {"id": 3}, "objects[0]: expected exactly one source key"),
     (("objects", 2, "procedural", "count"), 0, "objects[2].procedural.count: expected an integer >= 1"),
     (("objects", 2, "procedural", "sead"), 0, "objects[2].procedural.sead: unknown key"),
-    (("objects", 1, "units"), DELETE, "objects[1].units: required (mesh files carry no reliable unit); one of m, cm, mm"),
-    (("objects", 1, "units"), "inch", "objects[1].units: expected one of m, cm, mm, got 'inch'"),
+    (("objects", 1, "units"), DELETE, "objects[1].units: required (mesh files carry no reliable unit); one of m, cm, mm, in"),
+    (("objects", 1, "units"), "inch", "objects[1].units: expected one of m, cm, mm, in, got 'inch'"),
     (("objects", 1, "mesh"), "meshes/nope.ply", "objects[1].mesh: file not found: "),
     (("objects", 1, "id"), 2, "objects[1]: object id 2 is already used by objects[0]"),
     (("objects", 1, "name"), "obj_000001", "objects[1]: object name 'obj_000001' is already used by objects[0]"),

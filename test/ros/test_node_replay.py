@@ -83,6 +83,19 @@ def test_replay_detections_tf_and_garbage_input(ros, tmp_path):
             assert t.header.frame_id == "world" and stamp_to_ns(t.header.stamp) in frame_stamps
     ids = [sorted(d.id for d in m.detections) for m in detections.messages]
     assert ids[0] == ids[1], ids
+    assert all(i.endswith("_0") for i in ids[0]), ids  # one instance per object: numbered per object from 0
+
+    # The same bag again (stamps go back, as in a looping replay): results again, with the same names.
+    first_pass = len(detections.messages)
+    replay = ros.start_module("pose_node.ros.replay", str(scene / "bag"), "--no-clock", "--rate", "0.5",
+                              "--wait-for-subscribers", "1", "--wait-timeout", "30", "--topics", *replay_topics(node_config))
+    assert replay.wait(timeout_s=60) == 0, replay.output()
+    ros.spin_until(lambda: len(detections.messages) >= first_pass + len(frame_stamps), timeout_s=30,
+                   what="results of the second replay")
+    second = detections.messages[first_pass:]
+    assert sorted(stamp_to_ns(m.header.stamp) for m in second) == sorted(frame_stamps)
+    assert [sorted(d.id for d in m.detections) for m in second] == ids[:len(second)], ids
+    assert "time went back" in node.output()
 
     # Garbage: wrong encoding, NaN depth; the node warns, counts, keeps running.
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -101,7 +114,7 @@ def test_replay_detections_tf_and_garbage_input(ros, tmp_path):
 
     def counted() -> bool:
         values = diagnostic_values(diagnostics.messages)
-        return int(values.get("bad_input.color", 0)) >= 1 and int(values.get("bad_input.depth_nan", 0)) >= 1
+        return int(values.get("recent.bad_input.color", 0)) >= 1 and int(values.get("recent.bad_input.depth_nan", 0)) >= 1
 
     ros.spin_until(counted, timeout_s=10, what="bad-input counters in /diagnostics")
     assert node.running()

@@ -208,6 +208,30 @@ def test_wait_timeout_without_subscribers_exits_2(ros, tmp_path):
     assert "no 1 subscriber(s)" in process.output()
 
 
+def test_wait_for_subscribers_ignores_topics_nobody_wants(ros, tmp_path):
+    """A pose_scene bag has topics the node does not subscribe (depth camera_info, /clock): the
+    wait covers the subscribed ones only, and every image of the first frame arrives."""
+    from sensor_msgs.msg import Image
+
+    bag = write_bag(tmp_path / "bag", "mcap")
+    images = ros.collect(Image, IMAGE_TOPIC, _reliable())
+    process = ros.start_module("pose_node.ros.replay", str(bag.path), "--rate", "0", "--wait-for-subscribers", "1",
+                               "--wait-timeout", "20")
+    assert process.wait(timeout_s=30) == 0, process.output()
+    ros.spin_until(lambda: len(images.messages) == len(bag.image_stamps_ns), what="all images")
+    assert [_stamp_ns(m.header.stamp) for m in images.messages] == bag.image_stamps_ns  # the first one too
+    out = process.output()
+    assert "played without waiting" in out and INFO_TOPIC in out.split("played without waiting")[1].splitlines()[0]
+
+
+def test_nothing_subscribed_is_an_error(ros, tmp_path):
+    bag = write_bag(tmp_path / "bag", "mcap")
+    process = ros.start_module("pose_node.ros.replay", str(bag.path), "--rate", "0", "--no-clock",
+                               env={"ROS_DOMAIN_ID": "42"})
+    assert process.wait() == 3
+    assert "nothing subscribed" in process.output() and "ROS_DOMAIN_ID=42" in process.output()
+
+
 def test_parse_args_defaults_and_validation():
     options = parse_args(["some.mcap"])
     assert options == ReplayOptions(bag=Path("some.mcap"))
@@ -236,6 +260,13 @@ def test_replay_defaults_to_the_local_only_environment(monkeypatch):
     assert seen["options"].local_only
     assert seen["env"]["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
     assert seen["env"]["FASTDDS_DEFAULT_PROFILES_FILE"].endswith("fastdds_shm_only.xml")
+
+    # An explicit domain is kept; one the local environment cannot use is an error, not replaced.
+    monkeypatch.setenv("ROS_DOMAIN_ID", "9")
+    assert replay.main(["pose_replay", "some_bag"]) == 0 and seen["env"]["ROS_DOMAIN_ID"] == "9"
+    monkeypatch.setenv("ROS_DOMAIN_ID", "0")
+    seen.clear()
+    assert replay.main(["pose_replay", "some_bag"]) == 1 and not seen
 
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "SUBNET")
     assert replay.main(["pose_replay", "some_bag", "--network"]) == 0
