@@ -12,7 +12,7 @@ Objects (``--objects``): ``procedural`` (``--num-objects`` generated), a BOP mod
 (``--num-objects`` drawn), the node's YAML file or mesh files. The YAML file is the node's whole
 configuration file or one with only an ``objects:`` list; every object in it is rendered with its
 id, name, mesh (relative to the YAML file), declared units and symmetries, as the node loads them.
-Mesh files are ``PATH:UNITS`` with UNITS one of m, cm, mm (meshes carry no reliable unit); they get
+Mesh files are ``PATH:UNITS`` with UNITS one of m, cm, mm, in (meshes carry no reliable unit); they get
 ids 1..N in argument order and the file stems as names. The written ``models/obj_XXXXXX.ply`` keep
 these ids and ``scene_world.json`` lists the names, so the bag replays into a node configured with
 the same objects (YAML entries ``{id, name, mesh, units}``) under matching TF frames ``<name>_<k>``.

@@ -297,5 +297,5 @@ def test_load_object_configs_reads_the_objects_of_a_whole_or_objects_only_file(w
     bad = valid_mapping()
     bad["objects"][1]["units"] = "ft"
     (workdir / "bad.yaml").write_text(yaml.safe_dump({"objects": bad["objects"]}))
-    with pytest.raises(InvalidInputError, match=r"bad\.yaml: objects\[1\]\.units: expected one of m, cm, mm, got 'ft'"):
+    with pytest.raises(InvalidInputError, match=r"bad\.yaml: objects\[1\]\.units: expected one of m, cm, mm, in, got 'ft'"):
         load_object_configs(workdir / "bad.yaml")
