@@ -22,13 +22,14 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from pose_node.budget import BudgetReport, StageLimits, TimeBudget, TimeBudgetConfig
 from pose_node.core.errors import InvalidInputError
-from pose_node.core.types import ObjectModel, PoseEstimate, View
+from pose_node.core.types import Detection, ObjectModel, PoseEstimate, View
 from pose_node.refinement.association import closest_equivalent, equivalent_with_covariance
 from pose_node.ros.node_config import NodeConfig, PipelineConfig, Thresholds
 
@@ -152,13 +153,15 @@ class PosePipeline:
         started = time.perf_counter()
         detector_config = DetectorConfig(
             mode=config.mode, device=config.device,
-            matching=MatchingConfig(score_threshold=config.thresholds.detection_score),
+            matching=MatchingConfig(score_threshold=config.thresholds.detection_score), max_proposals_per_view=config.max_proposals_per_view,
             object_score_thresholds=tuple((i, t.detection_score) for i, t in self._thresholds.items()),
         )
         self.detector = Detector(self.models, detector_config, cache_dir=options.cache_dir)
         self.estimator = build_estimator(stage_config, self.detector.templates, [m.object_id for m in self.models])
         self.fusion = MultiViewFusion(self.models, FusionConfig(method=config.multiview, device=config.device))
         self.tracker = InstanceTracker(options.tracking_gate_m, {m.object_id: m.symmetries for m in self.models if len(m.symmetries) > 1})
+        self.budget = TimeBudget(TimeBudgetConfig(time_budget_ms=config.time_budget_ms), nominal_limits(self.detector, self.estimator, self.fusion))
+        self.last_budget: BudgetReport | None = None
         self.build_s = time.perf_counter() - started
         logger.info("pose pipeline: %d objects, mode %s, ready in %.1f s", len(self.models), config.mode, self.build_s)
 
@@ -192,19 +195,19 @@ class PosePipeline:
         Returns:
             Estimates (fused, thresholded, tracked ids) and milliseconds per step:
             ``proposals``, ``matching``, ``correspondence``, ``pnp`` (summed over views),
-            ``association``, ``refinement`` (with its parts ``refinement_*``) and ``total``.
+            ``association``, ``refinement`` (with its parts ``refinement_*``) and ``total``; plus
+            counts (:data:`pose_node.budget.COUNT_KEYS`): ``proposals_total`` / ``_matched`` /
+            ``_cut`` summed over views and the time budget's ``budget_level`` (also in
+            :attr:`last_budget`).
         Raises:
             InvalidInputError: a view lacks depth in RGB-D mode.
         """
-        from pose_node.correspondence.stage import detect_and_estimate
-
         started = time.perf_counter()
         with self._lock:
             thresholds = dict(self._thresholds)
-        estimates, timings, _ = detect_and_estimate(
-            self.detector, self.estimator, views, keep=lambda d: d.score >= thresholds[d.object_id].detection_score)
-        fused, fusion_ms = self.fusion(views, estimates, with_depth=self.config.mode == "rgbd")
-        timings.update(fusion_ms)
+        fused, timings, self.last_budget = estimate_set(
+            self.detector, self.estimator, self.fusion, views, self.budget, with_depth=self.config.mode == "rgbd",
+            keep=lambda d: d.score >= thresholds[d.object_id].detection_score)
         fused = [e for e in fused if passes_thresholds(e, thresholds[e.object_id])]
         with self._lock:
             tracked = self.tracker.assign(fused)
@@ -212,4 +215,35 @@ class PosePipeline:
         return tracked, timings
 
 
-__all__ = ["InstanceTracker", "PipelineOptions", "PosePipeline", "passes_thresholds"]
+def nominal_limits(detector, estimator, fusion) -> StageLimits:
+    """The stages' configured settings: the time budget's level 0."""
+    refinement = fusion.config.refinement
+    return StageLimits(detector.config.max_proposals_per_view, estimator.config.num_hypotheses, refinement.max_starts,
+                       refinement.rounds)
+
+
+def estimate_set(detector, estimator, fusion, views: list[View], budget: TimeBudget, *, with_depth: bool,
+                 keep: Callable[[Detection], bool] | None = None
+                 ) -> tuple[list[PoseEstimate], dict[str, float], BudgetReport]:
+    """Detection, poses and fusion of one set under a time budget (:mod:`pose_node.budget`).
+
+    Args:
+        detector, estimator, fusion: the pipeline's stages.
+        views: the set. budget: its time budget (``time_budget_ms`` 0: nominal settings).
+        with_depth: the fusion may use depth. keep: detections posed (None: all).
+    Returns:
+        Fused estimates, timings (milliseconds and counts, with ``budget_level``) and the report.
+    """
+    from pose_node.correspondence.stage import detect_and_estimate
+
+    session = budget.start_set(len(views))
+    estimates, timings, _ = detect_and_estimate(detector, estimator, views, keep=keep, budget=session)
+    fused, fusion_ms = fusion(views, estimates, with_depth=with_depth, limits=session.refinement_limits)
+    session.record_fusion(fusion_ms)
+    timings.update(fusion_ms)
+    report = session.finish()
+    timings["budget_level"] = float(report.level)
+    return fused, timings, report
+
+
+__all__ = ["InstanceTracker", "PipelineOptions", "PosePipeline", "estimate_set", "nominal_limits", "passes_thresholds"]

@@ -71,6 +71,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from pose_node.budget import COUNT_KEYS, latency_items
 from pose_node.core.errors import InvalidInputError, PoseNodeError, StageUnavailableError
 from pose_node.core.types import Detection, ObjectModel, PoseEstimate, View
 from pose_node.datasets.bop import BopDataset, BopEstimate, Target, write_estimates_csv
@@ -408,7 +409,7 @@ class _DetectionTally:
             )
             if view_detections is not None:
                 timings = view_detections[k].timings_ms
-                self.latency["total"].append(float(sum(timings.values())))
+                self.latency["total"].append(float(sum(latency_items(timings).values())))
                 for name in ("proposals", "matching"):
                     if name in timings:
                         self.latency[name].append(float(timings[name]))
@@ -510,6 +511,7 @@ def evaluate(
     world = _WorldMatches()
     latency_total: list[float] = []
     latency_stage: dict[str, list[float]] = {}
+    counts_per_set: dict[str, list[float]] = {}
     csv_rows: list[BopEstimate] = []
     frame_errors: list[str] = []
     n_estimates = 0
@@ -561,8 +563,10 @@ def evaluate(
                 detection.add_frame(dataset, gt_info, frame, obj_ids, getattr(frame_estimator, "last_detections", None))
             total_ms = (time.perf_counter() - t0) * 1000.0
             latency_total.append(total_ms)
-            for name, ms in stage_ms.items():
+            for name, ms in latency_items(stage_ms).items():
                 latency_stage.setdefault(name, []).append(float(ms))
+            for name in COUNT_KEYS & stage_ms.keys():
+                counts_per_set.setdefault(name, []).append(float(stage_ms[name]))
             for e in estimates:
                 if not isinstance(e, PoseEstimate):
                     raise InvalidInputError(f"Estimator.estimate must return PoseEstimate objects, got {type(e).__name__}")
@@ -651,6 +655,7 @@ def evaluate(
         "n_estimates": n_estimates,
         "n_estimates_scored": summary.n_estimates_evaluated,
         "latency_ms": {"total": _stats(latency_total), "per_stage": {k: _stats(v) for k, v in latency_stage.items()}},
+        "counts_per_set": {k: _stats(v) for k, v in sorted(counts_per_set.items())},
         "covariance_coverage": coverage,
         "covariance_coverage_n": len(world.T_est),
         "covariance_d2": d2_list,
