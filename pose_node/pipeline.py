@@ -15,6 +15,11 @@ same object in the previous frame within ``tracking_gate_m`` (greedy, closest pa
 others get fresh ids. A tracked symmetric object is reported as the symmetric equivalent closest
 to its previous pose, so its frame does not jump between equivalent orientations.
 :meth:`PosePipeline.reset` forgets the tracked state (re-detection).
+
+Cost is bounded per view by ``PipelineConfig.max_proposals_per_view`` and per set by
+``PipelineConfig.time_budget_ms`` (:mod:`pose_node.budget`: fewer proposals, then fewer pose
+hypotheses and refinement starts, then fewer refinement rounds), applied in :func:`estimate_set`;
+the level a set used is ``budget_level`` in its timings and :attr:`PosePipeline.last_budget`.
 """
 from __future__ import annotations
 
@@ -126,6 +131,9 @@ class PosePipeline:
         config: mode, device, backend and default thresholds.
         object_thresholds: object id -> thresholds with its overrides (default: ``config.thresholds``).
         options: see :class:`PipelineOptions`.
+    Attributes:
+        budget: the per-set time budget (its ``clock`` may be replaced, e.g. in tests).
+        last_budget: how the last set used it (None before the first set).
     Raises:
         InvalidInputError: no models or invalid settings.
         StageUnavailableError: weights missing, no renderer for onboarding, ...
@@ -205,7 +213,7 @@ class PosePipeline:
         started = time.perf_counter()
         with self._lock:
             thresholds = dict(self._thresholds)
-        fused, timings, self.last_budget = estimate_set(
+        fused, timings, self.last_budget, _ = estimate_set(
             self.detector, self.estimator, self.fusion, views, self.budget, with_depth=self.config.mode == "rgbd",
             keep=lambda d: d.score >= thresholds[d.object_id].detection_score)
         fused = [e for e in fused if passes_thresholds(e, thresholds[e.object_id])]
@@ -223,27 +231,33 @@ def nominal_limits(detector, estimator, fusion) -> StageLimits:
 
 
 def estimate_set(detector, estimator, fusion, views: list[View], budget: TimeBudget, *, with_depth: bool,
-                 keep: Callable[[Detection], bool] | None = None
-                 ) -> tuple[list[PoseEstimate], dict[str, float], BudgetReport]:
+                 keep: Callable[[Detection], bool] | None = None, object_ids: Sequence[int] | None = None,
+                 ) -> tuple[list[PoseEstimate], dict[str, float], BudgetReport, list]:
     """Detection, poses and fusion of one set under a time budget (:mod:`pose_node.budget`).
+
+    The one place the budget is applied, shared by :class:`PosePipeline` and the evaluation's
+    refinement stage (so ``pose_eval`` measures what the node runs).
 
     Args:
         detector, estimator, fusion: the pipeline's stages.
         views: the set. budget: its time budget (``time_budget_ms`` 0: nominal settings).
         with_depth: the fusion may use depth. keep: detections posed (None: all).
+        object_ids: objects looked for (None: all the detector knows).
     Returns:
-        Fused estimates, timings (milliseconds and counts, with ``budget_level``) and the report.
+        Fused estimates, timings (milliseconds and counts, with ``budget_level``), the budget's
+        report and each view's :class:`~pose_node.evaluation.runner.ViewDetections`.
     """
     from pose_node.correspondence.stage import detect_and_estimate
 
     session = budget.start_set(len(views))
-    estimates, timings, _ = detect_and_estimate(detector, estimator, views, keep=keep, budget=session)
+    estimates, timings, per_view = detect_and_estimate(detector, estimator, views, object_ids=object_ids, keep=keep,
+                                                       budget=session)
     fused, fusion_ms = fusion(views, estimates, with_depth=with_depth, limits=session.refinement_limits)
     session.record_fusion(fusion_ms)
     timings.update(fusion_ms)
     report = session.finish()
     timings["budget_level"] = float(report.level)
-    return fused, timings, report
+    return fused, timings, report, per_view
 
 
 __all__ = ["InstanceTracker", "PipelineOptions", "PosePipeline", "estimate_set", "nominal_limits", "passes_thresholds"]

@@ -23,8 +23,8 @@ view of its last :meth:`Estimator.estimate` call, in view order (the runner sets
 before each call). The runner then scores detection per image
 (:mod:`pose_node.detection.metrics`: recall and precision at mask IoU 0.5 of the instances with
 ``visib_fract >= 0.3``, less visible ones being ignore regions; COCO-style mask AP over IoU
-0.5:0.95) and latency per view, and writes them to ``results["detection"]`` (None when no
-estimator reports detections). Only the frame's target objects are looked for and scored.
+0.5:0.95), latency and proposal counts (found, cut by the cap) per view, and writes them to
+``results["detection"]`` (None when no estimator reports detections). Only the frame's target objects are looked for and scored.
 When a later stage is missing, the requested stages before it still run: detection alone
 reports the detection block while the pose scores stay 0; detection + correspondence give
 single-view poses (in a multi-view frame, one estimate per view that detected the object).
@@ -108,7 +108,8 @@ class ViewDetections:
 
     Attributes:
         detections: the view's detections (any order).
-        timings_ms: step -> milliseconds for this view (``"proposals"``, ``"matching"``).
+        timings_ms: step -> milliseconds for this view (``"proposals"``, ``"matching"``), and the
+            detector's proposal counts (:data:`pose_node.budget.COUNT_KEYS`, not milliseconds).
     """
 
     detections: tuple[Detection, ...]
@@ -209,6 +210,9 @@ class EvalConfig:
             :class:`pose_node.correspondence.stage.CorrespondenceStageConfig`; None: its defaults.
         refinement: settings of the refinement stage, a
             :class:`pose_node.refinement.fusion.FusionConfig`; None: its defaults.
+        time_budget: the per-set time budget of the refinement stage, a
+            :class:`pose_node.budget.TimeBudgetConfig` (the node's ``pipeline.time_budget_ms``);
+            None: no budget.
         vsd_without_depth: VSD of an image that has no depth file: ``gt_render`` uses the
             z-buffer of its GT instances rendered at the GT poses as the test depth (occlusion by
             annotated objects only), ``unavailable`` makes VSD and AR null (BOP has no rule).
@@ -227,6 +231,7 @@ class EvalConfig:
     correspondence: object | None = None
     refinement: object | None = None
     vsd_without_depth: str = "gt_render"
+    time_budget: object | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -385,6 +390,7 @@ class _DetectionTally:
         self.config = config
         self.scorer = DetectionScorer(config)
         self.latency: dict[str, list[float]] = {"total": [], "proposals": [], "matching": []}
+        self.proposal_counts: dict[str, list[float]] = {"proposals_total": [], "proposals_cut": []}
         self.frames_without_detections = 0
 
     def add_frame(self, dataset: BopDataset, gt_info: GtInfoSource, frame: Frame, obj_ids: Sequence[int],
@@ -413,6 +419,9 @@ class _DetectionTally:
                 for name in ("proposals", "matching"):
                     if name in timings:
                         self.latency[name].append(float(timings[name]))
+                for name, values in self.proposal_counts.items():
+                    if name in timings:
+                        values.append(float(timings[name]))
 
     def results(self, mode: str) -> dict:
         s = self.scorer.summary()
@@ -422,6 +431,8 @@ class _DetectionTally:
             "ap_per_iou": {f"{t:.2f}": v for t, v in s.ap_per_iou.items()},
             "latency_ms": {"median": total["median"], "p95": total["p95"], "proposals_median": _stats(self.latency["proposals"])["median"],
                            "matching_median": _stats(self.latency["matching"])["median"], "n_views": len(self.latency["total"])},
+            "proposals_per_view": {"found": _stats(self.proposal_counts["proposals_total"]),
+                                   "cut": _stats(self.proposal_counts["proposals_cut"])},
             "n_gt": s.n_targets, "n_gt_ignored": s.n_ignored_gt, "n_detections": s.n_detections,
             "n_true_positives": s.n_true_positives, "n_false_positives": s.n_false_positives, "n_images": s.n_images,
             "frames_without_detections": self.frames_without_detections, "mode": mode,
