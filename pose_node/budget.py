@@ -86,8 +86,9 @@ class TimeBudgetConfig:
 
     Attributes:
         time_budget_ms: milliseconds per multi-view set; 0: no budget (nominal settings always).
-        degraded_max_proposals_per_view: the proposal cap from level 1 on (the most proposals a
-            cluttered generated workcell view had: 16, see ``DetectorConfig.max_proposals_per_view``).
+        degraded_max_proposals_per_view: the proposal cap from level 1 on: the most proposals a
+            cluttered generated workcell view had (16, see ``DetectorConfig.max_proposals_per_view``),
+            so level 1 cuts only unusual views; a cap of 8 there cost 1.5 of 3.9 detections per view.
         degraded_num_hypotheses: pose hypotheses per detection from level 2 on.
         degraded_max_starts: refinement starts per candidate from level 2 on.
         degraded_rounds: refinement rounds at level 3.
@@ -214,6 +215,7 @@ class BudgetSession:
         self.num_views = num_views
         self.level = Degradation.NONE
         self._sums = _Sums()
+        self._refinement_work: tuple[int, int] | None = None  # (candidates, units) of the refinement asked for
         self._started = budget.clock()
 
     # -- decisions --------------------------------------------------------------------------------
@@ -226,23 +228,19 @@ class BudgetSession:
 
     def view_limits(self, view_index: int) -> StageLimits:
         """Limits for view ``view_index``'s detection (views ``view_index``.. still to come)."""
-        return self._decide(lambda lim: self._remaining_ms(lim, views_left=self.num_views - view_index, pose_views_left=
-                                                           self.num_views - view_index, candidates=None))
+        return self._decide(lambda lim: self._remaining_ms(lim, views_left=self.num_views - view_index))
 
     def pose_limits(self, view_index: int, num_detections: int) -> StageLimits:
         """Limits for the pose stage of view ``view_index`` with ``num_detections`` detections."""
         def remaining(lim: StageLimits) -> float:
             now = num_detections * lim.num_hypotheses * self._estimate("pose_ms_per_hypothesis")
-            rest = self._remaining_ms(lim, views_left=self.num_views - view_index - 1,
-                                      pose_views_left=self.num_views - view_index - 1, candidates=None)
-            return now + rest
+            return now + self._remaining_ms(lim, views_left=self.num_views - view_index - 1)
         return self._decide(remaining)
 
     def refinement_limits(self, num_candidates: int) -> tuple[int, int]:
         """``(max_starts, rounds)`` for the refinement of ``num_candidates`` candidates."""
         lim = self._decide(lambda lim: self._refinement_ms(lim, num_candidates))
-        self._sums.fusion["_candidates"] = float(num_candidates)
-        self._sums.fusion["_units"] = float(num_candidates * (lim.max_starts + lim.rounds - 1))
+        self._refinement_work = (num_candidates, num_candidates * (lim.max_starts + lim.rounds - 1))
         return lim.max_starts, lim.rounds
 
     def _decide(self, remaining: Callable[[StageLimits], float]) -> StageLimits:
@@ -266,15 +264,17 @@ class BudgetSession:
         value = self.budget.estimates.get(name)
         return value if value is not None else self._sums.observed().get(name, 0.0)
 
-    def _remaining_ms(self, lim: StageLimits, views_left: int, pose_views_left: int, candidates: int | None) -> float:
+    def _remaining_ms(self, lim: StageLimits, views_left: int) -> float:
+        """Estimated cost of ``views_left`` whole views (detection + poses) and of the fusion."""
         proposals = self._estimate("proposals_per_view")
         matched = proposals if lim.max_proposals_per_view == 0 else min(proposals, lim.max_proposals_per_view)
         detections = min(self._estimate("detections_per_view"), matched)
         per_view = self._estimate("proposals_ms_per_view") + matched * self._estimate("matching_ms_per_proposal")
         pose = detections * lim.num_hypotheses * self._estimate("pose_ms_per_hypothesis")
-        return views_left * per_view + pose_views_left * pose + self._refinement_ms(lim, candidates)
+        return views_left * (per_view + pose) + self._refinement_ms(lim, None)
 
     def _refinement_ms(self, lim: StageLimits, candidates: int | None) -> float:
+        """Estimated cost of association + refinement (``candidates`` None: the running estimate)."""
         n = self._estimate("candidates_per_set") if candidates is None else candidates
         return self._estimate("association_ms") + n * (lim.max_starts + lim.rounds - 1) * self._estimate("refinement_ms_per_unit")
 
@@ -299,15 +299,15 @@ class BudgetSession:
         """The fusion's timings (``association``, ``refinement`` ms)."""
         f = self._sums.fusion
         f["association_ms"] = timings.get("association", 0.0)
-        if "_candidates" in f:
-            f["candidates_per_set"] = f["_candidates"]
-            if f["_units"] > 0 and "refinement" in timings:
-                f["refinement_ms_per_unit"] = timings["refinement"] / f["_units"]
+        if self._refinement_work is not None:
+            candidates, units = self._refinement_work
+            f["candidates_per_set"] = float(candidates)
+            if units > 0 and "refinement" in timings:
+                f["refinement_ms_per_unit"] = timings["refinement"] / units
 
     def finish(self) -> BudgetReport:
         """Close the set: fold its measurements into the running estimates and report it."""
-        observed = {k: v for k, v in self._sums.observed().items() if not k.startswith("_")}
-        self.budget._update(observed)
+        self.budget._update(self._sums.observed())
         return BudgetReport(self.level, self.budget.config.time_budget_ms, self.spent_ms(), self.limits())
 
 

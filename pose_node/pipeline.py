@@ -161,14 +161,16 @@ class PosePipeline:
         started = time.perf_counter()
         detector_config = DetectorConfig(
             mode=config.mode, device=config.device,
-            matching=MatchingConfig(score_threshold=config.thresholds.detection_score), max_proposals_per_view=config.max_proposals_per_view,
+            matching=MatchingConfig(score_threshold=config.thresholds.detection_score),
+            max_proposals_per_view=config.max_proposals_per_view,
             object_score_thresholds=tuple((i, t.detection_score) for i, t in self._thresholds.items()),
         )
         self.detector = Detector(self.models, detector_config, cache_dir=options.cache_dir)
         self.estimator = build_estimator(stage_config, self.detector.templates, [m.object_id for m in self.models])
         self.fusion = MultiViewFusion(self.models, FusionConfig(method=config.multiview, device=config.device))
         self.tracker = InstanceTracker(options.tracking_gate_m, {m.object_id: m.symmetries for m in self.models if len(m.symmetries) > 1})
-        self.budget = TimeBudget(TimeBudgetConfig(time_budget_ms=config.time_budget_ms), nominal_limits(self.detector, self.estimator, self.fusion))
+        self.budget = TimeBudget(TimeBudgetConfig(time_budget_ms=config.time_budget_ms),
+                                 nominal_limits(self.detector, self.estimator, self.fusion))
         self.last_budget: BudgetReport | None = None
         self.build_s = time.perf_counter() - started
         logger.info("pose pipeline: %d objects, mode %s, ready in %.1f s", len(self.models), config.mode, self.build_s)
