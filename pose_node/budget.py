@@ -1,8 +1,9 @@
 """A per-set time budget: the pipeline degrades in a stated order when a set would run over (ROS-free).
 
 One multi-view set costs: per view, proposals, then matching (linear in the proposals matched),
-then the pose stage (linear in detections x pose hypotheses); per set, association, then
-refinement (linear in candidates x (starts + rounds - 1)). Nothing bounds the proposals count, so
+then the pose stage (the network per detection, the solver per detection x pose hypothesis); per
+set, association, then refinement (observing each candidate, then rendering and aligning
+candidates x (starts + rounds - 1) poses). Nothing bounds the proposals count, so
 a cluttered view can take seconds. ``time_budget_ms`` (0: off) makes the set degrade, in this
 order (each level keeps the previous levels' cuts):
 
@@ -15,7 +16,8 @@ order (each level keeps the previous levels' cuts):
 The decision is taken before each stage (each view's detection, each view's pose stage, the
 refinement), from the time already spent in the set (an injected clock, so tests are
 deterministic) and a running estimate of the remaining stages' cost: per-unit costs (ms per
-matched proposal, per pose hypothesis, per refinement unit) and per-set counts (proposals per
+matched proposal, per detection and per pose hypothesis, per candidate observed and per pose
+aligned) and per-set counts (proposals per
 view, detections per view, candidates per set), exponential moving averages over the previous
 sets, taken from the stages' own timings dicts. Within a set the level only goes up: the lowest
 level, not below the current one, whose estimated total fits the budget; the highest level when
@@ -149,11 +151,6 @@ class BudgetReport:
         return self.budget_ms > 0 and self.spent_ms > self.budget_ms
 
 
-# Running estimates: per-unit costs (ms) and per-set counts.
-_ESTIMATES = ("proposals_ms_per_view", "matching_ms_per_proposal", "proposals_per_view", "pose_ms_per_hypothesis",
-              "detections_per_view", "association_ms", "refinement_ms_per_unit", "candidates_per_set")
-
-
 class TimeBudget:
     """The budget across sets: configuration, nominal limits, clock and running estimates.
 
@@ -190,7 +187,8 @@ class _Sums:
     proposals_total: float = 0.0
     proposals_matched: float = 0.0
     detections: float = 0.0
-    pose_ms: float = 0.0
+    correspondence_ms: float = 0.0
+    pnp_ms: float = 0.0
     hypotheses: float = 0.0
     fusion: dict[str, float] = field(default_factory=dict)
 
@@ -201,8 +199,10 @@ class _Sums:
                        detections_per_view=self.detections / self.views)
         if self.proposals_matched:
             out["matching_ms_per_proposal"] = self.matching_ms / self.proposals_matched
+        if self.detections:
+            out["correspondence_ms_per_detection"] = self.correspondence_ms / self.detections
         if self.hypotheses:
-            out["pose_ms_per_hypothesis"] = self.pose_ms / self.hypotheses
+            out["pnp_ms_per_hypothesis"] = self.pnp_ms / self.hypotheses
         out.update(self.fusion)
         return out
 
@@ -233,8 +233,7 @@ class BudgetSession:
     def pose_limits(self, view_index: int, num_detections: int) -> StageLimits:
         """Limits for the pose stage of view ``view_index`` with ``num_detections`` detections."""
         def remaining(lim: StageLimits) -> float:
-            now = num_detections * lim.num_hypotheses * self._estimate("pose_ms_per_hypothesis")
-            return now + self._remaining_ms(lim, views_left=self.num_views - view_index - 1)
+            return self._pose_ms(lim, num_detections) + self._remaining_ms(lim, views_left=self.num_views - view_index - 1)
         return self._decide(remaining)
 
     def refinement_limits(self, num_candidates: int) -> tuple[int, int]:
@@ -270,13 +269,18 @@ class BudgetSession:
         matched = proposals if lim.max_proposals_per_view == 0 else min(proposals, lim.max_proposals_per_view)
         detections = min(self._estimate("detections_per_view"), matched)
         per_view = self._estimate("proposals_ms_per_view") + matched * self._estimate("matching_ms_per_proposal")
-        pose = detections * lim.num_hypotheses * self._estimate("pose_ms_per_hypothesis")
-        return views_left * (per_view + pose) + self._refinement_ms(lim, None)
+        return views_left * (per_view + self._pose_ms(lim, detections)) + self._refinement_ms(lim, None)
+
+    def _pose_ms(self, lim: StageLimits, detections: float) -> float:
+        """Estimated cost of the pose stage of ``detections`` detections of one view."""
+        return detections * (self._estimate("correspondence_ms_per_detection")
+                             + lim.num_hypotheses * self._estimate("pnp_ms_per_hypothesis"))
 
     def _refinement_ms(self, lim: StageLimits, candidates: int | None) -> float:
         """Estimated cost of association + refinement (``candidates`` None: the running estimate)."""
         n = self._estimate("candidates_per_set") if candidates is None else candidates
-        return self._estimate("association_ms") + n * (lim.max_starts + lim.rounds - 1) * self._estimate("refinement_ms_per_unit")
+        return self._estimate("association_ms") + n * (self._estimate("observe_ms_per_candidate") + (
+            lim.max_starts + lim.rounds - 1) * self._estimate("refinement_ms_per_unit"))
 
     # -- measurements -----------------------------------------------------------------------------
     def record_detection(self, timings: dict[str, float]) -> None:
@@ -289,21 +293,24 @@ class BudgetSession:
         s.proposals_matched += timings.get("proposals_matched", 0.0)
 
     def record_pose(self, num_detections: int, num_hypotheses: int, timings: dict[str, float]) -> None:
-        """One view's pose stage (``correspondence`` + ``pnp`` ms) over its detections."""
+        """One view's pose stage (``correspondence`` and ``pnp`` ms) over its detections."""
         s = self._sums
         s.detections += num_detections
         s.hypotheses += num_detections * num_hypotheses
-        s.pose_ms += timings.get("correspondence", 0.0) + timings.get("pnp", 0.0)
+        s.correspondence_ms += timings.get("correspondence", 0.0)
+        s.pnp_ms += timings.get("pnp", 0.0)
 
     def record_fusion(self, timings: dict[str, float]) -> None:
-        """The fusion's timings (``association``, ``refinement`` ms)."""
+        """The fusion's timings (``association``, ``refinement`` and its part ``refinement_observe``, ms)."""
         f = self._sums.fusion
         f["association_ms"] = timings.get("association", 0.0)
         if self._refinement_work is not None:
             candidates, units = self._refinement_work
             f["candidates_per_set"] = float(candidates)
-            if units > 0 and "refinement" in timings:
-                f["refinement_ms_per_unit"] = timings["refinement"] / units
+            observe = timings.get("refinement_observe", 0.0)
+            if candidates > 0 and "refinement" in timings:
+                f["observe_ms_per_candidate"] = observe / candidates
+                f["refinement_ms_per_unit"] = max(timings["refinement"] - observe, 0.0) / units
 
     def finish(self) -> BudgetReport:
         """Close the set: fold its measurements into the running estimates and report it."""
