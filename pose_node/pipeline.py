@@ -16,6 +16,11 @@ estimate takes the id of the nearest recently seen instance of the same object w
 ``name_reuse_s``. A tracked symmetric object is reported as the symmetric equivalent closest to its
 previous pose, so its frame does not jump between equivalent orientations.
 :meth:`PosePipeline.reset` forgets the tracked state (re-detection; ids start again at 0).
+
+Cost is bounded per view by ``PipelineConfig.max_proposals_per_view`` and per set by
+``PipelineConfig.time_budget_ms`` (:mod:`pose_node.budget`: fewer proposals, then fewer pose
+hypotheses and refinement starts, then fewer refinement rounds), applied in :func:`estimate_set`;
+the level a set used is ``budget_level`` in its timings and :attr:`PosePipeline.last_budget`.
 """
 from __future__ import annotations
 
@@ -23,13 +28,14 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from pose_node.budget import BudgetReport, StageLimits, TimeBudget, TimeBudgetConfig
 from pose_node.core.errors import InvalidInputError
-from pose_node.core.types import ObjectModel, PoseEstimate, View
+from pose_node.core.types import Detection, ObjectModel, PoseEstimate, View
 from pose_node.refinement.association import closest_equivalent, equivalent_with_covariance
 from pose_node.ros.node_config import NodeConfig, PipelineConfig, Thresholds
 
@@ -216,6 +222,9 @@ class PosePipeline:
         config: mode, device, backend and default thresholds.
         object_thresholds: object id -> thresholds with its overrides (default: ``config.thresholds``).
         options: see :class:`PipelineOptions`.
+    Attributes:
+        budget: the per-set time budget (its ``clock`` may be replaced, e.g. in tests).
+        last_budget: how the last set used it (None before the first set).
     Raises:
         InvalidInputError: no models or invalid settings.
         StageUnavailableError: weights missing, no renderer for onboarding, ...
@@ -244,6 +253,7 @@ class PosePipeline:
         detector_config = DetectorConfig(
             mode=config.mode, device=config.device,
             matching=MatchingConfig(score_threshold=config.thresholds.detection_score),
+            max_proposals_per_view=config.max_proposals_per_view,
             object_score_thresholds=tuple((i, t.detection_score) for i, t in self._thresholds.items()),
         )
         self.detector = Detector(self.models, detector_config, cache_dir=options.cache_dir)
@@ -253,6 +263,9 @@ class PosePipeline:
                                        name_reuse_s=options.name_reuse_s)
         self._units_checked: set[int] = set()
         self._unit_reports: list[UnitReport] = []
+        self.budget = TimeBudget(TimeBudgetConfig(time_budget_ms=config.time_budget_ms),
+                                 nominal_limits(self.detector, self.estimator, self.fusion))
+        self.last_budget: BudgetReport | None = None
         self.build_s = time.perf_counter() - started
         logger.info("pose pipeline: %d objects, mode %s, ready in %.1f s", len(self.models), config.mode, self.build_s)
 
@@ -315,21 +328,21 @@ class PosePipeline:
         Returns:
             Estimates (fused, thresholded, tracked ids) and milliseconds per step:
             ``proposals``, ``matching``, ``correspondence``, ``pnp`` (summed over views),
-            ``association``, ``refinement`` (with its parts ``refinement_*``) and ``total``.
+            ``association``, ``refinement`` (with its parts ``refinement_*``) and ``total``; plus
+            counts (:data:`pose_node.budget.COUNT_KEYS`): ``proposals_total`` / ``_matched`` /
+            ``_cut`` summed over views and the time budget's ``budget_level`` (also in
+            :attr:`last_budget`).
         Raises:
             InvalidInputError: a view lacks depth in RGB-D mode.
         """
-        from pose_node.correspondence.stage import detect_and_estimate
-
         started = time.perf_counter()
         with self._lock:
             thresholds = dict(self._thresholds)
-        estimates, timings, per_view = detect_and_estimate(
-            self.detector, self.estimator, views, keep=lambda d: d.score >= thresholds[d.object_id].detection_score)
+        fused, timings, self.last_budget, per_view = estimate_set(
+            self.detector, self.estimator, self.fusion, views, self.budget, with_depth=self.config.mode == "rgbd",
+            keep=lambda d: d.score >= thresholds[d.object_id].detection_score)
         if self.config.mode == "rgbd":
             self._check_units(views, per_view, thresholds)
-        fused, fusion_ms = self.fusion(views, estimates, with_depth=self.config.mode == "rgbd")
-        timings.update(fusion_ms)
         fused = [e for e in fused if passes_thresholds(e, thresholds[e.object_id])]
         with self._lock:
             tracked = self.tracker.assign(fused, min((v.stamp_ns for v in views), default=0))
@@ -337,4 +350,42 @@ class PosePipeline:
         return tracked, timings
 
 
-__all__ = ["InstanceTracker", "PipelineOptions", "PosePipeline", "UnitReport", "detection_units", "passes_thresholds"]
+def nominal_limits(detector, estimator, fusion) -> StageLimits:
+    """The stages' configured settings: the time budget's level 0."""
+    refinement = fusion.config.refinement
+    return StageLimits(detector.config.max_proposals_per_view, estimator.config.num_hypotheses, refinement.max_starts,
+                       refinement.rounds)
+
+
+def estimate_set(detector, estimator, fusion, views: list[View], budget: TimeBudget, *, with_depth: bool,
+                 keep: Callable[[Detection], bool] | None = None, object_ids: Sequence[int] | None = None,
+                 ) -> tuple[list[PoseEstimate], dict[str, float], BudgetReport, list]:
+    """Detection, poses and fusion of one set under a time budget (:mod:`pose_node.budget`).
+
+    The one place the budget is applied, shared by :class:`PosePipeline` and the evaluation's
+    refinement stage (so ``pose_eval`` measures what the node runs).
+
+    Args:
+        detector, estimator, fusion: the pipeline's stages.
+        views: the set. budget: its time budget (``time_budget_ms`` 0: nominal settings).
+        with_depth: the fusion may use depth. keep: detections posed (None: all).
+        object_ids: objects looked for (None: all the detector knows).
+    Returns:
+        Fused estimates, timings (milliseconds and counts, with ``budget_level``), the budget's
+        report and each view's :class:`~pose_node.evaluation.runner.ViewDetections`.
+    """
+    from pose_node.correspondence.stage import detect_and_estimate
+
+    session = budget.start_set(len(views))
+    estimates, timings, per_view = detect_and_estimate(detector, estimator, views, object_ids=object_ids, keep=keep,
+                                                       budget=session)
+    fused, fusion_ms = fusion(views, estimates, with_depth=with_depth, limits=session.refinement_limits)
+    session.record_fusion(fusion_ms)
+    timings.update(fusion_ms)
+    report = session.finish()
+    timings["budget_level"] = float(report.level)
+    return fused, timings, report, per_view
+
+
+__all__ = ["InstanceTracker", "PipelineOptions", "PosePipeline", "UnitReport", "detection_units", "estimate_set", "nominal_limits",
+           "passes_thresholds"]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pose_node.budget import COUNT_KEYS
 from pose_node.core.errors import InvalidInputError
 
 #: Stage group -> the timing keys summed into it, in pipeline order. ``decode`` (ROS messages to
@@ -78,7 +79,8 @@ def group_timings(timings_ms: Mapping[str, float]) -> dict[str, float]:
     """One frame's timings summed per stage group, milliseconds.
 
     Args:
-        timings_ms: timing key -> milliseconds (``total`` and other aggregates are left out).
+        timings_ms: timing key -> milliseconds (``total`` and other aggregates are left out, and
+            so are the counts of :data:`pose_node.budget.COUNT_KEYS`).
     Returns:
         Group -> milliseconds, for the groups with at least one key present, in
         :data:`STAGE_GROUPS` order, then unknown keys in their given order.
@@ -89,6 +91,8 @@ def group_timings(timings_ms: Mapping[str, float]) -> dict[str, float]:
         if present:
             grouped[group] = float(sum(present))
     for key, value in timings_ms.items():
+        if key in COUNT_KEYS:  # counts (proposals, budget level), not milliseconds
+            continue
         if key not in AGGREGATE_KEYS and not is_part(key) and group_of(key) == key and key not in grouped:
             grouped[key] = float(value)
     return grouped

@@ -203,15 +203,24 @@ class CorrespondenceEstimator:
 
     # -- one view ---------------------------------------------------------------------------------
 
-    def estimate_view(self, view: View, detections: Sequence[Detection]) -> tuple[list[CameraPose], dict[str, float]]:
+    def estimate_view(self, view: View, detections: Sequence[Detection], *, num_hypotheses: int | None = None
+                      ) -> tuple[list[CameraPose], dict[str, float]]:
         """Poses of a view's detections in its camera.
 
+        Args:
+            view: the image (and depth). detections: of this view.
+            num_hypotheses: hypotheses solved per detection (None: ``config.num_hypotheses``; a
+                time budget passes fewer).
         Returns:
             one :class:`CameraPose` per detection (in order) and milliseconds per step
             (``correspondence`` for the network, ``pnp`` for the solver).
         Raises:
-            InvalidInputError: a detection of an unknown object or without templates indices.
+            InvalidInputError: a detection of an unknown object or without templates indices, or
+                ``num_hypotheses < 1``.
         """
+        H = self.config.num_hypotheses if num_hypotheses is None else int(num_hypotheses)
+        if H < 1:
+            raise InvalidInputError(f"num_hypotheses: must be >= 1, got {H}")
         timings = {"correspondence": 0.0, "pnp": 0.0}
         if not detections:
             return [], timings
@@ -246,8 +255,8 @@ class CorrespondenceEstimator:
             xyz = torch.cat([e.xyz_norm for e in enc])
             mask = torch.cat([e.mask for e in enc])
             scores = mean_best_cosine(masked_cosine(crop_desc[b:b + 1], desc[None], mask[None]), det_grid[b:b + 1])[0]
-            best = torch.topk(scores, min(cfg.num_hypotheses, len(scores))).indices
-            best = torch.cat([best, best[-1:].expand(cfg.num_hypotheses - len(best))])
+            best = torch.topk(scores, min(H, len(scores))).indices
+            best = torch.cat([best, best[-1:].expand(H - len(best))])
             chosen_desc.append(desc[best])
             chosen_xyz.append(xyz[best])
             chosen_mask.append(mask[best])
@@ -264,7 +273,6 @@ class CorrespondenceEstimator:
         # The solver runs on the CPU in float64 (the one host hop of this stage): D x H problems of
         # N points are too small for a GPU to pay off, and the RANSAC start is OpenCV.
         started = time.perf_counter()
-        H = cfg.num_hypotheses
         N = g * g
         f64 = torch.float64
         center = torch.from_numpy(np.stack(centers)).to(f64)

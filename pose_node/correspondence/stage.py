@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pose_node.core.errors import InvalidInputError, StageUnavailableError
 from pose_node.core.resources import shipped_file
@@ -26,6 +27,9 @@ from pose_node.core.types import Detection, ObjectModel, PoseEstimate, View
 from pose_node.correspondence.estimator import CorrespondenceConfig, CorrespondenceEstimator
 from pose_node.detection.stage import DetectionEstimator, detection_factory
 from pose_node.evaluation.runner import EvalConfig, ViewDetections, register_stage
+
+if TYPE_CHECKING:
+    from pose_node.budget import BudgetSession
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +70,7 @@ def covariance_scales(weights_path: Path) -> dict[str, float]:
 
 def detect_and_estimate(
     detector, estimator: CorrespondenceEstimator, views: Sequence[View], *, object_ids: Sequence[int] | None = None,
-    keep: Callable[[Detection], bool] | None = None,
+    keep: Callable[[Detection], bool] | None = None, budget: BudgetSession | None = None,
 ) -> tuple[list[PoseEstimate], dict[str, float], list[ViewDetections]]:
     """Per view: detect, keep the detections ``keep`` accepts, pose each one, map it to the world.
 
@@ -76,19 +80,30 @@ def detect_and_estimate(
         detector: a built :class:`~pose_node.detection.detector.Detector`.
         object_ids: look only for these objects (None: all the detector knows).
         keep: filter applied to the detections before the pose stage (None: keep all).
+        budget: the set's time budget, asked for the proposal cap before each view's detection
+            and for the hypotheses count before each view's pose stage, and told what they cost
+            (None: the detector's and estimator's configured settings).
     Returns:
         World-frame estimates, milliseconds per step summed over the views (``proposals``,
-        ``matching``, ``correspondence``, ``pnp``) and each view's detections (all of them, before
-        ``keep``) with their detection timings.
+        ``matching``, ``correspondence``, ``pnp``) with the proposal counts summed over the views
+        (``proposals_total``, ``proposals_matched``, ``proposals_cut``), and each view's
+        detections (all of them, before ``keep``) with their detection timings and counts.
     """
     timings = {"proposals": 0.0, "matching": 0.0, "correspondence": 0.0, "pnp": 0.0}
     estimates: list[PoseEstimate] = []
     per_view: list[ViewDetections] = []
     for index, view in enumerate(views):
-        detections, detection_ms = detector.detect(view, object_ids=object_ids, view_index=index)
+        cap = None if budget is None else budget.view_limits(index).max_proposals_per_view
+        detections, detection_ms = detector.detect(view, object_ids=object_ids, view_index=index, max_proposals=cap)
         per_view.append(ViewDetections(tuple(detections), dict(detection_ms)))
         kept = detections if keep is None else [d for d in detections if keep(d)]
-        poses, pose_ms = estimator.estimate_view(view, kept)
+        if budget is None:
+            poses, pose_ms = estimator.estimate_view(view, kept)
+        else:
+            budget.record_detection(detection_ms)
+            hypotheses = budget.pose_limits(index, len(kept)).num_hypotheses
+            poses, pose_ms = estimator.estimate_view(view, kept, num_hypotheses=hypotheses)
+            budget.record_pose(len(kept), hypotheses, pose_ms)
         for k, v in {**detection_ms, **pose_ms}.items():
             timings[k] = timings.get(k, 0.0) + v
         estimates += estimator.to_world(view, poses, first_instance_id=len(estimates))

@@ -8,7 +8,9 @@ per view:
    (:func:`pose_node.detection.proposals_depth.depth_proposals`, gated by the known objects'
    diameter range); RGB mode runs :func:`pose_node.detection.proposals_rgb.rgb_proposals` when
    that module is installed, else the detector cannot be built (:class:`StageUnavailableError`).
-2. matching (timed as ``"matching"``): masked crop-camera crops, descriptors, CNOS scores
+2. cap: at most ``max_proposals_per_view`` proposals, highest proposal score first, go on
+   (:func:`cap_proposals`; the counts found, matched and cut are reported with the timings).
+3. matching (timed as ``"matching"``): masked crop-camera crops, descriptors, CNOS scores
    (mean of the top-k template similarities), per-object score thresholds, merging of depth
    proposals that cut one object in pieces (:meth:`Detector._merge_fragments`), class-agnostic
    mask NMS (several instances of one object survive when they do not overlap), pose priors
@@ -91,6 +93,12 @@ class DetectorConfig:
             first view is not slower than the others (the backend picks its kernels on the first
             call of each batch size; batch sizes 1..``warmup_max_batch`` are warmed).
         warmup_max_batch: see ``warmup``.
+        max_proposals_per_view: at most this many proposals of a view (highest proposal score
+            first) go to descriptors and matching, so a cluttered view's matching time is bounded;
+            0: no cap. Unlike the proposal modules' own ``max_proposals`` (50), it holds for both
+            sources and a time budget can tighten it per set (:mod:`pose_node.budget`). The default
+            leaves typical views untouched: path-traced cluttered workcells (640x480, 6-10 objects
+            plus 3-8 distractors, 12 views) gave 11-16 depth proposals per view, median 14.
     """
 
     mode: str = "rgbd"
@@ -108,6 +116,7 @@ class DetectorConfig:
     merge_gap_px: int = 3
     warmup: bool = True
     warmup_max_batch: int = 8
+    max_proposals_per_view: int = 32
 
     def __post_init__(self) -> None:
         if self.mode not in DETECTOR_MODES:
@@ -117,6 +126,8 @@ class DetectorConfig:
         for name in ("onboarding_batch_size", "merge_gap_px", "warmup_max_batch"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"DetectorConfig.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.max_proposals_per_view < 0:
+            raise InvalidInputError(f"DetectorConfig.max_proposals_per_view: must be >= 0 (0: no cap), got {self.max_proposals_per_view}")
         thresholds = tuple((int(o), float(t)) for o, t in self.object_score_thresholds)
         if any(not -1.0 <= t <= 1.0 for _, t in thresholds):
             raise InvalidInputError(f"DetectorConfig.object_score_thresholds: thresholds must lie in [-1, 1], got {thresholds}")
@@ -152,6 +163,18 @@ class _Matched:
         rows_a, rows_b = np.asarray(a_rows, dtype=np.int64), np.asarray(b_rows, dtype=np.int64)
         return _Matched(*(np.concatenate([getattr(a, name)[rows_a], getattr(b, name)[rows_b]])
                           for name in ("score", "object_index", "top_templates", "R_camera_crop", "focal_px", "accepted")))
+
+
+def cap_proposals(proposals: Sequence[Proposal], max_proposals: int) -> list[Proposal]:
+    """The ``max_proposals`` proposals of highest ``score`` (0: all), in their given order.
+
+    Ties go to the earlier proposal (a stable sort), so the cut is deterministic; keeping the given
+    order makes a cap that cuts nothing change nothing downstream.
+    """
+    if max_proposals == 0 or len(proposals) <= max_proposals:
+        return list(proposals)
+    order = sorted(range(len(proposals)), key=lambda i: -float(proposals[i].score))
+    return [proposals[i] for i in sorted(order[:max_proposals])]
 
 
 def _masks_touch(a: Proposal, b: Proposal, gap_px: int) -> bool:
@@ -350,7 +373,7 @@ class Detector:
 
     def match_proposals(self, view: View, proposals: Sequence[Proposal], *, object_ids: Sequence[int] | None = None,
                         view_index: int = 0) -> list[Detection]:
-        """Identify proposals (see the module docstring, step 2).
+        """Identify proposals (see the module docstring, step 3).
 
         Args:
             view: the view the proposals come from.
@@ -466,25 +489,37 @@ class Detector:
         keep = [i for i in range(len(proposals)) if i not in replaced]
         return [proposals[i] for i in keep] + [merged[k] for k in extra], _Matched.concatenate(matched, keep, again, extra)
 
-    def detect(self, view: View, *, object_ids: Sequence[int] | None = None, view_index: int = 0
-               ) -> tuple[list[Detection], dict[str, float]]:
+    def detect(self, view: View, *, object_ids: Sequence[int] | None = None, view_index: int = 0,
+               max_proposals: int | None = None) -> tuple[list[Detection], dict[str, float]]:
         """Detect the known objects in one view.
 
         Args:
             view: the image (and depth in RGB-D mode).
             object_ids: objects to look for (None: all known objects).
             view_index: index of the view in its frame (stored in the detections).
+            max_proposals: proposals matched, highest proposal score first (0: all; None:
+                ``config.max_proposals_per_view``); a time budget passes a tighter one.
         Returns:
-            (detections best first, timings in milliseconds ``{"proposals", "matching"}``).
+            (detections best first, timings: milliseconds ``proposals`` and ``matching``, and the
+            counts ``proposals_total`` (found), ``proposals_matched`` (sent to matching after
+            the cap) and ``proposals_cut`` (their difference); see :data:`pose_node.budget.COUNT_KEYS`).
         Raises:
-            InvalidInputError: RGB-D mode without depth, or unknown object ids.
+            InvalidInputError: RGB-D mode without depth, unknown object ids, or ``max_proposals < 0``.
         """
+        cap = self.config.max_proposals_per_view if max_proposals is None else int(max_proposals)
+        if cap < 0:
+            raise InvalidInputError(f"max_proposals: must be >= 0 (0: no cap), got {cap}")
         started = time.perf_counter()
         proposals = self.proposals(view)
+        kept = cap_proposals(proposals, cap)
         t_proposals = time.perf_counter()
-        detections = self.match_proposals(view, proposals, object_ids=object_ids, view_index=view_index)
+        detections = self.match_proposals(view, kept, object_ids=object_ids, view_index=view_index)
         t_matching = time.perf_counter()
-        timings = {"proposals": 1e3 * (t_proposals - started), "matching": 1e3 * (t_matching - t_proposals)}
-        logger.debug("view %s: %d proposals -> %d detections (proposals %.1f ms, matching %.1f ms)", view.name, len(proposals),
+        timings = {"proposals": 1e3 * (t_proposals - started), "matching": 1e3 * (t_matching - t_proposals),
+                   "proposals_total": float(len(proposals)), "proposals_matched": float(len(kept)),
+                   "proposals_cut": float(len(proposals) - len(kept))}
+        if len(kept) < len(proposals):
+            logger.debug("view %s: %d of %d proposals matched (cap %d)", view.name, len(kept), len(proposals), cap)
+        logger.debug("view %s: %d proposals -> %d detections (proposals %.1f ms, matching %.1f ms)", view.name, len(kept),
                      len(detections), timings["proposals"], timings["matching"])
         return detections, timings

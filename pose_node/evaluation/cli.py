@@ -26,6 +26,7 @@ import logging
 import sys
 from pathlib import Path
 
+from pose_node.budget import TimeBudgetConfig
 from pose_node.core.errors import PoseNodeError
 from pose_node.evaluation.runner import (
     KNOWN_STAGES,
@@ -63,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device of the pose stages (cpu, cuda:0)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch CPU threads (default: torch's choice; 1 is steadier on a CPU shared with other processes)")
+    p.add_argument("--max-proposals-per-view", type=int, default=32, metavar="N",
+                   help="proposals matched per view, highest proposal score first (0: no cap; the node's "
+                        "pipeline.max_proposals_per_view, default 32)")
+    p.add_argument("--time-budget-ms", type=float, default=0.0, metavar="MS",
+                   help="per-set time budget of the refinement stage, milliseconds (0: off; the node's pipeline.time_budget_ms)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -162,6 +168,17 @@ def _correspondence_config(args: argparse.Namespace):
     return CorrespondenceStageConfig(weights_path=args.weights, backend=args.backend, device=args.device)
 
 
+def _detector_config(args: argparse.Namespace):
+    """The detection stage's settings, or None when that stage is not requested."""
+    if "detection" not in expand_stages(args.stages):
+        return None
+    try:
+        from pose_node.detection.detector import DetectorConfig
+    except ImportError:  # the runner reports the stage as missing, with the reason
+        return None
+    return DetectorConfig(max_proposals_per_view=args.max_proposals_per_view)
+
+
 def _refinement_config(args: argparse.Namespace):
     """The refinement stage's settings, or None when that stage is not requested."""
     if "refinement" not in expand_stages(args.stages):
@@ -186,9 +203,13 @@ def main(argv: list[str] | None = None) -> int:
         import torch  # only when asked: the runner itself does not need torch
 
         torch.set_num_threads(args.threads)
+    if args.max_proposals_per_view < 0 or not 0 <= args.time_budget_ms < float("inf"):
+        print("pose_eval: --max-proposals-per-view and --time-budget-ms must be >= 0 (0: off)", file=sys.stderr)
+        return 2
     config = EvalConfig(mode=args.mode, stages=expand_stages(args.stages), max_targets=args.max_targets, cache_dir=args.cache_dir,
                         correspondence=_correspondence_config(args), refinement=_refinement_config(args),
-                        vsd_without_depth=args.vsd_without_depth)
+                        vsd_without_depth=args.vsd_without_depth, detector=_detector_config(args),
+                        time_budget=TimeBudgetConfig(time_budget_ms=args.time_budget_ms))
     csv_path = args.out.with_suffix(".csv")
     try:
         results = run(args.dataset, args.targets, config, split=args.split, csv_path=csv_path,

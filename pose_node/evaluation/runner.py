@@ -23,8 +23,8 @@ view of its last :meth:`Estimator.estimate` call, in view order (the runner sets
 before each call). The runner then scores detection per image
 (:mod:`pose_node.detection.metrics`: recall and precision at mask IoU 0.5 of the instances with
 ``visib_fract >= 0.3``, less visible ones being ignore regions; COCO-style mask AP over IoU
-0.5:0.95) and latency per view, and writes them to ``results["detection"]`` (None when no
-estimator reports detections). Only the frame's target objects are looked for and scored.
+0.5:0.95), latency and proposal counts (found, cut by the cap) per view, and writes them to
+``results["detection"]`` (None when no estimator reports detections). Only the frame's target objects are looked for and scored.
 When a later stage is missing, the requested stages before it still run: detection alone
 reports the detection block while the pose scores stay 0; detection + correspondence give
 single-view poses (in a multi-view frame, one estimate per view that detected the object).
@@ -71,6 +71,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from pose_node.budget import COUNT_KEYS, latency_items
 from pose_node.core.errors import InvalidInputError, PoseNodeError, StageUnavailableError
 from pose_node.core.types import Detection, ObjectModel, PoseEstimate, View
 from pose_node.datasets.bop import BopDataset, BopEstimate, Target, write_estimates_csv
@@ -107,7 +108,8 @@ class ViewDetections:
 
     Attributes:
         detections: the view's detections (any order).
-        timings_ms: step -> milliseconds for this view (``"proposals"``, ``"matching"``).
+        timings_ms: step -> milliseconds for this view (``"proposals"``, ``"matching"``), and the
+            detector's proposal counts (:data:`pose_node.budget.COUNT_KEYS`, not milliseconds).
     """
 
     detections: tuple[Detection, ...]
@@ -208,6 +210,9 @@ class EvalConfig:
             :class:`pose_node.correspondence.stage.CorrespondenceStageConfig`; None: its defaults.
         refinement: settings of the refinement stage, a
             :class:`pose_node.refinement.fusion.FusionConfig`; None: its defaults.
+        time_budget: the per-set time budget of the refinement stage, a
+            :class:`pose_node.budget.TimeBudgetConfig` (the node's ``pipeline.time_budget_ms``);
+            None: no budget.
         vsd_without_depth: VSD of an image that has no depth file: ``gt_render`` uses the
             z-buffer of its GT instances rendered at the GT poses as the test depth (occlusion by
             annotated objects only), ``unavailable`` makes VSD and AR null (BOP has no rule).
@@ -226,6 +231,7 @@ class EvalConfig:
     correspondence: object | None = None
     refinement: object | None = None
     vsd_without_depth: str = "gt_render"
+    time_budget: object | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -384,6 +390,7 @@ class _DetectionTally:
         self.config = config
         self.scorer = DetectionScorer(config)
         self.latency: dict[str, list[float]] = {"total": [], "proposals": [], "matching": []}
+        self.proposal_counts: dict[str, list[float]] = {"proposals_total": [], "proposals_cut": []}
         self.frames_without_detections = 0
 
     def add_frame(self, dataset: BopDataset, gt_info: GtInfoSource, frame: Frame, obj_ids: Sequence[int],
@@ -408,10 +415,13 @@ class _DetectionTally:
             )
             if view_detections is not None:
                 timings = view_detections[k].timings_ms
-                self.latency["total"].append(float(sum(timings.values())))
+                self.latency["total"].append(float(sum(latency_items(timings).values())))
                 for name in ("proposals", "matching"):
                     if name in timings:
                         self.latency[name].append(float(timings[name]))
+                for name, values in self.proposal_counts.items():
+                    if name in timings:
+                        values.append(float(timings[name]))
 
     def results(self, mode: str) -> dict:
         s = self.scorer.summary()
@@ -421,6 +431,8 @@ class _DetectionTally:
             "ap_per_iou": {f"{t:.2f}": v for t, v in s.ap_per_iou.items()},
             "latency_ms": {"median": total["median"], "p95": total["p95"], "proposals_median": _stats(self.latency["proposals"])["median"],
                            "matching_median": _stats(self.latency["matching"])["median"], "n_views": len(self.latency["total"])},
+            "proposals_per_view": {"found": _stats(self.proposal_counts["proposals_total"]),
+                                   "cut": _stats(self.proposal_counts["proposals_cut"])},
             "n_gt": s.n_targets, "n_gt_ignored": s.n_ignored_gt, "n_detections": s.n_detections,
             "n_true_positives": s.n_true_positives, "n_false_positives": s.n_false_positives, "n_images": s.n_images,
             "frames_without_detections": self.frames_without_detections, "mode": mode,
@@ -510,6 +522,7 @@ def evaluate(
     world = _WorldMatches()
     latency_total: list[float] = []
     latency_stage: dict[str, list[float]] = {}
+    counts_per_set: dict[str, list[float]] = {}
     csv_rows: list[BopEstimate] = []
     frame_errors: list[str] = []
     n_estimates = 0
@@ -561,8 +574,10 @@ def evaluate(
                 detection.add_frame(dataset, gt_info, frame, obj_ids, getattr(frame_estimator, "last_detections", None))
             total_ms = (time.perf_counter() - t0) * 1000.0
             latency_total.append(total_ms)
-            for name, ms in stage_ms.items():
+            for name, ms in latency_items(stage_ms).items():
                 latency_stage.setdefault(name, []).append(float(ms))
+            for name in COUNT_KEYS & stage_ms.keys():
+                counts_per_set.setdefault(name, []).append(float(stage_ms[name]))
             for e in estimates:
                 if not isinstance(e, PoseEstimate):
                     raise InvalidInputError(f"Estimator.estimate must return PoseEstimate objects, got {type(e).__name__}")
@@ -651,6 +666,7 @@ def evaluate(
         "n_estimates": n_estimates,
         "n_estimates_scored": summary.n_estimates_evaluated,
         "latency_ms": {"total": _stats(latency_total), "per_stage": {k: _stats(v) for k, v in latency_stage.items()}},
+        "counts_per_set": {k: _stats(v) for k, v in sorted(counts_per_set.items())},
         "covariance_coverage": coverage,
         "covariance_coverage_n": len(world.T_est),
         "covariance_d2": d2_list,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -109,13 +109,16 @@ class MultiViewFusion:
             backbone = create_backbone(BackboneConfig(name=config.backbone, device=config.device))
             self.refiner = MultiViewRefiner(list(models), renderer, backbone, refinement)
 
-    def __call__(self, views: Sequence[View], estimates: Sequence[PoseEstimate], with_depth: bool
-                 ) -> tuple[list[PoseEstimate], dict[str, float]]:
+    def __call__(self, views: Sequence[View], estimates: Sequence[PoseEstimate], with_depth: bool, *,
+                 limits: Callable[[int], tuple[int, int]] | None = None) -> tuple[list[PoseEstimate], dict[str, float]]:
         """One estimate per object instance.
 
         Args:
             views: the frame's views. estimates: every view's world-frame estimates.
             with_depth: the views carry depth the refinement may use.
+            limits: ``limits(num_candidates) -> (max_starts, rounds)``, asked after association,
+                before refinement (a time budget's :meth:`~pose_node.budget.BudgetSession.refinement_limits`);
+                None: the refinement config's.
         Returns:
             Estimates (highest score first) and milliseconds: ``association`` and, with
             refinement, ``refinement`` plus its parts.
@@ -126,8 +129,9 @@ class MultiViewFusion:
         timings = {"association": (time.perf_counter() - t0) * 1e3}
         if self.refiner is None:
             return [c.to_estimate(i) for i, c in enumerate(candidates)], timings
+        max_starts, rounds = (None, None) if limits is None else limits(len(candidates))
         t1 = time.perf_counter()
-        refined, parts = self.refiner.refine(views, candidates, with_depth)
+        refined, parts = self.refiner.refine(views, candidates, with_depth, max_starts=max_starts, rounds=rounds)
         timings["refinement"] = (time.perf_counter() - t1) * 1e3
         timings.update(parts)
         return sorted(refined, key=lambda e: -e.score), timings

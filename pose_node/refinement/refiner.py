@@ -104,19 +104,25 @@ class MultiViewRefiner:
         self.config = config
         self.builder = ProblemBuilder(self.models, renderer, backbone, config.crops)
 
-    def refine(self, views: Sequence[View], candidates: Sequence[Candidate], with_depth: bool
-               ) -> tuple[list[PoseEstimate], dict[str, float]]:
+    def refine(self, views: Sequence[View], candidates: Sequence[Candidate], with_depth: bool, *,
+               max_starts: int | None = None, rounds: int | None = None) -> tuple[list[PoseEstimate], dict[str, float]]:
         """One world-frame estimate per candidate.
 
         Args:
             views: the frame's views (extrinsics set; depth when ``with_depth``).
             candidates: from :func:`pose_node.refinement.association.associate`.
             with_depth: use the depth residual (``config.use_depth`` must allow it).
+            max_starts, rounds: override ``config.max_starts`` / ``config.rounds`` for this call
+                (None: the config's; a time budget passes fewer).
         Returns:
             Estimates (candidates no view sees keep their associated pose) and milliseconds per
             step: ``refinement_observe``, ``refinement_render``, ``refinement_align``.
         """
         cfg = self.config
+        max_starts = cfg.max_starts if max_starts is None else int(max_starts)
+        rounds = cfg.rounds if rounds is None else int(rounds)
+        if max_starts < 1 or rounds < 1:
+            raise InvalidInputError(f"MultiViewRefiner.refine: need max_starts >= 1 and rounds >= 1, got {max_starts}, {rounds}")
         timings = {"refinement_observe": 0.0, "refinement_render": 0.0, "refinement_align": 0.0}
         if not candidates:
             return [], timings
@@ -129,7 +135,7 @@ class MultiViewRefiner:
         # Round 1 over every start of every candidate seen by at least one view.
         start_owner, start_T = [], []
         for c in active:
-            for T in self._starts(candidates[c]):
+            for T in self._starts(candidates[c], max_starts):
                 start_owner.append(c)
                 start_T.append(T)
         if not start_owner:  # no view sees any candidate: nothing to refine against
@@ -146,7 +152,7 @@ class MultiViewRefiner:
         T_now = {c: res.T_world_object[b] for c, b in refined.items()}
         final = {c: (res, b, [True] * len(obs.slots[c])) for c, b in refined.items()}
         moved = {c: _moved(res.T_world_object[b], torch.from_numpy(start_T[b]), cfg) for c, b in refined.items()}
-        for _ in range(cfg.rounds - 1):
+        for _ in range(rounds - 1):
             todo = [c for c in refined if moved[c]]
             if not todo:
                 break
@@ -176,12 +182,12 @@ class MultiViewRefiner:
             out.append(self._estimate(c, cand, final[c], res, start_owner, costs, obs.slots[c], with_depth, len(out)))
         return out, timings
 
-    def _starts(self, cand: Candidate) -> list[np.ndarray]:
-        """The associated pose and distinct alternatives (by rotation, after symmetry)."""
+    def _starts(self, cand: Candidate, max_starts: int) -> list[np.ndarray]:
+        """The associated pose and distinct alternatives (by rotation, after symmetry), at most ``max_starts``."""
         model = self.models[cand.object_id]
         starts = [np.asarray(cand.T_world_object, dtype=np.float64)]
         for alt in sorted(cand.alternatives, key=lambda e: -e.score):
-            if len(starts) >= self.config.max_starts:
+            if len(starts) >= max_starts:
                 break
             T = closest_equivalent(alt.T_world_object, starts[0], model.symmetries)
             if all(rotation_angle_deg(T, s) > 10.0 for s in starts):

@@ -10,7 +10,8 @@ One YAML file describes a workcell (``config/pose_node.yaml`` is a commented exa
       - {id: 1, name: mug, mesh: meshes/mug.ply, units: mm, symmetries_continuous: [...], thresholds: {...}}
       - {bop_models: ../models, ids: [1, 2]}
       - {procedural: {seed: 0, count: 4}}
-    pipeline: {mode: rgbd, device: cpu, backend: auto, multiview: refinement, thresholds: {...}}
+    pipeline: {mode: rgbd, device: cpu, backend: auto, multiview: refinement, thresholds: {...},
+               max_proposals_per_view: 32, time_budget_ms: 0}
     sync: {slop_s: 0.02, timeout_s: 0.1, min_cameras: 1, queue_size: 10}
     tracking: {gate_m: 0.05, name_reuse_s: 2.0}
     diagnostics: {window_s: 5.0, late_s: 1.0, stale_timeout_s: 3.0, period_s: 1.0}
@@ -197,6 +198,11 @@ class PipelineConfig:
             refinement against all views) or ``association`` (association and fusion only).
         thresholds: defaults for every object (see :meth:`NodeConfig.thresholds_for`); read from
             a file, ``pose_score`` defaults to ``DEFAULT_PUBLISH_POSE_SCORE`` (0.3), not 0.
+        max_proposals_per_view: proposals matched per view, highest proposal score first (0: no
+            cap); see :class:`pose_node.detection.detector.DetectorConfig`.
+        time_budget_ms: milliseconds per multi-view set before the pipeline degrades (fewer
+            proposals, then fewer pose hypotheses and refinement starts, then fewer refinement
+            rounds; :mod:`pose_node.budget`); 0: no budget.
     """
 
     mode: str = "rgbd"
@@ -204,6 +210,8 @@ class PipelineConfig:
     backend: str = "auto"
     multiview: str = "refinement"
     thresholds: Thresholds = field(default_factory=Thresholds)
+    max_proposals_per_view: int = 32
+    time_budget_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -447,7 +455,8 @@ def _threshold_values(value: Any, path: str) -> dict[str, float]:
 
 
 def _parse_pipeline(value: Any) -> PipelineConfig:
-    section = _Section({} if value is None else value, "pipeline", ("mode", "device", "backend", "multiview", "thresholds"))
+    section = _Section({} if value is None else value, "pipeline", ("mode", "device", "backend", "multiview", "thresholds",
+                                                                    "max_proposals_per_view", "time_budget_ms"))
     defaults = PipelineConfig()
     raw_thresholds = section.raw("thresholds")
     thresholds = Thresholds(**{"pose_score": DEFAULT_PUBLISH_POSE_SCORE,
@@ -458,6 +467,8 @@ def _parse_pipeline(value: Any) -> PipelineConfig:
         backend=section.string("backend", defaults.backend, choices=BACKENDS),
         multiview=section.string("multiview", defaults.multiview, choices=MULTIVIEW_METHODS),
         thresholds=thresholds,
+        max_proposals_per_view=section.integer("max_proposals_per_view", defaults.max_proposals_per_view, minimum=0),
+        time_budget_ms=section.number("time_budget_ms", defaults.time_budget_ms, minimum=0.0),
     )
 
 

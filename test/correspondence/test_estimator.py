@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from pose_node.core.errors import InvalidInputError
 from pose_node.correspondence.estimator import crop_cell_depth, hypothesis_mixture_covariance, inlier_share
 from pose_node.correspondence.network import cell_centres_px
 from pose_node.detection.matching import crop_camera, crop_intrinsics
@@ -184,6 +185,14 @@ def pose_errors(dataset, mode: str, tmp_path) -> tuple[list[float], list[float],
         detections, _ = detector.detect(view, view_index=index)
         poses, timings = estimator.estimate_view(view, detections)
         assert set(timings) == {"correspondence", "pnp"}
+        if index == 0:  # a time budget's override: the configured count changes nothing, fewer still poses all
+            same, _ = estimator.estimate_view(view, detections, num_hypotheses=estimator.config.num_hypotheses)
+            assert all(np.array_equal(a.T_camera_object, b.T_camera_object) and np.array_equal(a.covariance, b.covariance)
+                       for a, b in zip(poses, same))
+            one, _ = estimator.estimate_view(view, detections, num_hypotheses=1)
+            assert len(one) == len(poses) and sum(p.valid for p in one) >= sum(p.valid for p in poses) - 1
+            with pytest.raises(InvalidInputError, match="num_hypotheses"):
+                estimator.estimate_view(view, detections, num_hypotheses=0)
         estimates = estimator.to_world(view, poses)
         T_world_camera = np.linalg.inv(dataset.camera(scene, im).T_camera_world)
         gts = [(g.obj_id, T_world_camera @ g.T_camera_object) for g in dataset.gts(scene, im)]

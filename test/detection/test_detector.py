@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from pose_node.budget import latency_items
 from pose_node.core.errors import InvalidInputError, StageUnavailableError
 from pose_node.core.types import Camera, View
 from pose_node.datasets.bop import BopDataset
@@ -79,7 +80,10 @@ def test_detects_visible_objects_with_their_identity(detector, images):
     scorer = DetectionScorer()
     for k, im in enumerate(images):
         detections, timings = detector.detect(im.view, view_index=k)
-        assert set(timings) == {"proposals", "matching"} and all(t > 0 for t in timings.values())
+        ms = latency_items(timings)
+        assert set(ms) == {"proposals", "matching"} and all(t > 0 for t in ms.values())
+        assert set(timings) - set(ms) == {"proposals_total", "proposals_matched", "proposals_cut"}
+        assert timings["proposals_total"] == timings["proposals_matched"] + timings["proposals_cut"]
         scores = [d.score for d in detections]
         assert scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 for s in scores)
         for d in detections:
@@ -220,3 +224,67 @@ def test_rgb_mode_without_the_rgb_proposal_module_is_unavailable(dataset, cache_
     monkeypatch.setattr(detector_module, "RGB_PROPOSALS_MODULE", "pose_node.detection.no_such_module")
     with pytest.raises(StageUnavailableError, match="RGB proposals not available"):
         Detector(dataset.models(), replace(CONFIG, mode="rgb"), cache_dir=cache_dir)
+
+
+def _grid_proposals(height: int, width: int, scores: np.ndarray) -> list[Proposal]:
+    """Small square proposals on a grid, one per score (no 3D points: never merged)."""
+    out = []
+    cols = 8
+    for k, s in enumerate(scores):
+        mask = np.zeros((height, width), dtype=bool)
+        y, x = 10 + 30 * (k // cols), 10 + 36 * (k % cols)
+        mask[y:y + 14, x:x + 14] = True
+        out.append(Proposal(mask, box_from_mask(mask), float(s), "depth"))
+    return out
+
+
+def test_cap_proposals_keeps_the_best_in_their_order():
+    scores = [0.2, 0.9, 0.5, 0.9, 0.1]
+    proposals = _grid_proposals(HEIGHT, WIDTH, np.array(scores))
+    assert [p.score for p in detector_module.cap_proposals(proposals, 3)] == [0.9, 0.5, 0.9]
+    assert [p.score for p in detector_module.cap_proposals(proposals, 1)] == [0.9]  # ties: the earlier one
+    assert detector_module.cap_proposals(proposals, 0) == proposals and detector_module.cap_proposals(proposals, 9) == proposals
+
+
+def test_the_proposal_cap_sends_the_best_scoring_proposals_to_matching_and_reports_the_cut(detector, images, monkeypatch):
+    view = images[0].view
+    scores = np.random.default_rng(3).permutation(40) / 40.0
+    proposals = _grid_proposals(HEIGHT, WIDTH, scores)
+    monkeypatch.setattr(detector, "proposals", lambda v: proposals)
+    matched: list[list[Proposal]] = []
+    real_match = detector._match
+
+    def spy(v, props, object_mask):
+        matched.append(list(props))
+        return real_match(v, props, object_mask)
+
+    monkeypatch.setattr(detector, "_match", spy)
+    detections, timings = detector.detect(view, max_proposals=8)
+    assert len(matched) == 1 and len(matched[0]) == 8
+    assert sorted(p.score for p in matched[0]) == sorted(scores)[-8:]
+    assert (timings["proposals_total"], timings["proposals_matched"], timings["proposals_cut"]) == (40, 8, 32)
+    kept_masks = [p.mask for p in matched[0]]
+    assert all(any(np.array_equal(d.mask, m) for m in kept_masks) for d in detections)
+
+    matched.clear()
+    _, timings = detector.detect(view)  # the configured cap
+    assert detector.config.max_proposals_per_view == 32 and len(matched[0]) == 32 and timings["proposals_cut"] == 8
+    assert min(p.score for p in matched[0]) == sorted(scores)[-32]
+    matched.clear()
+    _, timings = detector.detect(view, max_proposals=0)  # no cap
+    assert len(matched[0]) == 40 and timings["proposals_cut"] == 0
+    with pytest.raises(InvalidInputError, match="max_proposals"):
+        detector.detect(view, max_proposals=-1)
+    with pytest.raises(InvalidInputError, match="max_proposals_per_view"):
+        DetectorConfig(max_proposals_per_view=-1)
+
+
+def test_a_cap_that_cuts_nothing_changes_nothing(detector, images):
+    view = images[0].view
+    capped, timings = detector.detect(view)
+    uncapped, _ = detector.detect(view, max_proposals=0)
+    assert timings["proposals_cut"] == 0 and 0 < timings["proposals_total"] < detector.config.max_proposals_per_view
+    assert len(capped) == len(uncapped) > 0
+    for a, b in zip(capped, uncapped):
+        assert (a.object_id, a.score) == (b.object_id, b.score)
+        assert np.array_equal(a.mask, b.mask) and np.array_equal(a.template_poses, b.template_poses)

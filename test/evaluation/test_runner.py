@@ -357,6 +357,27 @@ def test_stages_detection_runs_the_detector_through_the_cli(dataset_dir, tmp_pat
     assert "detection (rgbd)" in capsys.readouterr().out
 
 
+def test_the_cli_proposal_cap_reaches_the_detector(dataset_dir, tmp_path, monkeypatch):
+    from pose_node.detection.stage import detection_factory
+
+    built = []
+
+    def factory(stages, config, models):
+        estimator = detection_factory(stages, config, models)
+        built.append(estimator.detector.config)
+        return estimator
+
+    monkeypatch.setitem(runner._REGISTRY, "detection", factory)
+    out = tmp_path / "r.json"
+    rc = cli.main(["--dataset", str(dataset_dir), "--targets", "test_targets_bop19.json", "--stages", "detection",
+                   "--cache-dir", str(tmp_path / "cache"), "--threads", "1", "--max-proposals-per-view", "1", "--out", str(out)])
+    assert rc == 0 and [c.max_proposals_per_view for c in built] == [1]
+    d = json.loads(out.read_text())["detection"]
+    assert set(d["proposals_per_view"]) == {"found", "cut"} and d["proposals_per_view"]["found"]["median"] is not None
+    assert cli.main(["--dataset", str(dataset_dir), "--max-proposals-per-view", "-1", "--out", str(out)]) == 2
+    assert cli.main(["--dataset", str(dataset_dir), "--time-budget-ms", "-5", "--out", str(out)]) == 2
+
+
 def test_unavailable_detection_stage_is_reported_missing(dataset_dir, tmp_path, monkeypatch):
     def unavailable(stages, config, models):
         raise StageUnavailableError("RGB proposals not available (test)")

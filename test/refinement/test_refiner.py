@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy.stats import chi2
 
+from pose_node.core.errors import InvalidInputError
 from pose_node.core.types import PoseEstimate
 from pose_node.evaluation.calibration import mahalanobis_sq, pose_error_6d
 from pose_node.features.registry import create_backbone
@@ -71,6 +72,20 @@ def test_a_flip_seen_by_one_view_loses_to_the_pose_the_views_agree_on(scene, mak
     (est,), _ = refiner.refine(scene.views, [candidate(scene.model, good @ flip, (good,))], True)
     dt, dr = errors(est.T_world_object, scene.T_world_object)
     assert dt < 0.002 and dr < 0.5
+
+
+def test_a_time_budget_can_cut_starts_and_rounds(scene, make_renderer, backbone):
+    refiner = refiner_for(scene.model, make_renderer, backbone)
+    flip = np.diag([-1.0, 1.0, -1.0, 1.0])
+    good = perturbed(scene.T_world_object, 0.005, 3.0, 7)
+    candidates = [candidate(scene.model, good @ flip, (good,))]
+    (default,), _ = refiner.refine(scene.views, candidates, True)
+    (same,), _ = refiner.refine(scene.views, candidates, True, max_starts=refiner.config.max_starts, rounds=refiner.config.rounds)
+    assert np.array_equal(default.T_world_object, same.T_world_object) and np.array_equal(default.covariance, same.covariance)
+    (cut,), _ = refiner.refine(scene.views, candidates, True, max_starts=1, rounds=1)
+    assert errors(cut.T_world_object, scene.T_world_object)[1] > 90.0  # the alternative the views agree on was never tried
+    with pytest.raises(InvalidInputError, match="rounds"):
+        refiner.refine(scene.views, candidates, True, rounds=0)
 
 
 def test_a_wrong_view_is_outvoted(scene, make_renderer, backbone):
