@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
+from pose_node.budget import COUNT_KEYS, latency_items
 from pose_node.core.errors import InvalidInputError
 
 
@@ -135,6 +136,7 @@ class HealthMonitor:
         self._last_started: float | None = None
         self._first_data: float | None = None
         self._latency_ms: dict[str, float] = {}
+        self._set_counts: dict[str, float] = {}
 
     # ------------------------------------------------------------------ events
     def restart(self) -> None:
@@ -165,7 +167,9 @@ class HealthMonitor:
         """A set was processed with ``cameras``; ``latency_ms``: the pipeline's stage timings."""
         self._last_processed = self._clock()
         self._events.add("processed_sets")
-        self._latency_ms = dict(latency_ms)
+        # Timings also carry counts (proposals cut, the time budget's level): published apart.
+        self._latency_ms = latency_items(dict(latency_ms))
+        self._set_counts = {k: v for k, v in latency_ms.items() if k in COUNT_KEYS}
         if "total" in latency_ms:
             self._events.add("latency_total", latency_ms["total"])
 
@@ -235,6 +239,7 @@ class HealthMonitor:
         values = [(f"recent.{k}", str(counts[k])) for k in keys]
         values += [(f"recent.{k}", str(v)) for k, v in sorted(counts.items()) if k.startswith("bad_input.")]
         values += [(f"latency_ms.{k}", f"{v:.1f}") for k, v in sorted(self._latency_ms.items())]
+        values += [(f"last_set.{k}", f"{v:g}") for k, v in sorted(self._set_counts.items())]
         if totals:
             values += [("recent.latency_ms.total_mean", f"{sum(totals) / len(totals):.1f}"),
                        ("recent.latency_ms.total_max", f"{max(totals):.1f}")]

@@ -87,6 +87,17 @@ def test_counters_cover_the_recent_window_only():
     assert int(dict(monitor.pipeline_status().values)["recent.processed_sets"]) in (50, 51)  # 5 s at 10 Hz (edge: float time)
 
 
+def test_set_counts_are_not_latencies():
+    """The pipeline's timings carry counts (proposals cut, budget level): published as last_set.*, not latency_ms.*."""
+    monitor, clock = _monitor()
+    clock.t += 0.1
+    monitor.set_processed(["cam0", "cam1"], {"total": 80.0, "detection": 30.0, "proposals_cut": 4.0, "budget_level": 1.0})
+    values = dict(monitor.pipeline_status().values)
+    assert values["latency_ms.total"] == "80.0" and values["latency_ms.detection"] == "30.0"
+    assert values["last_set.proposals_cut"] == "4" and values["last_set.budget_level"] == "1"
+    assert not any(k.startswith("latency_ms.") and k.split(".")[1] in ("proposals_cut", "budget_level") for k in values)
+
+
 def test_no_set_processed_while_data_arrives_is_an_error():
     monitor, clock = _monitor()
     for _ in range(40):
