@@ -46,6 +46,7 @@ import rclpy
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
 from rclpy.clock import JumpThreshold
 from rclpy.duration import Duration
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import Node, State, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -558,6 +559,11 @@ def main(argv: list[str] | None = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RCLError:
+        # rclpy race (ros2/rclpy#398): SIGINT's deferred shutdown can invalidate the context while
+        # spin builds its wait set. That is a normal stop; any other RCLError is not.
+        if rclpy.ok():
+            raise
     finally:
         if not node.stop_worker(WORKER_JOIN_TIMEOUT_S):
             code = 1

@@ -327,7 +327,8 @@ class BagPlayer:
             f"waiting for {needed} subscriber(s) on the topics they want of {', '.join(sorted(publishers))}")
         state, since = None, time.monotonic()
         while rclpy.ok(context=self._node.context):
-            wanted = frozenset(t for t in publishers if self._node.count_subscribers(t) >= needed)
+            # count_subscribers takes the resolved name: a remapped topic is counted where it is published.
+            wanted = frozenset(t for t in publishers if self._node.count_subscribers(publishers[t].topic_name) >= needed)
             unmatched = frozenset(t for t in wanted if publishers[t].get_subscription_count() < needed)
             now = time.monotonic()
             if (wanted, unmatched) != state:

@@ -6,10 +6,12 @@ import pytest
 from pose_node.ros.local_env import PROFILE_FILE
 
 # A minimal node that behaves like pose_node's nodes should: exits 0 on Ctrl-C (rclpy 9 raises
-# ExternalShutdownException from spin), prints its parameters, publishes `greeting` on chatter.
+# ExternalShutdownException from spin, or an RCLError when the shutdown races the wait set), prints
+# its parameters, publishes `greeting` on chatter.
 ECHO_NODE = textwrap.dedent("""
     import json, sys
     import rclpy
+    from rclpy._rclpy_pybind11 import RCLError
     from rclpy.executors import ExternalShutdownException
     from std_msgs.msg import String
 
@@ -27,6 +29,9 @@ ECHO_NODE = textwrap.dedent("""
             rclpy.spin(node)
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
+        except RCLError:  # SIGINT's shutdown raced spin's wait set (ros2/rclpy#398): a normal stop
+            if rclpy.ok():
+                raise
         finally:
             node.destroy_node()
             rclpy.try_shutdown()
