@@ -124,6 +124,18 @@ def test_replay_detections_tf_and_garbage_input(ros, tmp_path):
     assert "latency_ms.total" in values and "rate_hz.cam0" in values
     node.assert_clean_exit()
 
+    # A restarted node names the same objects the same (numbered per object, not by a global counter).
+    before_restart = len(detections.messages)
+    node = ros.start_module("pose_node.ros.node", params={"config_file": str(tmp_path / "pose_node.yaml"), "autostart": True})
+    node.wait_for_output("active", timeout_s=START_TIMEOUT_S)
+    replay = ros.start_module("pose_node.ros.replay", str(scene / "bag"), "--no-clock", "--rate", "0.5",
+                              "--wait-for-subscribers", "1", "--wait-timeout", "30", "--topics", *replay_topics(node_config))
+    assert replay.wait(timeout_s=60) == 0, replay.output()
+    ros.spin_until(lambda: len(detections.messages) >= before_restart + len(frame_stamps), timeout_s=30,
+                   what="results after the restart")
+    assert [sorted(d.id for d in m.detections) for m in detections.messages[before_restart:]] == ids[:len(frame_stamps)], ids
+    node.assert_clean_exit()
+
 
 def test_bad_config_fails_naming_the_key(ros, tmp_path):
     config = tmp_path / "bad.yaml"
