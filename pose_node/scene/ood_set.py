@@ -11,7 +11,8 @@ the split's YCB meshes from ``shared/data/ycb_dev`` and ``shared/data/ycb_train`
 plus procedural objects of the split's own seeds, some touching or occluding each other, and in
 about a third of the scenes two instances of one object. Images are path-traced
 (``pose_scene --photoreal``); ``--no-photoreal`` renders the same scenes (same objects, poses and
-cameras) with the project's rasterizer, so the two differ only by the image domain.
+cameras, without the path tracer's room and distractors) with the project's rasterizer: the
+in-domain twin, which differs by the image domain and the clutter.
 
 The output is a ``pose_scene`` dataset (BOP ``test/`` split, ``test_targets_bop19.json``,
 ``test_targets_multiview.json``, ``scene_world.json``, ``bag/``) plus ``ood_set.json``, which
