@@ -42,7 +42,8 @@ from typing import Any
 
 from pose_node.benchmark.scenario import DEFAULT_ROOT, RESOLUTIONS, ScenarioConfig
 from pose_node.core.errors import InvalidInputError, PoseNodeError
-from pose_node.ros.node_config import DEPTH_ENCODINGS, DEVICE_PATTERN
+from pose_node.pipeline.config import DEVICE_PATTERN
+from pose_node.ros.node_config import DEPTH_ENCODINGS
 
 logger = logging.getLogger("pose_bench")
 

@@ -36,7 +36,8 @@ from pose_node.benchmark.scenario import ScenarioConfig, load_frames
 from pose_node.benchmark.stats import group_timings, stage_table, summarize
 from pose_node.core.errors import InvalidInputError, StageUnavailableError
 from pose_node.core.types import PoseEstimate
-from pose_node.ros.node_config import BACKENDS, DEPTH_ENCODINGS, DEVICE_PATTERN, MODES
+from pose_node.pipeline.config import BACKENDS, DEVICE_PATTERN, MODES
+from pose_node.ros.node_config import DEPTH_ENCODINGS
 from pose_node.ros.sync import ApproximateTimeSynchronizer, SyncConfig, SyncedSet
 
 logger = logging.getLogger(__name__)
@@ -263,8 +264,7 @@ def build_pipeline(config: BenchConfig, models: Sequence, mode: str | None = Non
     Raises:
         StageUnavailableError: weights missing, no renderer to onboard with.
     """
-    from pose_node.pipeline import PipelineOptions, PosePipeline
-    from pose_node.ros.node_config import PipelineConfig
+    from pose_node.pipeline import PipelineConfig, PipelineOptions, PosePipeline
 
     started = time.perf_counter()
     pipeline = PosePipeline(models, PipelineConfig(mode=mode or config.mode, device=config.device, backend=config.backend),

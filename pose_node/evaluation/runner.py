@@ -71,7 +71,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from pose_node.budget import COUNT_KEYS, latency_items
+from pose_node.pipeline.budget import COUNT_KEYS, latency_items
+from pose_node.pipeline.config import MODES
 from pose_node.core.errors import InvalidInputError, PoseNodeError, StageUnavailableError
 from pose_node.core.types import Detection, ObjectModel, PoseEstimate, View
 from pose_node.datasets.bop import BopDataset, BopEstimate, Target, write_estimates_csv
@@ -80,10 +81,10 @@ from pose_node.evaluation import metrics
 from pose_node.evaluation.calibration import closest_symmetric_pose, coverage_from_mahalanobis, mahalanobis_sq, pose_error_6d
 from pose_node.evaluation.scoring import BopScorer, GtInstance, ImageEstimate, ObjectEvalInfo, ScoringConfig
 from pose_node.evaluation.visibility import GtInfoSource, derive_targets, render_gt_scene_depth
+from pose_node.pipeline.estimate import ViewDetections
 
 logger = logging.getLogger(__name__)
 
-MODES = ("rgb", "rgbd")
 KNOWN_STAGES: tuple[str, ...] = ("detection", "correspondence", "refinement")
 STAGE_ALIASES: Mapping[str, tuple[str, ...]] = {"full": KNOWN_STAGES}
 #: Module expected to provide (and, on import, register) each stage.
@@ -100,20 +101,6 @@ MULTIVIEW_PROTOCOL = (
     "per-image: world estimates mapped into every view of the group; each image scored with the "
     "BOP19 protocol, inst_count = GT instances with visib_fract >= {visib:g} in that image"
 )
-
-
-@dataclass(frozen=True)
-class ViewDetections:
-    """The detections of one view and the time spent on it.
-
-    Attributes:
-        detections: the view's detections (any order).
-        timings_ms: step -> milliseconds for this view (``"proposals"``, ``"matching"``), and the
-            detector's proposal counts (:data:`pose_node.budget.COUNT_KEYS`, not milliseconds).
-    """
-
-    detections: tuple[Detection, ...]
-    timings_ms: Mapping[str, float]
 
 
 @runtime_checkable
@@ -207,11 +194,11 @@ class EvalConfig:
         cache_dir: onboarding cache directory of the stages (None: the default,
             :func:`pose_node.onboarding.cache.default_cache_dir`).
         correspondence: settings of the correspondence stage, a
-            :class:`pose_node.correspondence.stage.CorrespondenceStageConfig`; None: its defaults.
+            :class:`pose_node.pipeline.estimate.CorrespondenceStageConfig`; None: its defaults.
         refinement: settings of the refinement stage, a
             :class:`pose_node.refinement.fusion.FusionConfig`; None: its defaults.
         time_budget: the per-set time budget of the refinement stage, a
-            :class:`pose_node.budget.TimeBudgetConfig` (the node's ``pipeline.time_budget_ms``);
+            :class:`pose_node.pipeline.budget.TimeBudgetConfig` (the node's ``pipeline.time_budget_ms``);
             None: no budget.
         vsd_without_depth: VSD of an image that has no depth file: ``gt_render`` uses the
             z-buffer of its GT instances rendered at the GT poses as the test depth (occlusion by

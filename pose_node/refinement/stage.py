@@ -4,18 +4,18 @@ multi-view association and feature-metric refinement. Importing this module regi
 
 Settings come from ``EvalConfig.refinement`` (a :class:`~pose_node.refinement.fusion.FusionConfig`;
 ``method="association"`` gives the association-only ablation), ``EvalConfig.correspondence`` and
-``EvalConfig.time_budget`` (a :class:`~pose_node.budget.TimeBudgetConfig`; None: no budget).
+``EvalConfig.time_budget`` (a :class:`~pose_node.pipeline.budget.TimeBudgetConfig`; None: no budget).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pose_node.budget import TimeBudget, TimeBudgetConfig
+from pose_node.pipeline.budget import TimeBudget, TimeBudgetConfig
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.types import ObjectModel, PoseEstimate, View
 from pose_node.correspondence.stage import CorrespondenceStage, correspondence_factory
 from pose_node.evaluation.runner import EvalConfig, register_stage
-from pose_node.pipeline import estimate_set, nominal_limits
+from pose_node.pipeline.estimate import estimate_set, nominal_limits
 from pose_node.refinement.fusion import FusionConfig, MultiViewFusion
 
 

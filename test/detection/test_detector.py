@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pose_node.budget import latency_items
+from pose_node.pipeline.budget import latency_items
 from pose_node.core.errors import InvalidInputError, StageUnavailableError
 from pose_node.core.types import Camera, View
 from pose_node.datasets.bop import BopDataset

@@ -164,7 +164,7 @@ def test_rgb_mode_gives_no_depth_and_max_targets(dataset_dir):
 def test_cli_reports_missing_stages_and_zero_recall(dataset_dir, tmp_path, capsys, monkeypatch):
     # The pose stages are missing (correspondence: its weights are not found): no estimates, AR 0;
     # detection exists, so it runs on its own.
-    from pose_node.correspondence import stage as correspondence_stage
+    from pose_node.pipeline import estimate as correspondence_stage
 
     monkeypatch.setenv("POSE_NODE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(correspondence_stage, "default_weights_path", lambda: tmp_path / "no_weights.pt")
