@@ -8,12 +8,11 @@ models of the target objects, it returns world-frame :class:`PoseEstimate` s and
 each stage in milliseconds. Views carry ``camera.T_world_camera = inv(T_camera_world)`` from
 ``scene_camera.json`` (identity when absent, so for classic BOP datasets world = camera frame).
 
-Stages register themselves with :func:`register_stage` (importing ``STAGE_MODULES[name]`` is
-expected to do it; a module may also offer ``register()``, called when its stage is not
-registered after import, e.g. after :func:`unregister_stage`). The factory registered for the
-*last* requested stage builds an estimator that runs the pipeline up to and including that stage.
-A stage that is not registered (or whose factory raises :class:`StageUnavailableError`) is
-reported as ``"missing"``; then there are zero pose estimates and every pose recall is 0. Nothing
+The stages are built from the pipeline's pieces by the factories of
+:data:`pose_node.evaluation.stages.STAGE_FACTORIES` (imported when a run needs them; the pipeline
+knows nothing of the evaluation). The factory of the *last* requested stage builds an estimator
+that runs the pipeline up to and including that stage. A stage without a factory (or whose
+factory raises :class:`StageUnavailableError`) is reported as ``"missing"``; then there are zero pose estimates and every pose recall is 0. Nothing
 is ever faked.
 
 Detection
@@ -61,7 +60,6 @@ Real BOP test sets and user recordings may lack parts our generator writes:
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -87,12 +85,6 @@ logger = logging.getLogger(__name__)
 
 KNOWN_STAGES: tuple[str, ...] = ("detection", "correspondence", "refinement")
 STAGE_ALIASES: Mapping[str, tuple[str, ...]] = {"full": KNOWN_STAGES}
-#: Module expected to provide (and, on import, register) each stage.
-STAGE_MODULES: Mapping[str, str] = {
-    "detection": "pose_node.detection.stage",
-    "correspondence": "pose_node.correspondence.stage",
-    "refinement": "pose_node.refinement.stage",
-}
 #: How VSD treats an image without a depth file (``EvalConfig.vsd_without_depth``).
 VSD_WITHOUT_DEPTH = ("gt_render", "unavailable")
 #: At most this many image ids are listed in ``results["images_without_depth"]["ids"]``.
@@ -127,19 +119,18 @@ class Estimator(Protocol):
 
 #: ``factory(stages, config, models) -> Estimator`` running the pipeline through ``stages[-1]``.
 EstimatorFactory = Callable[[tuple[str, ...], "EvalConfig", Sequence[ObjectModel]], Estimator]
-_REGISTRY: dict[str, EstimatorFactory] = {}
 
 
-def register_stage(name: str, factory: EstimatorFactory) -> None:
-    """Declare a pipeline stage available. ``factory`` builds an estimator that runs every stage
-    up to and including ``name`` (it receives the requested stage tuple)."""
-    if name not in KNOWN_STAGES:
-        raise InvalidInputError(f"register_stage: unknown stage {name!r}; expected one of {KNOWN_STAGES}")
-    _REGISTRY[name] = factory
+def stage_factories() -> Mapping[str, EstimatorFactory]:
+    """:data:`pose_node.evaluation.stages.STAGE_FACTORIES`, imported on first use (the stages load
+    torch, the networks' backends and the renderer).
 
+    Raises:
+        ImportError: a stage module (or what it needs) failed to import.
+    """
+    from pose_node.evaluation.stages import STAGE_FACTORIES
 
-def unregister_stage(name: str) -> None:
-    _REGISTRY.pop(name, None)
+    return STAGE_FACTORIES
 
 
 def expand_stages(names: Sequence[str]) -> tuple[str, ...]:
@@ -155,22 +146,14 @@ def expand_stages(names: Sequence[str]) -> tuple[str, ...]:
 
 
 def stage_status(stages: Sequence[str]) -> dict[str, str]:
-    """stage -> ``"available"`` or ``"missing"`` (tries importing the stage's module first, and
-    calls its ``register()`` when importing did not register the stage)."""
-    status = {}
-    for s in stages:
-        if s not in _REGISTRY:
-            try:
-                module = importlib.import_module(STAGE_MODULES[s])
-            except ModuleNotFoundError as exc:
-                logger.debug("stage %s: %s", s, exc)
-            except ImportError as exc:  # present but broken: still missing, say why
-                logger.warning("stage %s: module %s failed to import: %s", s, STAGE_MODULES[s], exc)
-            else:
-                if s not in _REGISTRY and callable(getattr(module, "register", None)):
-                    module.register()
-        status[s] = "available" if s in _REGISTRY else "missing"
-    return status
+    """stage -> ``"available"`` (it has a factory) or ``"missing"`` (none, or the stages failed to
+    import)."""
+    try:
+        factories = stage_factories()
+    except ImportError as exc:  # present but broken: every stage missing, say why
+        logger.warning("pipeline stages failed to import: %s", exc)
+        factories = {}
+    return {s: "available" if s in factories else "missing" for s in stages}
 
 
 @dataclass(frozen=True)
@@ -699,14 +682,14 @@ def run(
     csv_path: str | Path | None = None,
     gt_info_cache: str | Path | None = None,
 ) -> dict:
-    """Load the dataset and targets, build the pipeline from the registered stages (unless an
+    """Load the dataset and targets, build the pipeline from the stages' factories (unless an
     ``estimator`` is given), and :func:`evaluate`.
 
     Args:
         targets_path: targets JSON; None: BOP19 targets derived from ``scene_gt`` and the GT
             visibility (:func:`pose_node.evaluation.visibility.derive_targets`);
             ``results["targets_source"]`` says which.
-        estimator: use this instead of the registered stages (tests, external pipelines); the
+        estimator: use this instead of the stages' factories (tests, external pipelines); the
             stages are then reported as ``"external"``.
         depth_renderer: default: the GL renderer when available.
         gt_info_cache: JSON file caching the GT visibility computed for scenes without
@@ -773,10 +756,10 @@ def run(
 
 def _build_estimator(stages: tuple[str, ...], config: EvalConfig, models: Sequence[ObjectModel], status: dict[str, str],
                      errors: dict[str, str]) -> Estimator | None:
-    """The registered factory of ``stages[-1]``; a :class:`StageUnavailableError` marks that
-    stage missing (reason in ``errors``) and gives None."""
+    """The factory of ``stages[-1]``; a :class:`StageUnavailableError` marks that stage missing
+    (reason in ``errors``) and gives None."""
     try:
-        return _REGISTRY[stages[-1]](stages, config, models)
+        return stage_factories()[stages[-1]](stages, config, models)
     except StageUnavailableError as exc:
         status[stages[-1]] = "missing"
         errors[stages[-1]] = str(exc)
@@ -785,8 +768,8 @@ def _build_estimator(stages: tuple[str, ...], config: EvalConfig, models: Sequen
 
 
 __all__ = [
-    "EvalConfig", "Estimator", "ViewDetections", "EstimatorFactory", "Frame", "KNOWN_STAGES", "RendererDepthAdapter", "STAGE_MODULES",
+    "EvalConfig", "Estimator", "ViewDetections", "EstimatorFactory", "Frame", "KNOWN_STAGES", "RendererDepthAdapter",
     "VSD_WITHOUT_DEPTH",
-    "default_depth_renderer", "eval_models_subdir", "evaluate", "expand_stages", "group_targets", "register_stage", "run", "stage_status",
-    "unregister_stage",
+    "default_depth_renderer", "eval_models_subdir", "evaluate", "expand_stages", "group_targets", "run", "stage_factories",
+    "stage_status",
 ]

@@ -147,7 +147,7 @@ def row(name: str, dataset: str, mode: str, r: dict, stage: "FusedStage | None")
 def evaluate_dataset(path: Path, name: str, mode: str, fusion_config: FusionConfig, max_targets: int | None,
                      methods: list[str], sensitivity: list[tuple[float, float]]) -> tuple[list[dict], dict]:
     """All rows of one dataset and mode; also returns the refinement run's raw results."""
-    from pose_node.correspondence.stage import correspondence_factory
+    from pose_node.evaluation.stages.correspondence import correspondence_factory
     from pose_node.datasets.bop import BopDataset
 
     config = EvalConfig(mode=mode, stages=STAGES, max_targets=max_targets)

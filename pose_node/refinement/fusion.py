@@ -1,7 +1,7 @@
 """Multi-view fusion: association, then feature-metric refinement (ROS-free).
 
 :class:`MultiViewFusion` turns every view's world-frame single-view estimates into one estimate
-per object instance. It is shared by the evaluation stage (:mod:`pose_node.refinement.stage`) and
+per object instance. It is shared by the evaluation stage (:mod:`pose_node.evaluation.stages.refinement`) and
 the node's pipeline (:class:`pose_node.pipeline.PosePipeline`).
 
 ``FusionConfig.method``:

@@ -26,6 +26,7 @@ from pose_node.evaluation.runner import (
     expand_stages,
     group_targets,
 )
+from pose_node.evaluation.stages import STAGE_FACTORIES
 
 BOX_A = box_model(1, [0.06, 0.04, 0.08])
 BOX_B = box_model(2, [0.05, 0.05, 0.03], np.stack([np.eye(4), rot_z(np.pi)]))
@@ -189,17 +190,14 @@ def test_cli_reports_missing_stages_and_zero_recall(dataset_dir, tmp_path, capsy
 
 def test_registered_stage_runs_through_cli(dataset_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(runner, "default_depth_renderer", lambda models: BoxDepthRenderer(models))
-    runner.register_stage("detection", lambda stages, config, models: GtEstimator())
-    try:
-        out = tmp_path / "r.json"
-        rc = cli.main(["--dataset", str(dataset_dir), "--targets", "test_targets_bop19.json", "--stages", "detection",
-                       "--max-targets", "2", "--out", str(out)])
-        assert rc == 0
-        r = json.loads(out.read_text())
-        assert r["stages"] == {"detection": "available"} and r["AR"] == pytest.approx(1.0) and r["n_targets"] == 2
-        assert "AR 1.000" in capsys.readouterr().out
-    finally:
-        runner.unregister_stage("detection")
+    monkeypatch.setitem(STAGE_FACTORIES, "detection", lambda stages, config, models: GtEstimator())
+    out = tmp_path / "r.json"
+    rc = cli.main(["--dataset", str(dataset_dir), "--targets", "test_targets_bop19.json", "--stages", "detection",
+                   "--max-targets", "2", "--out", str(out)])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert r["stages"] == {"detection": "available"} and r["AR"] == pytest.approx(1.0) and r["n_targets"] == 2
+    assert "AR 1.000" in capsys.readouterr().out
 
 
 def test_stage_names():
@@ -358,7 +356,7 @@ def test_stages_detection_runs_the_detector_through_the_cli(dataset_dir, tmp_pat
 
 
 def test_the_cli_proposal_cap_reaches_the_detector(dataset_dir, tmp_path, monkeypatch):
-    from pose_node.detection.stage import detection_factory
+    from pose_node.evaluation.stages.detection import detection_factory
 
     built = []
 
@@ -367,7 +365,7 @@ def test_the_cli_proposal_cap_reaches_the_detector(dataset_dir, tmp_path, monkey
         built.append(estimator.detector.config)
         return estimator
 
-    monkeypatch.setitem(runner._REGISTRY, "detection", factory)
+    monkeypatch.setitem(STAGE_FACTORIES, "detection", factory)
     out = tmp_path / "r.json"
     rc = cli.main(["--dataset", str(dataset_dir), "--targets", "test_targets_bop19.json", "--stages", "detection",
                    "--cache-dir", str(tmp_path / "cache"), "--threads", "1", "--max-proposals-per-view", "1", "--out", str(out)])
@@ -382,7 +380,7 @@ def test_unavailable_detection_stage_is_reported_missing(dataset_dir, tmp_path, 
     def unavailable(stages, config, models):
         raise StageUnavailableError("RGB proposals not available (test)")
 
-    monkeypatch.setitem(runner._REGISTRY, "detection", unavailable)
+    monkeypatch.setitem(STAGE_FACTORIES, "detection", unavailable)
     r = runner.run(dataset_dir, "test_targets_bop19.json", EvalConfig(stages=("detection",)),
                    depth_renderer=BoxDepthRenderer(MODELS))
     assert r["stages"] == {"detection": "missing"} and r["detection"] is None

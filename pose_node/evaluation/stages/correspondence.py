@@ -1,7 +1,7 @@
-"""The ``correspondence`` pipeline stage of the evaluation runner: detection + per-detection pose.
+"""The ``correspondence`` stage of the evaluation runner: detection + per-detection pose.
 
-Importing this module registers the stage (``STAGE_MODULES["correspondence"]`` points here).
-Every view is detected (:mod:`pose_node.detection.stage`), each detection gets a pose and a
+Built by the runner from :data:`pose_node.evaluation.stages.STAGE_FACTORIES`.
+Every view is detected (:mod:`pose_node.evaluation.stages.detection`), each detection gets a pose and a
 covariance in its camera (:class:`~pose_node.correspondence.estimator.CorrespondenceEstimator`),
 mapped into the world frame. No fusion across views: in a multi-view frame each view's estimates
 are returned as they are (the ``refinement`` stage fuses them).
@@ -18,9 +18,11 @@ from collections.abc import Sequence
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.types import ObjectModel, PoseEstimate, View
 from pose_node.correspondence.estimator import CorrespondenceEstimator
-from pose_node.detection.stage import DetectionEstimator, detection_factory
-from pose_node.evaluation.runner import EvalConfig, ViewDetections, register_stage
-from pose_node.pipeline.estimate import CorrespondenceStageConfig, build_estimator, check_weights, detect_and_estimate
+from pose_node.evaluation.runner import EvalConfig
+from pose_node.evaluation.stages.detection import DetectionEstimator, detection_factory
+from pose_node.pipeline.estimate import (
+    CorrespondenceStageConfig, ViewDetections, build_estimator, check_weights, detect_and_estimate,
+)
 
 
 class CorrespondenceStage:
@@ -51,10 +53,3 @@ def correspondence_factory(stages: tuple[str, ...], config: EvalConfig, models: 
     return CorrespondenceStage(detection, build_estimator(stage_config, detection.detector.templates,
                                                           [m.object_id for m in models]))
 
-
-def register() -> None:
-    """Register the ``correspondence`` stage with the runner."""
-    register_stage("correspondence", correspondence_factory)
-
-
-register()
