@@ -1,4 +1,5 @@
-"""Evaluation: BOP pose errors and recalls, covariance calibration, the ``pose_eval`` runner."""
+"""Evaluation (tooling): BOP pose errors and recalls, covariance calibration, and the ``pose_eval`` runner with the
+stage adapters it builds from the pipeline (:mod:`pose_node.evaluation.stages`)."""
 from pose_node.evaluation.calibration import COVERAGE_LEVELS, covariance_coverage
 from pose_node.evaluation.runner import EvalConfig, Estimator, evaluate, run
 from pose_node.evaluation.scoring import BopScorer, ScoringConfig

@@ -31,7 +31,7 @@ from pose_node.detection.proposals_rgb import (
     rgb_proposals,
     save_checkpoint,
 )
-from pose_node.detection.train_rgb_proposals import (
+from pose_node.training.rgb_proposals import (
     TEST_SPLIT,
     TRAIN_SPLIT,
     VAL_SPLIT,

@@ -7,7 +7,8 @@ mapped into the world frame. No fusion across views: in a multi-view frame each 
 are returned as they are (the ``refinement`` stage fuses them).
 
 The network comes from ``EvalConfig.correspondence`` (a
-:class:`~pose_node.pipeline.estimate.CorrespondenceStageConfig`) or the shipped ``models/correspondence_effl0.pt`` through the fastest available backend
+:class:`~pose_node.pipeline.estimate.CorrespondenceStageConfig`) or the shipped
+``models/correspondence_effl0.pt`` through the fastest available backend
 (:func:`pose_node.correspondence.backends.create_backend`); templates are encoded at build time,
 so no frame pays for them.
 """

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from pose_node.core.geometry import so3_exp
-from pose_node.correspondence.bench import (
+from pose_node.benchmark.correspondence import (
     TEST_SEED_PROCEDURAL, TEST_SEED_YCB, VALIDATION_SEED, ensure_workcell, holdout_models_dir,
 )
 from pose_node.datasets.splits import ycb_ids_in
