@@ -38,13 +38,13 @@ import cv2
 import numpy as np
 import torch
 
+from pose_node.core.crop import crop_proposals
 from pose_node.core.errors import InvalidInputError, StageUnavailableError
 from pose_node.core.types import Detection, ObjectModel, View
 from pose_node.detection.matching import (
     MatchingConfig,
     TemplateBank,
     TemplateParts,
-    crop_proposals,
     describe_crops,
     match,
     nms_masks,
