@@ -42,10 +42,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pose_node.core.geometry import so3_exp
 from pose_node.benchmark.correspondence import (
     TEST_SEED_PROCEDURAL, TEST_SEED_YCB, VALIDATION_SEED, ensure_workcell, holdout_models_dir,
 )
+from pose_node.core.geometry import so3_exp
 from pose_node.datasets.splits import ycb_ids_in
 from pose_node.evaluation.calibration import COVERAGE_LEVELS, POSE_DOF
 from pose_node.evaluation.runner import EvalConfig, run

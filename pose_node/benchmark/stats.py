@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pose_node.pipeline.budget import COUNT_KEYS
 from pose_node.core.errors import InvalidInputError
+from pose_node.pipeline.budget import COUNT_KEYS
 
 #: Stage group -> the timing keys summed into it, in pipeline order. ``decode`` (ROS messages to
 #: arrays, the node's subscription callbacks) belongs to the input side with ``sync``.

@@ -26,7 +26,6 @@ import logging
 import sys
 from pathlib import Path
 
-from pose_node.pipeline.budget import TimeBudgetConfig
 from pose_node.core.errors import PoseNodeError
 from pose_node.evaluation.runner import (
     KNOWN_STAGES,
@@ -37,6 +36,7 @@ from pose_node.evaluation.runner import (
     expand_stages,
     run,
 )
+from pose_node.pipeline.budget import TimeBudgetConfig
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,8 +69,6 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from pose_node.pipeline.budget import COUNT_KEYS, latency_items
-from pose_node.pipeline.config import MODES
 from pose_node.core.errors import InvalidInputError, PoseNodeError, StageUnavailableError
 from pose_node.core.types import Detection, ObjectModel, PoseEstimate, View
 from pose_node.datasets.bop import BopDataset, BopEstimate, Target, write_estimates_csv
@@ -79,6 +77,8 @@ from pose_node.evaluation import metrics
 from pose_node.evaluation.calibration import closest_symmetric_pose, coverage_from_mahalanobis, mahalanobis_sq, pose_error_6d
 from pose_node.evaluation.scoring import BopScorer, GtInstance, ImageEstimate, ObjectEvalInfo, ScoringConfig
 from pose_node.evaluation.visibility import GtInfoSource, derive_targets, render_gt_scene_depth
+from pose_node.pipeline.budget import COUNT_KEYS, latency_items
+from pose_node.pipeline.config import MODES
 from pose_node.pipeline.estimate import ViewDetections
 
 logger = logging.getLogger(__name__)

@@ -58,11 +58,11 @@ from visualization_msgs.msg import MarkerArray
 from pose_node.core.errors import PoseNodeError
 from pose_node.core.types import View
 from pose_node.core.units import depth_distance_ratio, likely_units
+from pose_node.onboarding.object_models import load_object_models
+from pose_node.pipeline.config import THRESHOLD_RANGES, Thresholds
 from pose_node.ros import conversions as conv
 from pose_node.ros.diagnostics import DiagnosticsPublisher
 from pose_node.ros.health import HealthMonitor
-from pose_node.onboarding.object_models import load_object_models
-from pose_node.pipeline.config import THRESHOLD_RANGES, Thresholds
 from pose_node.ros.node_config import load_node_config
 from pose_node.ros.outputs import SetOutputBuilder
 from pose_node.ros.sync import ApproximateTimeSynchronizer, BackwardStampDetector, SyncedSet

@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from pose_node.correspondence.network import CorrespondenceNet, CorrespondenceNetConfig, cell_centres_px
-from pose_node.training.correspondence_data import SampleConfig, TrainingBatch, TrainingSampler
 from pose_node.datasets.splits import PROCEDURAL_FIRST_IDS, PROCEDURAL_SEEDS, not_for_training
+from pose_node.training.correspondence_data import SampleConfig, TrainingBatch, TrainingSampler
 
 logger = logging.getLogger(__name__)
 

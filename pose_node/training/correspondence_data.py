@@ -20,6 +20,7 @@ import torch
 
 from pose_node.core.crop import crop_cameras, crop_images, crop_intrinsics, mask_outline
 from pose_node.core.types import ObjectModel
+from pose_node.correspondence.estimator import crop_detections
 from pose_node.correspondence.hypotheses import (
     TemplateCrops,
     crop_templates,
@@ -28,7 +29,6 @@ from pose_node.correspondence.hypotheses import (
     rotate_images,
     rotation_about_z,
 )
-from pose_node.correspondence.estimator import crop_detections
 from pose_node.correspondence.network import CorrespondenceNetConfig, to_grid
 from pose_node.onboarding.templates import TemplateConfig, render_templates
 from pose_node.render.renderer import Renderer

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pose_node.pipeline.budget import COUNT_KEYS, Degradation, StageLimits, TimeBudget, TimeBudgetConfig, latency_items
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.types import Camera, Detection, PoseEstimate, View
+from pose_node.pipeline.budget import COUNT_KEYS, Degradation, StageLimits, TimeBudget, TimeBudgetConfig, latency_items
 from pose_node.pipeline.estimate import estimate_set, nominal_limits
 from pose_node.ros.node_config import parse_node_config
 
