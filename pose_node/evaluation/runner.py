@@ -75,6 +75,7 @@ from pose_node.datasets.bop import BopDataset, BopEstimate, Target, write_estima
 from pose_node.detection.metrics import DetectionMetricsConfig, DetectionScorer
 from pose_node.evaluation import metrics
 from pose_node.evaluation.calibration import closest_symmetric_pose, coverage_from_mahalanobis, mahalanobis_sq, pose_error_6d
+from pose_node.evaluation.results import EvalResults
 from pose_node.evaluation.scoring import BopScorer, GtInstance, ImageEstimate, ObjectEvalInfo, ScoringConfig
 from pose_node.evaluation.visibility import GtInfoSource, derive_targets, render_gt_scene_depth
 from pose_node.pipeline.budget import COUNT_KEYS, latency_items
@@ -475,7 +476,8 @@ def evaluate(
             image without depth in ``rgbd`` mode; it may return None (unavailable: those frames get
             no estimates). None: ``estimator`` runs them, given views without depth.
     Returns:
-        The results dictionary (JSON-serializable; see :func:`pose_node.evaluation.cli.main`).
+        The results mapping, :meth:`EvalResults.to_json` of the typed results (JSON-serializable; see
+        :func:`pose_node.evaluation.cli.main`; :meth:`EvalResults.from_json` reads it back).
     """
     targets = list(targets)[: config.max_targets] if config.max_targets is not None else list(targets)
     frames = group_targets(targets)
@@ -619,47 +621,47 @@ def evaluate(
         d2_list = []
         pose_errors = {"rotation_deg": _stats([]), "translation_m": _stats([]), "n": 0}
 
-    return {
-        "AR": summary.AR,
-        "AR_VSD": summary.AR_VSD,
-        "AR_MSSD": summary.AR_MSSD,
-        "AR_MSPD": summary.AR_MSPD,
-        "recall_vsd": None if summary.recall_vsd is None else summary.recall_vsd.tolist(),
-        "recall_mssd": summary.recall_mssd.tolist(),
-        "recall_mspd": summary.recall_mspd.tolist(),
-        "ADD_S_recall_0.1d": summary.ADD_S_recall,
-        "ADD(-S)_recall_0.1d": summary.ADD_or_S_recall,
-        "n_targets": len(targets),
-        "n_frames": len(frames),
-        "n_images_scored": summary.n_images,
-        "n_gt": summary.n_gt,
-        "n_estimates": n_estimates,
-        "n_estimates_scored": summary.n_estimates_evaluated,
-        "latency_ms": {"total": _stats(latency_total), "per_stage": {k: _stats(v) for k, v in latency_stage.items()}},
-        "counts_per_set": {k: _stats(v) for k, v in sorted(counts_per_set.items())},
-        "covariance_coverage": coverage,
-        "covariance_coverage_n": len(world.T_est),
-        "covariance_d2": d2_list,
-        "matched_estimates": {"score": world.score, "mssd_m": world.mssd_m, "diameter_m": world.diameter_m},
-        "pose_errors": pose_errors,
-        "per_object": {str(k): v for k, v in summary.per_object.items()},
-        "stages": dict(stages or {}),
-        "mode": config.mode,
-        "vsd_unavailable_reason": summary.vsd_unavailable_reason,
-        "frame_errors": frame_errors,
-        "multiview_protocol": MULTIVIEW_PROTOCOL.format(visib=config.multiview_visib_min)
+    return EvalResults(
+        AR=summary.AR,
+        AR_VSD=summary.AR_VSD,
+        AR_MSSD=summary.AR_MSSD,
+        AR_MSPD=summary.AR_MSPD,
+        recall_vsd=None if summary.recall_vsd is None else summary.recall_vsd.tolist(),
+        recall_mssd=summary.recall_mssd.tolist(),
+        recall_mspd=summary.recall_mspd.tolist(),
+        add_s_recall=summary.ADD_S_recall,
+        add_or_s_recall=summary.ADD_or_S_recall,
+        n_targets=len(targets),
+        n_frames=len(frames),
+        n_images_scored=summary.n_images,
+        n_gt=summary.n_gt,
+        n_estimates=n_estimates,
+        n_estimates_scored=summary.n_estimates_evaluated,
+        latency_ms={"total": _stats(latency_total), "per_stage": {k: _stats(v) for k, v in latency_stage.items()}},
+        counts_per_set={k: _stats(v) for k, v in sorted(counts_per_set.items())},
+        covariance_coverage=coverage,
+        covariance_coverage_n=len(world.T_est),
+        covariance_d2=d2_list,
+        matched_estimates={"score": world.score, "mssd_m": world.mssd_m, "diameter_m": world.diameter_m},
+        pose_errors=pose_errors,
+        per_object={str(k): v for k, v in summary.per_object.items()},
+        stages=dict(stages or {}),
+        mode=config.mode,
+        vsd_unavailable_reason=summary.vsd_unavailable_reason,
+        frame_errors=frame_errors,
+        multiview_protocol=MULTIVIEW_PROTOCOL.format(visib=config.multiview_visib_min)
         if any(len(f.im_ids) > 1 for f in frames) else None,
-        "config": {
+        config={
             "dataset": str(dataset.root), "split": dataset.split, "mode": config.mode,
             "stages_requested": list(config.stages), "max_targets": config.max_targets,
             "models": config.models_subdir, "eval_models": eval_subdir,
             "multiview_visib_min": config.multiview_visib_min, **{k: list(v) if isinstance(v, tuple) else v
                                                                   for k, v in asdict(config.scoring).items()},
         },
-        "estimates_csv": None if csv_path is None else str(csv_path),
-        "detection": ({"skipped": detection_skipped} if detection_skipped
-                      else None if detection is None else detection.results(config.mode)),
-        "images_without_depth": {
+        estimates_csv=None if csv_path is None else str(csv_path),
+        detection=({"skipped": detection_skipped} if detection_skipped
+                   else None if detection is None else detection.results(config.mode)),
+        images_without_depth={
             "count": len(no_depth),
             "ids": [list(k) for k in sorted(no_depth)[:MAX_LISTED_IMAGES]],
             "truncated": len(no_depth) > MAX_LISTED_IMAGES,
@@ -667,8 +669,8 @@ def evaluate(
             "vsd_depth": (f"GT instances rendered at the GT poses ({len(vsd_rendered_depth)} images scored)"
                           if vsd_rendered_depth else None),
         },
-        "visibility": gt_info.report([f.scene_id for f in frames]),
-    }
+        visibility=gt_info.report([f.scene_id for f in frames]),
+    ).to_json()
 
 
 def run(

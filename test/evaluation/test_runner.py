@@ -6,6 +6,7 @@ import pytest
 from box_scene import H_SMALL, K_SMALL, W_SMALL, BoxDepthRenderer, box_model, render_scene, rot_z, translation
 
 from pose_node.core import Detection, PoseEstimate, StageUnavailableError
+from pose_node.core.errors import InvalidInputError
 from pose_node.datasets.bop import (
     BopDataset,
     BopGt,
@@ -18,6 +19,7 @@ from pose_node.datasets.bop import (
     write_targets_multiview,
 )
 from pose_node.evaluation import cli, runner
+from pose_node.evaluation.results import EvalResults
 from pose_node.evaluation.runner import (
     EvalConfig,
     RendererDepthAdapter,
@@ -95,6 +97,19 @@ def _evaluate(dataset_dir, targets_file, estimator, **cfg):
     ds = BopDataset(dataset_dir)
     return evaluate(ds, ds.targets(targets_file), estimator, EvalConfig(**cfg), BoxDepthRenderer(MODELS),
                     {"detection": "external"}, csv_path=dataset_dir / "out" / f"{targets_file}.csv")
+
+
+def test_results_are_typed_and_serialize_to_the_same_keys(dataset_dir):
+    r = _evaluate(dataset_dir, "test_targets_bop19.json", GtEstimator(), max_targets=2)
+    typed = EvalResults.from_json(r)
+    assert typed.AR == r["AR"] == pytest.approx(1.0) and typed.n_targets == 2
+    assert typed.add_s_recall == r["ADD_S_recall_0.1d"] and typed.add_or_s_recall == r["ADD(-S)_recall_0.1d"]
+    assert typed.stage_errors is None and "stage_errors" not in r
+    assert list(typed.to_json().items()) == list(r.items())  # same keys, same order, same values
+    with pytest.raises(InvalidInputError, match=r"unknown keys \['extra'\]"):
+        EvalResults.from_json({**r, "extra": 1})
+    with pytest.raises(InvalidInputError, match=r"missing keys \['AR'\]"):
+        EvalResults.from_json({k: v for k, v in r.items() if k != "AR"})
 
 
 def test_targets_are_visible_and_grouped(dataset_dir):
