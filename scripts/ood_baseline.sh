@@ -16,7 +16,7 @@ for mode in rgbd rgb; do
   run pose_node.evaluation.cli --dataset "$dataset" --targets test_targets_multiview.json --stages detection \
     --mode "$mode" --threads 2 --out "$out/${name}_detection_${mode}.json"
 done
-run pose_node.refinement.bench --datasets --dataset-dir "$name=$dataset" --threads 2 --json "$out/${name}_refinement.json"
+run pose_node.benchmark.refinement --datasets --dataset-dir "$name=$dataset" --threads 2 --json "$out/${name}_refinement.json"
 for mode in rgbd rgb; do
   run pose_node.benchmark.cli --dataset "$dataset" --mode "$mode" --threads 2 --out "$out/${name}_bench_${mode}.json"
 done

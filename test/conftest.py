@@ -32,9 +32,31 @@ DEFAULT_TIMEOUT_S = 20.0  # discovery usually takes < 0.1 s, but sometimes sever
 STOP_TIMEOUT_S = 10.0
 
 
+TEST_DIR = Path(__file__).resolve().parent
+# The fast subset (``pytest -m fast``, ``make test-fast``): the ROS-free unit tests of the core, the
+# pipeline's types and budget, PnP, association, fusion, metrics and the layering, about half a
+# minute on 2 cores. Marked by path, so a test added to these files or folders joins it.
+FAST_PATHS = (
+    "core/", "pipeline/", "datasets/", "test_layering.py", "correspondence/test_pnp.py", "refinement/test_association.py",
+    "refinement/test_fusion.py", "ros/test_node_config.py", "evaluation/test_metrics.py", "evaluation/test_calibration.py",
+    "benchmark/test_bench_stats.py",
+)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # lark (used by rosidl_parser, imported with rclpy) imports sre_parse, deprecated in 3.11.
     config.addinivalue_line("filterwarnings", "ignore:module 'sre_:DeprecationWarning")
+    config.addinivalue_line("markers", "fast: the fast ROS-free core subset (conftest.FAST_PATHS), under a minute")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        try:
+            path = item.path.resolve().relative_to(TEST_DIR).as_posix()
+        except ValueError:  # a test outside this folder
+            continue
+        if path.startswith(FAST_PATHS):
+            item.add_marker(pytest.mark.fast)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,7 +1,9 @@
-"""Performance harness (``pose_bench``): latency, throughput, memory and scaling of the pipeline.
+"""Benchmarks (tooling): ``pose_bench`` (latency, throughput, memory and scaling of the pipeline) and the
+per-stage CLIs (:mod:`~pose_node.benchmark.detection`, :mod:`~pose_node.benchmark.correspondence`,
+:mod:`~pose_node.benchmark.refinement`, :mod:`~pose_node.benchmark.render`).
 
 The core (scenarios, statistics, the in-process runner, sweeps, profiling, plots) needs no ROS
-graph; :mod:`pose_node.ros.bench_io` (message decoding and publishing costs) needs the ROS
+graph; :mod:`pose_node.benchmark.ros_messages` (message decoding and publishing costs) needs the ROS
 message packages and :mod:`pose_node.benchmark.throughput` a ROS installation to run the node.
 """
 from pose_node.benchmark.dataset import DatasetSource

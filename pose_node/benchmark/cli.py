@@ -42,7 +42,8 @@ from typing import Any
 
 from pose_node.benchmark.scenario import DEFAULT_ROOT, RESOLUTIONS, ScenarioConfig
 from pose_node.core.errors import InvalidInputError, PoseNodeError
-from pose_node.ros.node_config import DEPTH_ENCODINGS, DEVICE_PATTERN
+from pose_node.pipeline.config import DEVICE_PATTERN
+from pose_node.ros.node_config import DEPTH_ENCODINGS
 
 logger = logging.getLogger("pose_bench")
 
@@ -168,7 +169,7 @@ def bench_config(args: argparse.Namespace, *, frames: int | None = None, bag: bo
 
 def _ros_messages_available() -> bool:
     try:
-        import pose_node.ros.bench_io  # noqa: F401
+        import pose_node.benchmark.ros_messages  # noqa: F401
     except ImportError as exc:
         logger.warning("ROS message packages not importable (%s): feeding arrays, no decode or publishing stage", exc)
         return False

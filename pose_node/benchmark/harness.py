@@ -36,7 +36,8 @@ from pose_node.benchmark.scenario import ScenarioConfig, load_frames
 from pose_node.benchmark.stats import group_timings, stage_table, summarize
 from pose_node.core.errors import InvalidInputError, StageUnavailableError
 from pose_node.core.types import PoseEstimate
-from pose_node.ros.node_config import BACKENDS, DEPTH_ENCODINGS, DEVICE_PATTERN, MODES
+from pose_node.pipeline.config import BACKENDS, DEVICE_PATTERN, MODES
+from pose_node.ros.node_config import DEPTH_ENCODINGS
 from pose_node.ros.sync import ApproximateTimeSynchronizer, SyncConfig, SyncedSet
 
 logger = logging.getLogger(__name__)
@@ -263,8 +264,7 @@ def build_pipeline(config: BenchConfig, models: Sequence, mode: str | None = Non
     Raises:
         StageUnavailableError: weights missing, no renderer to onboard with.
     """
-    from pose_node.pipeline import PipelineOptions, PosePipeline
-    from pose_node.ros.node_config import PipelineConfig
+    from pose_node.pipeline import PipelineConfig, PipelineOptions, PosePipeline
 
     started = time.perf_counter()
     pipeline = PosePipeline(models, PipelineConfig(mode=mode or config.mode, device=config.device, backend=config.backend),
@@ -276,7 +276,7 @@ def build_publisher(config: BenchConfig, models: Sequence) -> Publisher | None:
     """The node's output building and serialization (None without ROS messages)."""
     if not config.ros_messages:
         return None
-    from pose_node.ros.bench_io import OutputPublisher
+    from pose_node.benchmark.ros_messages import OutputPublisher
 
     publisher = OutputPublisher(models)
     publisher.warm_up()
@@ -312,7 +312,7 @@ def build_runner(config: BenchConfig, directory: Path) -> tuple[FrameRunner, dic
     models = make_procedural_objects(config.scenario.objects, config.scenario.seed)
     publisher = build_publisher(config, models)
     if config.ros_messages:
-        from pose_node.ros.bench_io import RosMessageInput
+        from pose_node.benchmark.ros_messages import RosMessageInput
 
         frame_input: FrameInput = RosMessageInput(frames, config.depth_encoding)
     else:
@@ -438,7 +438,7 @@ def run_dataset_benchmark(config: BenchConfig) -> BenchRun:
     runners: dict[tuple[int, bool], FrameRunner] = {}
     for kind in dict.fromkeys(frames.kinds):
         if config.ros_messages:
-            from pose_node.ros.bench_io import DatasetMessageInput
+            from pose_node.benchmark.ros_messages import DatasetMessageInput
 
             frame_input: FrameInput = DatasetMessageInput(frames, kind, config.depth_encoding)
         else:

@@ -6,7 +6,7 @@ and builds :class:`~pose_node.core.types.View` s from the set it emits. A :class
 reproduces that path without a ROS graph:
 
 - :class:`ArrayInput` (no ROS needed): the payloads are the arrays themselves; decoding is free.
-- :class:`pose_node.ros.bench_io.RosMessageInput`: real ``sensor_msgs`` messages, decoded with
+- :class:`pose_node.benchmark.ros_messages.RosMessageInput`: real ``sensor_msgs`` messages, decoded with
   the node's conversions (the ``decode`` stage).
 
 Messages are built before the clock starts (that is the transport's work); only decoding,

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pose_node.budget import COUNT_KEYS
 from pose_node.core.errors import InvalidInputError
+from pose_node.pipeline.budget import COUNT_KEYS
 
 #: Stage group -> the timing keys summed into it, in pipeline order. ``decode`` (ROS messages to
 #: arrays, the node's subscription callbacks) belongs to the input side with ``sync``.
@@ -80,7 +80,7 @@ def group_timings(timings_ms: Mapping[str, float]) -> dict[str, float]:
 
     Args:
         timings_ms: timing key -> milliseconds (``total`` and other aggregates are left out, and
-            so are the counts of :data:`pose_node.budget.COUNT_KEYS`).
+            so are the counts of :data:`pose_node.pipeline.budget.COUNT_KEYS`).
     Returns:
         Group -> milliseconds, for the groups with at least one key present, in
         :data:`STAGE_GROUPS` order, then unknown keys in their given order.

@@ -3,7 +3,7 @@
 For the D detections of one view:
 
 1. crop cameras around the detection masks (the detector's crop convention,
-   :func:`pose_node.detection.matching.crop_camera`), unmasked S x S crops, the masks on the grid;
+   :func:`pose_node.core.crop.crop_camera`), unmasked S x S crops, the masks on the grid;
 2. the crops are encoded once; each is compared with its detector's best ``num_templates``
    templates, each turned to ``in_plane_rotations`` angles (:mod:`pose_node.correspondence.
    hypotheses`; template encodings are computed once per object and kept), and the
@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pose_node.core.crop import box_outline, crop_cameras, crop_images, crop_intrinsics, mask_outline
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.geometry import Pose, pose_difference, transform_covariance
 from pose_node.core.types import Detection, PoseEstimate, View
@@ -46,7 +47,6 @@ from pose_node.correspondence.hypotheses import (
 )
 from pose_node.correspondence.network import cell_centres_px, masked_cosine, mean_best_cosine, to_grid
 from pose_node.correspondence.pnp import PnPConfig, initial_poses_ransac, project_points, solve_pnp
-from pose_node.detection.matching import box_outline, crop_cameras, crop_images, crop_intrinsics, mask_outline
 from pose_node.onboarding.templates import ObjectTemplates
 
 logger = logging.getLogger(__name__)

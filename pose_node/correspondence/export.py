@@ -97,7 +97,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Cor
 
     Args:
         path: ``.pt`` file holding ``state_dict`` and ``net_config`` (see
-            :mod:`pose_node.correspondence.train`).
+            :mod:`pose_node.training.correspondence`).
         device: where the network's parameters go.
     Returns:
         The network on ``device``, eval mode.

@@ -8,7 +8,7 @@ The correspondence network matches the detection crop against a few hypotheses; 
 PnP solver an initial pose.
 
 Crop frames: a template is re-cropped around its own mask with the detection crop convention
-(:func:`pose_node.detection.matching.crop_camera`, the detector's ``mask_box`` framing), so a
+(:func:`pose_node.core.crop.crop_camera`, the detector's ``mask_box`` framing), so a
 crop and a template see the object at the same scale. ``T_crop_object`` of a hypothesis is the
 object's pose in that template crop camera; :func:`hypothesis_poses_in_crop` moves it into a
 detection's crop camera by the same argument as :func:`pose_node.detection.matching.
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pose_node.detection.matching import box_outline, crop_cameras, crop_images, mask_outline
+from pose_node.core.crop import box_outline, crop_cameras, crop_images, mask_outline
 from pose_node.onboarding.templates import ObjectTemplates
 
 

@@ -38,13 +38,13 @@ import cv2
 import numpy as np
 import torch
 
+from pose_node.core.crop import crop_proposals
 from pose_node.core.errors import InvalidInputError, StageUnavailableError
 from pose_node.core.types import Detection, ObjectModel, View
 from pose_node.detection.matching import (
     MatchingConfig,
     TemplateBank,
     TemplateParts,
-    crop_proposals,
     describe_crops,
     match,
     nms_masks,
@@ -96,7 +96,7 @@ class DetectorConfig:
         max_proposals_per_view: at most this many proposals of a view (highest proposal score
             first) go to descriptors and matching, so a cluttered view's matching time is bounded;
             0: no cap. Unlike the proposal modules' own ``max_proposals`` (50), it holds for both
-            sources and a time budget can tighten it per set (:mod:`pose_node.budget`). The default
+            sources and a time budget can tighten it per set (:mod:`pose_node.pipeline.budget`). The default
             leaves typical views untouched: path-traced cluttered workcells (640x480, 6-10 objects
             plus 3-8 distractors, 12 views) gave 11-16 depth proposals per view, median 14.
     """
@@ -502,7 +502,7 @@ class Detector:
         Returns:
             (detections best first, timings: milliseconds ``proposals`` and ``matching``, and the
             counts ``proposals_total`` (found), ``proposals_matched`` (sent to matching after
-            the cap) and ``proposals_cut`` (their difference); see :data:`pose_node.budget.COUNT_KEYS`).
+            the cap) and ``proposals_cut`` (their difference); see :data:`pose_node.pipeline.budget.COUNT_KEYS`).
         Raises:
             InvalidInputError: RGB-D mode without depth, unknown object ids, or ``max_proposals < 0``.
         """

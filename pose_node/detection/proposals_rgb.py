@@ -27,7 +27,7 @@ Two sources:
   neck) has a low normalized distance and does not seed an instance of its own.
 
   The head is trained on synthetic workcell renders of procedural objects only
-  (:mod:`pose_node.detection.train_rgb_proposals`, one command), so the shipped weights are
+  (:mod:`pose_node.training.rgb_proposals`, one command), so the shipped weights are
   reproducible from a fresh clone.
 
 * :func:`onnx_proposals`: any user-supplied proposal model exported to ONNX (e.g. FastSAM or SAM
@@ -60,7 +60,7 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE_NAME = "rgb_proposals_effl0.pt"
 CHECKPOINT_FORMAT = "pose_node.rgb_proposals/1"
-TRAIN_COMMAND = "pose_train_rgb_proposals (python -m pose_node.detection.train_rgb_proposals)"
+TRAIN_COMMAND = "pose_train_rgb_proposals (python -m pose_node.training.rgb_proposals)"
 
 
 # --------------------------------------------------------------------------------------------

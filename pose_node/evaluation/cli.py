@@ -26,7 +26,6 @@ import logging
 import sys
 from pathlib import Path
 
-from pose_node.budget import TimeBudgetConfig
 from pose_node.core.errors import PoseNodeError
 from pose_node.evaluation.runner import (
     KNOWN_STAGES,
@@ -37,6 +36,7 @@ from pose_node.evaluation.runner import (
     expand_stages,
     run,
 )
+from pose_node.pipeline.budget import TimeBudgetConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,7 +162,7 @@ def _correspondence_config(args: argparse.Namespace):
     if "correspondence" not in expand_stages(args.stages):
         return None
     try:
-        from pose_node.correspondence.stage import CorrespondenceStageConfig
+        from pose_node.pipeline.estimate import CorrespondenceStageConfig
     except ImportError:  # the runner reports the stage as missing, with the reason
         return None
     return CorrespondenceStageConfig(weights_path=args.weights, backend=args.backend, device=args.device)

@@ -8,12 +8,11 @@ models of the target objects, it returns world-frame :class:`PoseEstimate` s and
 each stage in milliseconds. Views carry ``camera.T_world_camera = inv(T_camera_world)`` from
 ``scene_camera.json`` (identity when absent, so for classic BOP datasets world = camera frame).
 
-Stages register themselves with :func:`register_stage` (importing ``STAGE_MODULES[name]`` is
-expected to do it; a module may also offer ``register()``, called when its stage is not
-registered after import, e.g. after :func:`unregister_stage`). The factory registered for the
-*last* requested stage builds an estimator that runs the pipeline up to and including that stage.
-A stage that is not registered (or whose factory raises :class:`StageUnavailableError`) is
-reported as ``"missing"``; then there are zero pose estimates and every pose recall is 0. Nothing
+The stages are built from the pipeline's pieces by the factories of
+:data:`pose_node.evaluation.stages.STAGE_FACTORIES` (imported when a run needs them; the pipeline
+knows nothing of the evaluation). The factory of the *last* requested stage builds an estimator
+that runs the pipeline up to and including that stage. A stage without a factory (or whose
+factory raises :class:`StageUnavailableError`) is reported as ``"missing"``; then there are zero pose estimates and every pose recall is 0. Nothing
 is ever faked.
 
 Detection
@@ -61,7 +60,6 @@ Real BOP test sets and user recordings may lack parts our generator writes:
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -71,27 +69,23 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from pose_node.budget import COUNT_KEYS, latency_items
 from pose_node.core.errors import InvalidInputError, PoseNodeError, StageUnavailableError
 from pose_node.core.types import Detection, ObjectModel, PoseEstimate, View
 from pose_node.datasets.bop import BopDataset, BopEstimate, Target, write_estimates_csv
 from pose_node.detection.metrics import DetectionMetricsConfig, DetectionScorer
 from pose_node.evaluation import metrics
 from pose_node.evaluation.calibration import closest_symmetric_pose, coverage_from_mahalanobis, mahalanobis_sq, pose_error_6d
+from pose_node.evaluation.results import EvalResults
 from pose_node.evaluation.scoring import BopScorer, GtInstance, ImageEstimate, ObjectEvalInfo, ScoringConfig
 from pose_node.evaluation.visibility import GtInfoSource, derive_targets, render_gt_scene_depth
+from pose_node.pipeline.budget import COUNT_KEYS, latency_items
+from pose_node.pipeline.config import MODES
+from pose_node.pipeline.estimate import ViewDetections
 
 logger = logging.getLogger(__name__)
 
-MODES = ("rgb", "rgbd")
 KNOWN_STAGES: tuple[str, ...] = ("detection", "correspondence", "refinement")
 STAGE_ALIASES: Mapping[str, tuple[str, ...]] = {"full": KNOWN_STAGES}
-#: Module expected to provide (and, on import, register) each stage.
-STAGE_MODULES: Mapping[str, str] = {
-    "detection": "pose_node.detection.stage",
-    "correspondence": "pose_node.correspondence.stage",
-    "refinement": "pose_node.refinement.stage",
-}
 #: How VSD treats an image without a depth file (``EvalConfig.vsd_without_depth``).
 VSD_WITHOUT_DEPTH = ("gt_render", "unavailable")
 #: At most this many image ids are listed in ``results["images_without_depth"]["ids"]``.
@@ -100,20 +94,6 @@ MULTIVIEW_PROTOCOL = (
     "per-image: world estimates mapped into every view of the group; each image scored with the "
     "BOP19 protocol, inst_count = GT instances with visib_fract >= {visib:g} in that image"
 )
-
-
-@dataclass(frozen=True)
-class ViewDetections:
-    """The detections of one view and the time spent on it.
-
-    Attributes:
-        detections: the view's detections (any order).
-        timings_ms: step -> milliseconds for this view (``"proposals"``, ``"matching"``), and the
-            detector's proposal counts (:data:`pose_node.budget.COUNT_KEYS`, not milliseconds).
-    """
-
-    detections: tuple[Detection, ...]
-    timings_ms: Mapping[str, float]
 
 
 @runtime_checkable
@@ -140,19 +120,18 @@ class Estimator(Protocol):
 
 #: ``factory(stages, config, models) -> Estimator`` running the pipeline through ``stages[-1]``.
 EstimatorFactory = Callable[[tuple[str, ...], "EvalConfig", Sequence[ObjectModel]], Estimator]
-_REGISTRY: dict[str, EstimatorFactory] = {}
 
 
-def register_stage(name: str, factory: EstimatorFactory) -> None:
-    """Declare a pipeline stage available. ``factory`` builds an estimator that runs every stage
-    up to and including ``name`` (it receives the requested stage tuple)."""
-    if name not in KNOWN_STAGES:
-        raise InvalidInputError(f"register_stage: unknown stage {name!r}; expected one of {KNOWN_STAGES}")
-    _REGISTRY[name] = factory
+def stage_factories() -> Mapping[str, EstimatorFactory]:
+    """:data:`pose_node.evaluation.stages.STAGE_FACTORIES`, imported on first use (the stages load
+    torch, the networks' backends and the renderer).
 
+    Raises:
+        ImportError: a stage module (or what it needs) failed to import.
+    """
+    from pose_node.evaluation.stages import STAGE_FACTORIES
 
-def unregister_stage(name: str) -> None:
-    _REGISTRY.pop(name, None)
+    return STAGE_FACTORIES
 
 
 def expand_stages(names: Sequence[str]) -> tuple[str, ...]:
@@ -168,22 +147,14 @@ def expand_stages(names: Sequence[str]) -> tuple[str, ...]:
 
 
 def stage_status(stages: Sequence[str]) -> dict[str, str]:
-    """stage -> ``"available"`` or ``"missing"`` (tries importing the stage's module first, and
-    calls its ``register()`` when importing did not register the stage)."""
-    status = {}
-    for s in stages:
-        if s not in _REGISTRY:
-            try:
-                module = importlib.import_module(STAGE_MODULES[s])
-            except ModuleNotFoundError as exc:
-                logger.debug("stage %s: %s", s, exc)
-            except ImportError as exc:  # present but broken: still missing, say why
-                logger.warning("stage %s: module %s failed to import: %s", s, STAGE_MODULES[s], exc)
-            else:
-                if s not in _REGISTRY and callable(getattr(module, "register", None)):
-                    module.register()
-        status[s] = "available" if s in _REGISTRY else "missing"
-    return status
+    """stage -> ``"available"`` (it has a factory) or ``"missing"`` (none, or the stages failed to
+    import)."""
+    try:
+        factories = stage_factories()
+    except ImportError as exc:  # present but broken: every stage missing, say why
+        logger.warning("pipeline stages failed to import: %s", exc)
+        factories = {}
+    return {s: "available" if s in factories else "missing" for s in stages}
 
 
 @dataclass(frozen=True)
@@ -207,11 +178,11 @@ class EvalConfig:
         cache_dir: onboarding cache directory of the stages (None: the default,
             :func:`pose_node.onboarding.cache.default_cache_dir`).
         correspondence: settings of the correspondence stage, a
-            :class:`pose_node.correspondence.stage.CorrespondenceStageConfig`; None: its defaults.
+            :class:`pose_node.pipeline.estimate.CorrespondenceStageConfig`; None: its defaults.
         refinement: settings of the refinement stage, a
             :class:`pose_node.refinement.fusion.FusionConfig`; None: its defaults.
         time_budget: the per-set time budget of the refinement stage, a
-            :class:`pose_node.budget.TimeBudgetConfig` (the node's ``pipeline.time_budget_ms``);
+            :class:`pose_node.pipeline.budget.TimeBudgetConfig` (the node's ``pipeline.time_budget_ms``);
             None: no budget.
         vsd_without_depth: VSD of an image that has no depth file: ``gt_render`` uses the
             z-buffer of its GT instances rendered at the GT poses as the test depth (occlusion by
@@ -505,7 +476,8 @@ def evaluate(
             image without depth in ``rgbd`` mode; it may return None (unavailable: those frames get
             no estimates). None: ``estimator`` runs them, given views without depth.
     Returns:
-        The results dictionary (JSON-serializable; see :func:`pose_node.evaluation.cli.main`).
+        The results mapping, :meth:`EvalResults.to_json` of the typed results (JSON-serializable; see
+        :func:`pose_node.evaluation.cli.main`; :meth:`EvalResults.from_json` reads it back).
     """
     targets = list(targets)[: config.max_targets] if config.max_targets is not None else list(targets)
     frames = group_targets(targets)
@@ -649,47 +621,47 @@ def evaluate(
         d2_list = []
         pose_errors = {"rotation_deg": _stats([]), "translation_m": _stats([]), "n": 0}
 
-    return {
-        "AR": summary.AR,
-        "AR_VSD": summary.AR_VSD,
-        "AR_MSSD": summary.AR_MSSD,
-        "AR_MSPD": summary.AR_MSPD,
-        "recall_vsd": None if summary.recall_vsd is None else summary.recall_vsd.tolist(),
-        "recall_mssd": summary.recall_mssd.tolist(),
-        "recall_mspd": summary.recall_mspd.tolist(),
-        "ADD_S_recall_0.1d": summary.ADD_S_recall,
-        "ADD(-S)_recall_0.1d": summary.ADD_or_S_recall,
-        "n_targets": len(targets),
-        "n_frames": len(frames),
-        "n_images_scored": summary.n_images,
-        "n_gt": summary.n_gt,
-        "n_estimates": n_estimates,
-        "n_estimates_scored": summary.n_estimates_evaluated,
-        "latency_ms": {"total": _stats(latency_total), "per_stage": {k: _stats(v) for k, v in latency_stage.items()}},
-        "counts_per_set": {k: _stats(v) for k, v in sorted(counts_per_set.items())},
-        "covariance_coverage": coverage,
-        "covariance_coverage_n": len(world.T_est),
-        "covariance_d2": d2_list,
-        "matched_estimates": {"score": world.score, "mssd_m": world.mssd_m, "diameter_m": world.diameter_m},
-        "pose_errors": pose_errors,
-        "per_object": {str(k): v for k, v in summary.per_object.items()},
-        "stages": dict(stages or {}),
-        "mode": config.mode,
-        "vsd_unavailable_reason": summary.vsd_unavailable_reason,
-        "frame_errors": frame_errors,
-        "multiview_protocol": MULTIVIEW_PROTOCOL.format(visib=config.multiview_visib_min)
+    return EvalResults(
+        AR=summary.AR,
+        AR_VSD=summary.AR_VSD,
+        AR_MSSD=summary.AR_MSSD,
+        AR_MSPD=summary.AR_MSPD,
+        recall_vsd=None if summary.recall_vsd is None else summary.recall_vsd.tolist(),
+        recall_mssd=summary.recall_mssd.tolist(),
+        recall_mspd=summary.recall_mspd.tolist(),
+        add_s_recall=summary.ADD_S_recall,
+        add_or_s_recall=summary.ADD_or_S_recall,
+        n_targets=len(targets),
+        n_frames=len(frames),
+        n_images_scored=summary.n_images,
+        n_gt=summary.n_gt,
+        n_estimates=n_estimates,
+        n_estimates_scored=summary.n_estimates_evaluated,
+        latency_ms={"total": _stats(latency_total), "per_stage": {k: _stats(v) for k, v in latency_stage.items()}},
+        counts_per_set={k: _stats(v) for k, v in sorted(counts_per_set.items())},
+        covariance_coverage=coverage,
+        covariance_coverage_n=len(world.T_est),
+        covariance_d2=d2_list,
+        matched_estimates={"score": world.score, "mssd_m": world.mssd_m, "diameter_m": world.diameter_m},
+        pose_errors=pose_errors,
+        per_object={str(k): v for k, v in summary.per_object.items()},
+        stages=dict(stages or {}),
+        mode=config.mode,
+        vsd_unavailable_reason=summary.vsd_unavailable_reason,
+        frame_errors=frame_errors,
+        multiview_protocol=MULTIVIEW_PROTOCOL.format(visib=config.multiview_visib_min)
         if any(len(f.im_ids) > 1 for f in frames) else None,
-        "config": {
+        config={
             "dataset": str(dataset.root), "split": dataset.split, "mode": config.mode,
             "stages_requested": list(config.stages), "max_targets": config.max_targets,
             "models": config.models_subdir, "eval_models": eval_subdir,
             "multiview_visib_min": config.multiview_visib_min, **{k: list(v) if isinstance(v, tuple) else v
                                                                   for k, v in asdict(config.scoring).items()},
         },
-        "estimates_csv": None if csv_path is None else str(csv_path),
-        "detection": ({"skipped": detection_skipped} if detection_skipped
-                      else None if detection is None else detection.results(config.mode)),
-        "images_without_depth": {
+        estimates_csv=None if csv_path is None else str(csv_path),
+        detection=({"skipped": detection_skipped} if detection_skipped
+                   else None if detection is None else detection.results(config.mode)),
+        images_without_depth={
             "count": len(no_depth),
             "ids": [list(k) for k in sorted(no_depth)[:MAX_LISTED_IMAGES]],
             "truncated": len(no_depth) > MAX_LISTED_IMAGES,
@@ -697,8 +669,8 @@ def evaluate(
             "vsd_depth": (f"GT instances rendered at the GT poses ({len(vsd_rendered_depth)} images scored)"
                           if vsd_rendered_depth else None),
         },
-        "visibility": gt_info.report([f.scene_id for f in frames]),
-    }
+        visibility=gt_info.report([f.scene_id for f in frames]),
+    ).to_json()
 
 
 def run(
@@ -712,14 +684,14 @@ def run(
     csv_path: str | Path | None = None,
     gt_info_cache: str | Path | None = None,
 ) -> dict:
-    """Load the dataset and targets, build the pipeline from the registered stages (unless an
+    """Load the dataset and targets, build the pipeline from the stages' factories (unless an
     ``estimator`` is given), and :func:`evaluate`.
 
     Args:
         targets_path: targets JSON; None: BOP19 targets derived from ``scene_gt`` and the GT
             visibility (:func:`pose_node.evaluation.visibility.derive_targets`);
             ``results["targets_source"]`` says which.
-        estimator: use this instead of the registered stages (tests, external pipelines); the
+        estimator: use this instead of the stages' factories (tests, external pipelines); the
             stages are then reported as ``"external"``.
         depth_renderer: default: the GL renderer when available.
         gt_info_cache: JSON file caching the GT visibility computed for scenes without
@@ -786,10 +758,10 @@ def run(
 
 def _build_estimator(stages: tuple[str, ...], config: EvalConfig, models: Sequence[ObjectModel], status: dict[str, str],
                      errors: dict[str, str]) -> Estimator | None:
-    """The registered factory of ``stages[-1]``; a :class:`StageUnavailableError` marks that
-    stage missing (reason in ``errors``) and gives None."""
+    """The factory of ``stages[-1]``; a :class:`StageUnavailableError` marks that stage missing
+    (reason in ``errors``) and gives None."""
     try:
-        return _REGISTRY[stages[-1]](stages, config, models)
+        return stage_factories()[stages[-1]](stages, config, models)
     except StageUnavailableError as exc:
         status[stages[-1]] = "missing"
         errors[stages[-1]] = str(exc)
@@ -798,8 +770,8 @@ def _build_estimator(stages: tuple[str, ...], config: EvalConfig, models: Sequen
 
 
 __all__ = [
-    "EvalConfig", "Estimator", "ViewDetections", "EstimatorFactory", "Frame", "KNOWN_STAGES", "RendererDepthAdapter", "STAGE_MODULES",
+    "EvalConfig", "Estimator", "ViewDetections", "EstimatorFactory", "Frame", "KNOWN_STAGES", "RendererDepthAdapter",
     "VSD_WITHOUT_DEPTH",
-    "default_depth_renderer", "eval_models_subdir", "evaluate", "expand_stages", "group_targets", "register_stage", "run", "stage_status",
-    "unregister_stage",
+    "default_depth_renderer", "eval_models_subdir", "evaluate", "expand_stages", "group_targets", "run", "stage_factories",
+    "stage_status",
 ]

@@ -1,1 +1,1 @@
-"""Onboarding: load CAD meshes (or generate procedural objects) into ObjectModel; later, templates."""
+"""Onboarding: CAD meshes (or procedural objects) into ObjectModels, and their rendered templates and descriptors (cached)."""

@@ -4,6 +4,6 @@ AlignPose-style feature-metric refinement of one world pose per object.
 Modules: :mod:`~pose_node.refinement.association` (grouping, symmetric equivalents, fused initial
 pose), :mod:`~pose_node.refinement.alignment` (batched LM over world poses), :mod:`~pose_node.refinement.problem`
 (crops, renders, dense features, lifted points), :mod:`~pose_node.refinement.refiner` (starts, rounds,
-covariance, score), :mod:`~pose_node.refinement.fusion` (the two together, shared by the node and the
-evaluation) and :mod:`~pose_node.refinement.stage` (the evaluation runner's ``refinement`` stage).
+covariance, score) and :mod:`~pose_node.refinement.fusion` (the two together, shared by the node and the
+evaluation's :mod:`~pose_node.evaluation.stages.refinement`).
 """

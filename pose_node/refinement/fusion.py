@@ -1,7 +1,7 @@
 """Multi-view fusion: association, then feature-metric refinement (ROS-free).
 
 :class:`MultiViewFusion` turns every view's world-frame single-view estimates into one estimate
-per object instance. It is shared by the evaluation stage (:mod:`pose_node.refinement.stage`) and
+per object instance. It is shared by the evaluation stage (:mod:`pose_node.evaluation.stages.refinement`) and
 the node's pipeline (:class:`pose_node.pipeline.PosePipeline`).
 
 ``FusionConfig.method``:
@@ -117,7 +117,7 @@ class MultiViewFusion:
             views: the frame's views. estimates: every view's world-frame estimates.
             with_depth: the views carry depth the refinement may use.
             limits: ``limits(num_candidates) -> (max_starts, rounds)``, asked after association,
-                before refinement (a time budget's :meth:`~pose_node.budget.BudgetSession.refinement_limits`);
+                before refinement (a time budget's :meth:`~pose_node.pipeline.budget.BudgetSession.refinement_limits`);
                 None: the refinement config's.
         Returns:
             Estimates (highest score first) and milliseconds: ``association`` and, with

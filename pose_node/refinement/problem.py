@@ -5,7 +5,7 @@ side is redone for every start pose and round:
 
 - :meth:`ProblemBuilder.observe`: for each candidate and each view where the object projects into
   the image, a crop camera framing the object's bounding box at the candidate pose (the
-  detector's crop convention, :func:`pose_node.detection.matching.crop_camera`), the observed
+  detector's crop convention, :func:`pose_node.core.crop.crop_camera`), the observed
   crop (:func:`warp_to_crops`), its dense features and (RGB-D) its crop-frame depth.
 - :meth:`ProblemBuilder.problem`: render the object at a pose in each of those crop cameras, over
   the observed crop (so features near the silhouette see the same background as the
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pose_node.core.crop import crop_camera, crop_intrinsics
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.geometry import invert_rigid
 from pose_node.core.types import ObjectModel, View
 from pose_node.correspondence.estimator import crop_depth_at
-from pose_node.detection.matching import crop_camera, crop_intrinsics
 from pose_node.features.backbones import Backbone, stride_key
 from pose_node.refinement.alignment import AlignmentProblem, sample_map
 
@@ -114,7 +114,7 @@ def dense_features(backbone: Backbone, images: torch.Tensor, strides: Sequence[i
 def warp_to_crops(image: np.ndarray, K: np.ndarray, R_camera_crop: np.ndarray, focal_px: np.ndarray, size_px: int,
                   max_supersampling: int = 4) -> np.ndarray:
     """Crop-camera views of one image by homography (OpenCV): the detector's crop
-    (:func:`pose_node.detection.matching.crop_images`, supersampled and box-averaged so large
+    (:func:`pose_node.core.crop.crop_images`, supersampled and box-averaged so large
     objects do not alias), computed in C++ for a fraction of the CPU time.
 
     A crop camera shares the image camera's centre, so crop pixels map to image pixels by the

@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
-from pose_node.budget import COUNT_KEYS, latency_items
 from pose_node.core.errors import InvalidInputError
+from pose_node.pipeline.budget import COUNT_KEYS, latency_items
 
 
 class Level(IntEnum):

@@ -58,10 +58,12 @@ from visualization_msgs.msg import MarkerArray
 from pose_node.core.errors import PoseNodeError
 from pose_node.core.types import View
 from pose_node.core.units import depth_distance_ratio, likely_units
+from pose_node.onboarding.object_models import load_object_models
+from pose_node.pipeline.config import THRESHOLD_RANGES, Thresholds
 from pose_node.ros import conversions as conv
 from pose_node.ros.diagnostics import DiagnosticsPublisher
 from pose_node.ros.health import HealthMonitor
-from pose_node.ros.node_config import Thresholds, load_node_config, load_object_models
+from pose_node.ros.node_config import load_node_config
 from pose_node.ros.outputs import SetOutputBuilder
 from pose_node.ros.sync import ApproximateTimeSynchronizer, BackwardStampDetector, SyncedSet
 from pose_node.ros.tf_buffer import TransformError
@@ -77,11 +79,9 @@ WARN_THROTTLE_S = 2.0
 TF_RETRY_S = 0.01
 # Shutdown waits this long for the set in progress (one set takes < 2 s even on a busy CPU).
 WORKER_JOIN_TIMEOUT_S = 30.0
-RUNTIME_THRESHOLDS = ("detection_score", "pose_score", "max_position_std_m", "max_rotation_std_deg")
-THRESHOLD_RANGES = {  # (from, to) of each runtime threshold; max_* must also be > 0 (checked on set)
-    "detection_score": (0.0, 1.0), "pose_score": (0.0, 1.0),
-    "max_position_std_m": (0.0, float("inf")), "max_rotation_std_deg": (0.0, float("inf")),
-}
+# Runtime thresholds: their declared ranges are the config type's (THRESHOLD_RANGES); a range
+# that excludes its low end (max_* > 0) is checked on set, as a descriptor cannot say it.
+RUNTIME_THRESHOLDS = tuple(THRESHOLD_RANGES)
 THRESHOLD_DESCRIPTIONS = {
     "detection_score": "template-matching score in [0, 1] below which a detection is dropped",
     "pose_score": "pose score in [0, 1] below which a pose is not published",
@@ -147,7 +147,7 @@ class PoseNode(Node):
         for name in RUNTIME_THRESHOLDS:
             full = f"thresholds.{name}"
             if not self.has_parameter(full):
-                low, high = THRESHOLD_RANGES[name]
+                low, high, _ = THRESHOLD_RANGES[name]
                 self.declare_parameter(full, float(getattr(defaults, name)), ParameterDescriptor(
                     description=THRESHOLD_DESCRIPTIONS[name],
                     floating_point_range=[FloatingPointRange(from_value=low, to_value=high, step=0.0)]))

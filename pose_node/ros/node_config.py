@@ -24,11 +24,13 @@ the key path of the offending value (``cameras.cam0.depth_encoding: expected one
 silently ignored). Relative paths are resolved against the YAML file's folder. The object
 entries are flattened into one :class:`ObjectConfig` per object (BOP ``models_info.json`` is
 read here, so ids, names and symmetries are known and checked before any mesh is loaded);
-:func:`load_object_models` then builds the :class:`~pose_node.core.types.ObjectModel` list.
+:func:`pose_node.onboarding.object_models.load_object_models` then builds the
+:class:`~pose_node.core.types.ObjectModel` list. The pipeline's own types (:class:`PipelineConfig`,
+:class:`Thresholds`, the modes and backends) live in :mod:`pose_node.pipeline.config`; this module
+only reads the file into them.
 :func:`load_object_configs` reads the objects of a file alone (``pose_scene`` renders them).
 
-This module imports neither rclpy nor the mesh loaders (those are imported by
-:func:`load_object_models` only), so parsing is fast and works without ROS.
+This module imports neither rclpy nor the mesh loaders, so parsing is fast and works without ROS.
 """
 from __future__ import annotations
 
@@ -47,19 +49,19 @@ import torch
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.geometry import Pose
 from pose_node.core.units import MESH_UNITS
+from pose_node.onboarding.object_models import ContinuousSymmetry, ProceduralSpec
+from pose_node.pipeline.config import (
+    BACKENDS, DEVICE_PATTERN, MODES, MULTIVIEW_METHODS, ObjectThresholds, PipelineConfig, Thresholds,
+)
 from pose_node.ros.health import HealthConfig
 from pose_node.ros.sync import SyncConfig
 
 DEPTH_ENCODINGS: tuple[str, ...] = ("16UC1", "32FC1")
-MODES: tuple[str, ...] = ("rgb", "rgbd")  # pose_node.detection.detector.DETECTOR_MODES
-BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "onnxruntime", "torch")  # "auto" + correspondence BACKEND_KINDS
-MULTIVIEW_METHODS: tuple[str, ...] = ("refinement", "association")  # pose_node.refinement.fusion.METHODS
 OBJECT_SOURCES: tuple[str, ...] = ("mesh", "bop_models", "procedural")
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOPIC_TOKEN = r"[A-Za-z_][A-Za-z0-9_]*"
 _TOPIC_RE = re.compile(rf"^(~/|/)?{_TOPIC_TOKEN}(/{_TOPIC_TOKEN})*$")
-DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")  # a torch device name: cpu, cuda or cuda:N
 # A quaternion whose norm is this far from 1 is a typo (or Euler angles), not rounding.
 _QUATERNION_NORM_TOLERANCE = 1e-3
 _ROTATION_TOLERANCE = 1e-4
@@ -94,57 +96,6 @@ class CameraConfig:
     def stream_names(self) -> tuple[str, ...]:
         """The synchronizer streams of this camera: ``color``, ``info`` and, with depth, ``depth``."""
         return ("color", "info", "depth") if self.depth_topic else ("color", "info")
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Acceptance thresholds of the pipeline.
-
-    Attributes:
-        detection_score: template-matching score below which a detection is dropped, in [0, 1].
-        pose_score: pose score in [0, 1] (the share of feature points the views agree with at the
-            refined pose, times the weight of the winning start) below which a pose is not published.
-        max_position_std_m: a pose whose largest position standard deviation exceeds this is
-            not published, metres (> 0; ``.inf`` = no limit).
-        max_rotation_std_deg: the same for the largest rotation standard deviation, degrees.
-    """
-
-    detection_score: float = 0.4
-    pose_score: float = 0.0
-    max_position_std_m: float = math.inf
-    max_rotation_std_deg: float = math.inf
-
-
-@dataclass(frozen=True)
-class ObjectThresholds:
-    """Per-object overrides of :class:`Thresholds`; None inherits the pipeline's value."""
-
-    detection_score: float | None = None
-    pose_score: float | None = None
-    max_position_std_m: float | None = None
-    max_rotation_std_deg: float | None = None
-
-
-@dataclass(frozen=True)
-class ContinuousSymmetry:
-    """A continuous rotational symmetry (BOP ``symmetries_continuous`` entry).
-
-    Attributes:
-        axis: (3,) rotation axis in the object frame (any non-zero length).
-        offset: (3,) a point on the axis, in the mesh file's units.
-    """
-
-    axis: tuple[float, float, float]
-    offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
-
-
-@dataclass(frozen=True)
-class ProceduralSpec:
-    """Procedural objects ``make_procedural_objects(count, seed, first_id=first_id)``, ids ``first_id .. first_id + count - 1``."""
-
-    seed: int
-    count: int
-    first_id: int = 1
 
 
 @dataclass(frozen=True)
@@ -184,34 +135,6 @@ class ObjectConfig:
             "symmetries_discrete": [list(s) for s in self.symmetries_discrete],
             "symmetries_continuous": [{"axis": list(s.axis), "offset": list(s.offset)} for s in self.symmetries_continuous],
         }
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    """Pipeline settings.
-
-    Attributes:
-        mode: ``rgbd`` (depth proposals; every camera needs a depth topic) or ``rgb``.
-        device: torch device, ``cpu`` or ``cuda[:N]``.
-        backend: correspondence-network backend: ``auto``, ``tensorrt``, ``onnxruntime`` or ``torch``.
-        multiview: after the single-view poses: ``refinement`` (association, then feature-metric
-            refinement against all views) or ``association`` (association and fusion only).
-        thresholds: defaults for every object (see :meth:`NodeConfig.thresholds_for`); read from
-            a file, ``pose_score`` defaults to ``DEFAULT_PUBLISH_POSE_SCORE`` (0.3), not 0.
-        max_proposals_per_view: proposals matched per view, highest proposal score first (0: no
-            cap); see :class:`pose_node.detection.detector.DetectorConfig`.
-        time_budget_ms: milliseconds per multi-view set before the pipeline degrades (fewer
-            proposals, then fewer pose hypotheses and refinement starts, then fewer refinement
-            rounds; :mod:`pose_node.budget`); 0: no budget.
-    """
-
-    mode: str = "rgbd"
-    device: str = "cpu"
-    backend: str = "auto"
-    multiview: str = "refinement"
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    max_proposals_per_view: int = 32
-    time_budget_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -764,39 +687,8 @@ def load_object_configs(path: str | Path) -> tuple[ObjectConfig, ...]:
         raise InvalidInputError(f"config file {path}: {exc}") from exc
 
 
-def load_object_models(objects: Sequence[ObjectConfig]) -> list:
-    """Build the :class:`~pose_node.core.types.ObjectModel` of every configured object.
-
-    Procedural entries are generated once per entry (the generator makes a whole entry at once,
-    so the objects equal ``pose_scene``'s with the same seed and count); names come from the
-    configuration.
-
-    Returns:
-        ``list[ObjectModel]`` in the order of ``objects``.
-    Raises:
-        MeshLoadError: an unreadable mesh or an implausible size for the declared units.
-    """
-    from pose_node.onboarding.mesh_loading import UNIT_TO_METRES, load_object_model, symmetry_transforms
-    from pose_node.onboarding.procedural import make_procedural_objects
-
-    generated: dict[ProceduralSpec, dict[int, Any]] = {}
-    models = []
-    for obj in objects:
-        if obj.procedural is not None:
-            spec = obj.procedural
-            if spec not in generated:
-                batch = make_procedural_objects(spec.count, spec.seed, first_id=spec.first_id)
-                generated[spec] = {m.object_id: m for m in batch}
-            models.append(replace(generated[spec][obj.object_id], name=obj.name))
-        else:
-            symmetries = symmetry_transforms(obj.bop_symmetries(), unit_to_m=UNIT_TO_METRES[obj.units])
-            models.append(load_object_model(obj.mesh_path, units=obj.units, object_id=obj.object_id, name=obj.name,
-                                            symmetries=symmetries))
-    return models
-
-
 __all__ = [
     "BACKENDS", "DEPTH_ENCODINGS", "MESH_UNITS", "MODES", "CameraConfig", "ContinuousSymmetry", "NodeConfig",
     "ObjectConfig", "ObjectThresholds", "PipelineConfig", "ProceduralSpec", "Thresholds", "TrackingConfig", "load_node_config",
-    "load_object_configs", "load_object_models", "parse_node_config", "parse_objects_section",
+    "load_object_configs", "parse_node_config", "parse_objects_section",
 ]

@@ -9,7 +9,7 @@ Besides procedural objects and a BOP models folder (see
 - mesh files written ``PATH:UNITS`` (``mug.ply:mm``), ids 1..N in argument order, names from the
   file stems; they become the node's ``{id, name, mesh, units}`` entries, parsed by the same parser.
 
-Either way the models are built by the node's :func:`~pose_node.ros.node_config.load_object_models`,
+Either way the models are built by the node's :func:`~pose_node.onboarding.object_models.load_object_models`,
 so ids, names, units (metres after loading) and symmetries equal those of a node configured with
 the same objects, and the TF frames it publishes (``<name>_<k>``) match the names written in
 ``scene_world.json``.
@@ -23,8 +23,9 @@ from pathlib import Path
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.types import ObjectModel
 from pose_node.datasets.bop import MM_PER_M
+from pose_node.onboarding.object_models import load_object_models
 from pose_node.ros.node_config import (
-    MESH_UNITS, ObjectConfig, load_object_configs, load_object_models, parse_objects_section,
+    MESH_UNITS, ObjectConfig, load_object_configs, parse_objects_section,
 )
 
 logger = logging.getLogger(__name__)

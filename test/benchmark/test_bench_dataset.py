@@ -127,7 +127,7 @@ def test_the_pipeline_gets_the_dataset_views(workcell, single_view, ros_messages
     """What the inputs decode (colour, depth, K, camera pose from /tf) is the dataset's frame."""
     if ros_messages:
         pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed; run `make setup`")
-        from pose_node.ros.bench_io import DatasetMessageInput
+        from pose_node.benchmark.ros_messages import DatasetMessageInput
 
     for root, cameras in ((workcell, CAMERAS), (single_view, 1)):
         frames = DatasetFrames(DatasetSource(str(root)), "rgbd")

@@ -121,7 +121,7 @@ def test_cuda_is_accepted_and_fails_clearly_without_a_gpu():
 
 def test_ros_messages_decode_to_the_views_and_outputs_serialize():
     pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed; run `make setup`")
-    from pose_node.ros.bench_io import OutputPublisher, RosMessageInput
+    from pose_node.benchmark.ros_messages import OutputPublisher, RosMessageInput
     from pose_node.onboarding.procedural import make_procedural_objects
 
     views = _views(2, 40)

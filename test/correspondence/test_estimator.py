@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
+from pose_node.core.crop import crop_camera, crop_intrinsics
 from pose_node.core.errors import InvalidInputError
 from pose_node.correspondence.estimator import crop_cell_depth, hypothesis_mixture_covariance, inlier_share
 from pose_node.correspondence.network import cell_centres_px
-from pose_node.detection.matching import crop_camera, crop_intrinsics
 
 S, G = 128, 16
 
@@ -33,7 +33,7 @@ def test_crop_cell_depth_puts_points_on_the_observed_plane():
 def test_crop_detections_equals_separate_image_and_mask_crops():
     from pose_node.correspondence.estimator import crop_detections
     from pose_node.correspondence.network import to_grid
-    from pose_node.detection.matching import box_outline, crop_images
+    from pose_node.core.crop import box_outline, crop_images
 
     H, W = 120, 160
     K = np.array([[150.0, 0, 79.5], [0, 150.0, 59.5], [0, 0, 1]])

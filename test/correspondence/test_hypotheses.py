@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from pose_node.core.crop import crop_intrinsics
 from pose_node.correspondence.hypotheses import (
     crop_templates,
     hypothesis_poses_in_crop,
@@ -10,7 +11,6 @@ from pose_node.correspondence.hypotheses import (
     rotate_images,
     rotation_about_z,
 )
-from pose_node.detection.matching import crop_intrinsics
 from pose_node.onboarding.procedural import make_procedural_object
 from pose_node.onboarding.templates import TemplateConfig, render_templates
 

@@ -7,10 +7,11 @@ import torch
 
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.geometry import Pose, perturb_pose, pose_difference, so3_exp
-from pose_node.correspondence import pnp
 from pose_node.correspondence.pnp import (
-    PnPConfig, huber_delta, initial_poses_ransac, pnp_cost, pnp_residuals, project_points, solve_pnp,
+    PnPConfig, huber_delta, initial_poses_ransac, pnp_residuals, project_points, solve_pnp,
 )
+from pose_node.training import pnp_cost as training_cost
+from pose_node.training.pnp_cost import pnp_cost
 
 F64 = torch.float64
 IMAGE_WH = (640.0, 480.0)
@@ -138,7 +139,7 @@ def test_pnp_cost_leading_sample_dims_broadcast():
 
 @pytest.mark.parametrize("with_depth", [False, True])
 def test_fast_cost_and_gradients_match_autograd_reference(with_depth, monkeypatch):
-    monkeypatch.setattr(pnp, "_CHUNK_ELEMENTS", 100)  # several chunks, the last one partial
+    monkeypatch.setattr(training_cost, "_CHUNK_ELEMENTS", 100)  # several chunks, the last one partial
     s = make_scene(2, 15, seed=2)
     g = s["g"]
     K = make_K(2, skew=3.0)

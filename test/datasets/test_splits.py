@@ -45,7 +45,7 @@ def test_ycb_ids_in_reads_the_split_from_a_models_folder(tmp_path):
 
 
 def test_training_never_loads_test_or_validation_objects(tmp_path):
-    from pose_node.correspondence.train import DEFAULT_HOLDOUT_BOP_IDS, PROCEDURAL_TRAIN_SEED, training_objects
+    from pose_node.training.correspondence import DEFAULT_HOLDOUT_BOP_IDS, PROCEDURAL_TRAIN_SEED, training_objects
 
     models = _fake_ycb_dir(tmp_path, [1, 2, 5, 14, 22, 30])
     loaded = training_objects(2, models, DEFAULT_HOLDOUT_BOP_IDS)
@@ -57,7 +57,7 @@ def test_training_never_loads_test_or_validation_objects(tmp_path):
 
 def test_in_domain_calibration_objects_are_never_test_objects(tmp_path):
     """pose_refinement_bench --calibrate copies the training-split objects of --ycb-models only."""
-    from pose_node.correspondence.bench import holdout_models_dir
+    from pose_node.benchmark.correspondence import holdout_models_dir
 
     models = _fake_ycb_dir(tmp_path / "ycb", [1, 2, 3, 11, 14])
     train_ids = ycb_ids_in(models, "train").object_ids

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from pose_node.budget import latency_items
 from pose_node.core.errors import InvalidInputError, StageUnavailableError
 from pose_node.core.types import Camera, View
 from pose_node.datasets.bop import BopDataset
@@ -19,6 +18,7 @@ from pose_node.detection.matching import MatchingConfig
 from pose_node.detection.metrics import DetectionScorer, pairwise_mask_iou
 from pose_node.detection.proposal_types import Proposal, box_from_mask
 from pose_node.onboarding.templates import TemplateConfig
+from pose_node.pipeline.budget import latency_items
 from pose_node.render.renderer import Renderer
 from pose_node.scene.appearance import AppearanceConfig
 from pose_node.scene.generator import WorkcellConfig

@@ -10,22 +10,24 @@ import numpy as np
 import pytest
 import torch
 
-from pose_node.core.errors import InvalidInputError
-from pose_node.detection.matching import (
-    MatchingConfig,
-    TemplateBank,
+from pose_node.core.crop import (
     box_outline,
     crop_camera,
     crop_cameras,
     crop_images,
     crop_intrinsics,
     crop_proposals,
-    describe_crops,
     mask_outline,
+    ray_rotation,
+)
+from pose_node.core.errors import InvalidInputError
+from pose_node.detection.matching import (
+    MatchingConfig,
+    TemplateBank,
+    describe_crops,
     match,
     nms_masks,
     priors_for_matches,
-    ray_rotation,
     template_parts,
 )
 from pose_node.detection.proposal_types import Proposal, box_from_mask

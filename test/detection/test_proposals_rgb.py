@@ -31,7 +31,10 @@ from pose_node.detection.proposals_rgb import (
     rgb_proposals,
     save_checkpoint,
 )
-from pose_node.detection.train_rgb_proposals import (
+from pose_node.features import BackboneConfig, create_backbone
+from pose_node.scene.generator import WorkcellConfig
+from pose_node.scene.layout import LayoutConfig
+from pose_node.training.rgb_proposals import (
     TEST_SPLIT,
     TRAIN_SPLIT,
     VAL_SPLIT,
@@ -42,9 +45,6 @@ from pose_node.detection.train_rgb_proposals import (
     stride_targets,
     train_head,
 )
-from pose_node.features import BackboneConfig, create_backbone
-from pose_node.scene.generator import WorkcellConfig
-from pose_node.scene.layout import LayoutConfig
 
 WIDTH, HEIGHT = 640, 480
 SEED = 777

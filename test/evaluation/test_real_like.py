@@ -13,6 +13,7 @@ from pose_node.core import PoseEstimate, StageUnavailableError
 from pose_node.datasets.bop import BopDataset
 from pose_node.evaluation import cli, runner
 from pose_node.evaluation.runner import EvalConfig, ViewDetections, default_depth_renderer, evaluate
+from pose_node.evaluation.stages import STAGE_FACTORIES
 from pose_node.evaluation.visibility import GtInfoSource, derive_targets, gt_infos_from_render
 from pose_node.scene.generator import WorkcellConfig, read_scene_world
 from pose_node.scene.layout import LayoutConfig
@@ -148,7 +149,7 @@ def test_without_depth_vsd_can_be_declared_unavailable(real_like, depth_renderer
     assert r["visibility"]["source"] == "targets as given" and r["visibility"]["n_images_targets_as_given"] == 4
 
 
-def test_cli_on_real_like_data_without_targets(real_like, tmp_path, capsys):
+def test_cli_on_real_like_data_without_targets(real_like, tmp_path, capsys, monkeypatch):
     # The oracle stands in for the pipeline; the runner builds its RGB twin for the images without depth.
     built = []
 
@@ -156,44 +157,38 @@ def test_cli_on_real_like_data_without_targets(real_like, tmp_path, capsys):
         built.append(config.mode)
         return OracleEstimator(real_like.root)
 
-    runner.register_stage("detection", factory)
-    try:
-        out = tmp_path / "r.json"
-        argv = ["--dataset", str(real_like.root), "--stages", "detection", "--out", str(out)]
-        assert cli.main(argv) == 0
-        r = json.loads(out.read_text())
-        printed = capsys.readouterr().out
-        assert built == ["rgbd", "rgb"]
-        assert r["targets_source"]["kind"] == "derived" and r["n_targets"] == len(real_like.targets("test_targets_bop19.json"))
-        assert r["AR"] is not None and r["AR"] > 0.2 and r["images_without_depth"]["frames_run_rgb"] == 2
-        assert "targets: derived from the GT" in printed and "detection: skipped (no GT visible masks" in printed
-        assert "images without depth: 2 (scene/im: 0/1, 0/2); 2 frames run in RGB" in printed
-        assert "visibility (computed): 1 scenes without scene_gt_info.json; 4 images rendered" in printed
-        cache = tmp_path / "r.gt_info.json"
-        vis = r["visibility"]
-        assert vis["n_images_computed"] == 4 and vis["n_images_targets_as_given"] == 0  # derived targets need them all
-        assert vis["cache"] == str(cache) and cache.is_file()
-        # A second run takes the visibility from the cache next to the results.
-        assert cli.main(argv) == 0
-        again = json.loads(out.read_text())
-        assert again["visibility"]["n_images_from_cache"] == 4 and again["visibility"]["n_images_computed"] == 0
-        assert again["AR"] == r["AR"]
-    finally:
-        runner.unregister_stage("detection")
+    monkeypatch.setitem(STAGE_FACTORIES, "detection", factory)
+    out = tmp_path / "r.json"
+    argv = ["--dataset", str(real_like.root), "--stages", "detection", "--out", str(out)]
+    assert cli.main(argv) == 0
+    r = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert built == ["rgbd", "rgb"]
+    assert r["targets_source"]["kind"] == "derived" and r["n_targets"] == len(real_like.targets("test_targets_bop19.json"))
+    assert r["AR"] is not None and r["AR"] > 0.2 and r["images_without_depth"]["frames_run_rgb"] == 2
+    assert "targets: derived from the GT" in printed and "detection: skipped (no GT visible masks" in printed
+    assert "images without depth: 2 (scene/im: 0/1, 0/2); 2 frames run in RGB" in printed
+    assert "visibility (computed): 1 scenes without scene_gt_info.json; 4 images rendered" in printed
+    cache = tmp_path / "r.gt_info.json"
+    vis = r["visibility"]
+    assert vis["n_images_computed"] == 4 and vis["n_images_targets_as_given"] == 0  # derived targets need them all
+    assert vis["cache"] == str(cache) and cache.is_file()
+    # A second run takes the visibility from the cache next to the results.
+    assert cli.main(argv) == 0
+    again = json.loads(out.read_text())
+    assert again["visibility"]["n_images_from_cache"] == 4 and again["visibility"]["n_images_computed"] == 0
+    assert again["AR"] == r["AR"]
 
 
 
-def test_frames_without_depth_fail_alone_when_no_rgb_pipeline(real_like, depth_renderer):
+def test_frames_without_depth_fail_alone_when_no_rgb_pipeline(real_like, depth_renderer, monkeypatch):
     def factory(stages, config, models):
         if config.mode == "rgb":
             raise StageUnavailableError("RGB proposals not available (test)")
         return OracleEstimator(real_like.root)
 
-    runner.register_stage("detection", factory)
-    try:
-        r = runner.run(real_like.root, None, EvalConfig(stages=("detection",)), depth_renderer=depth_renderer)
-    finally:
-        runner.unregister_stage("detection")
+    monkeypatch.setitem(STAGE_FACTORIES, "detection", factory)
+    r = runner.run(real_like.root, None, EvalConfig(stages=("detection",)), depth_renderer=depth_renderer)
     assert r["stages"] == {"detection": "available"}
     assert "RGB proposals not available" in r["stage_errors"]["detection (rgb, images without depth)"]
     assert len(r["frame_errors"]) == 2 and "no depth" in r["frame_errors"][0]

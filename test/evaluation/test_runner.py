@@ -6,6 +6,7 @@ import pytest
 from box_scene import H_SMALL, K_SMALL, W_SMALL, BoxDepthRenderer, box_model, render_scene, rot_z, translation
 
 from pose_node.core import Detection, PoseEstimate, StageUnavailableError
+from pose_node.core.errors import InvalidInputError
 from pose_node.datasets.bop import (
     BopDataset,
     BopGt,
@@ -18,6 +19,7 @@ from pose_node.datasets.bop import (
     write_targets_multiview,
 )
 from pose_node.evaluation import cli, runner
+from pose_node.evaluation.results import EvalResults
 from pose_node.evaluation.runner import (
     EvalConfig,
     RendererDepthAdapter,
@@ -26,6 +28,7 @@ from pose_node.evaluation.runner import (
     expand_stages,
     group_targets,
 )
+from pose_node.evaluation.stages import STAGE_FACTORIES
 
 BOX_A = box_model(1, [0.06, 0.04, 0.08])
 BOX_B = box_model(2, [0.05, 0.05, 0.03], np.stack([np.eye(4), rot_z(np.pi)]))
@@ -96,6 +99,19 @@ def _evaluate(dataset_dir, targets_file, estimator, **cfg):
                     {"detection": "external"}, csv_path=dataset_dir / "out" / f"{targets_file}.csv")
 
 
+def test_results_are_typed_and_serialize_to_the_same_keys(dataset_dir):
+    r = _evaluate(dataset_dir, "test_targets_bop19.json", GtEstimator(), max_targets=2)
+    typed = EvalResults.from_json(r)
+    assert typed.AR == r["AR"] == pytest.approx(1.0) and typed.n_targets == 2
+    assert typed.add_s_recall == r["ADD_S_recall_0.1d"] and typed.add_or_s_recall == r["ADD(-S)_recall_0.1d"]
+    assert typed.stage_errors is None and "stage_errors" not in r
+    assert list(typed.to_json().items()) == list(r.items())  # same keys, same order, same values
+    with pytest.raises(InvalidInputError, match=r"unknown keys \['extra'\]"):
+        EvalResults.from_json({**r, "extra": 1})
+    with pytest.raises(InvalidInputError, match=r"missing keys \['AR'\]"):
+        EvalResults.from_json({k: v for k, v in r.items() if k != "AR"})
+
+
 def test_targets_are_visible_and_grouped(dataset_dir):
     ds = BopDataset(dataset_dir)
     targets = ds.targets("test_targets_bop19.json")
@@ -164,7 +180,7 @@ def test_rgb_mode_gives_no_depth_and_max_targets(dataset_dir):
 def test_cli_reports_missing_stages_and_zero_recall(dataset_dir, tmp_path, capsys, monkeypatch):
     # The pose stages are missing (correspondence: its weights are not found): no estimates, AR 0;
     # detection exists, so it runs on its own.
-    from pose_node.correspondence import stage as correspondence_stage
+    from pose_node.pipeline import estimate as correspondence_stage
 
     monkeypatch.setenv("POSE_NODE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(correspondence_stage, "default_weights_path", lambda: tmp_path / "no_weights.pt")
@@ -189,17 +205,14 @@ def test_cli_reports_missing_stages_and_zero_recall(dataset_dir, tmp_path, capsy
 
 def test_registered_stage_runs_through_cli(dataset_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(runner, "default_depth_renderer", lambda models: BoxDepthRenderer(models))
-    runner.register_stage("detection", lambda stages, config, models: GtEstimator())
-    try:
-        out = tmp_path / "r.json"
-        rc = cli.main(["--dataset", str(dataset_dir), "--targets", "test_targets_bop19.json", "--stages", "detection",
-                       "--max-targets", "2", "--out", str(out)])
-        assert rc == 0
-        r = json.loads(out.read_text())
-        assert r["stages"] == {"detection": "available"} and r["AR"] == pytest.approx(1.0) and r["n_targets"] == 2
-        assert "AR 1.000" in capsys.readouterr().out
-    finally:
-        runner.unregister_stage("detection")
+    monkeypatch.setitem(STAGE_FACTORIES, "detection", lambda stages, config, models: GtEstimator())
+    out = tmp_path / "r.json"
+    rc = cli.main(["--dataset", str(dataset_dir), "--targets", "test_targets_bop19.json", "--stages", "detection",
+                   "--max-targets", "2", "--out", str(out)])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert r["stages"] == {"detection": "available"} and r["AR"] == pytest.approx(1.0) and r["n_targets"] == 2
+    assert "AR 1.000" in capsys.readouterr().out
 
 
 def test_stage_names():
@@ -358,7 +371,7 @@ def test_stages_detection_runs_the_detector_through_the_cli(dataset_dir, tmp_pat
 
 
 def test_the_cli_proposal_cap_reaches_the_detector(dataset_dir, tmp_path, monkeypatch):
-    from pose_node.detection.stage import detection_factory
+    from pose_node.evaluation.stages.detection import detection_factory
 
     built = []
 
@@ -367,7 +380,7 @@ def test_the_cli_proposal_cap_reaches_the_detector(dataset_dir, tmp_path, monkey
         built.append(estimator.detector.config)
         return estimator
 
-    monkeypatch.setitem(runner._REGISTRY, "detection", factory)
+    monkeypatch.setitem(STAGE_FACTORIES, "detection", factory)
     out = tmp_path / "r.json"
     rc = cli.main(["--dataset", str(dataset_dir), "--targets", "test_targets_bop19.json", "--stages", "detection",
                    "--cache-dir", str(tmp_path / "cache"), "--threads", "1", "--max-proposals-per-view", "1", "--out", str(out)])
@@ -382,7 +395,7 @@ def test_unavailable_detection_stage_is_reported_missing(dataset_dir, tmp_path, 
     def unavailable(stages, config, models):
         raise StageUnavailableError("RGB proposals not available (test)")
 
-    monkeypatch.setitem(runner._REGISTRY, "detection", unavailable)
+    monkeypatch.setitem(STAGE_FACTORIES, "detection", unavailable)
     r = runner.run(dataset_dir, "test_targets_bop19.json", EvalConfig(stages=("detection",)),
                    depth_renderer=BoxDepthRenderer(MODELS))
     assert r["stages"] == {"detection": "missing"} and r["detection"] is None

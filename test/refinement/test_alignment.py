@@ -107,7 +107,7 @@ def test_warp_to_crops_matches_the_supersampled_crop():
     import cv2
     import numpy as np
 
-    from pose_node.detection.matching import crop_camera, crop_images
+    from pose_node.core.crop import crop_camera, crop_images
     from pose_node.refinement.problem import warp_to_crops
 
     H, W = 480, 640

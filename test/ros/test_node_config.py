@@ -13,9 +13,9 @@ import yaml
 from scipy.spatial.transform import Rotation
 
 from pose_node.core.errors import InvalidInputError
-from pose_node.ros.node_config import (
-    BACKENDS, DEPTH_ENCODINGS, MESH_UNITS, MODES, load_node_config, load_object_models, parse_node_config,
-)
+from pose_node.onboarding.object_models import load_object_models
+from pose_node.pipeline.config import BACKENDS, MODES
+from pose_node.ros.node_config import DEPTH_ENCODINGS, MESH_UNITS, load_node_config, parse_node_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "pose_node.yaml"
 DELETE = object()
@@ -153,7 +153,7 @@ def test_constants_match_the_modules_they_mirror():
     assert set(MESH_UNITS) <= set(UNIT_TO_METRES)
     assert set(DEPTH_ENCODINGS) == set(BAG_DEPTH_ENCODINGS)
     from pose_node.refinement.fusion import METHODS
-    from pose_node.ros.node_config import MULTIVIEW_METHODS
+    from pose_node.pipeline.config import MULTIVIEW_METHODS
 
     assert set(MULTIVIEW_METHODS) == set(METHODS)
 

@@ -5,8 +5,8 @@ import pytest
 
 from pose_node.correspondence.hypotheses import in_plane_angles, rotation_about_z
 from pose_node.correspondence.network import CorrespondenceNetConfig, cell_centres_px
-from pose_node.correspondence.training_data import SampleConfig, TrainingSampler, closest_hypotheses, random_rotation
 from pose_node.onboarding.procedural import make_procedural_objects
+from pose_node.training.correspondence_data import SampleConfig, TrainingSampler, closest_hypotheses, random_rotation
 
 CONFIG = CorrespondenceNetConfig()
 

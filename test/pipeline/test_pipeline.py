@@ -8,7 +8,7 @@ import numpy as np
 
 from pose_node.core.types import PoseEstimate
 from pose_node.pipeline import InstanceTracker, passes_thresholds
-from pose_node.ros.node_config import Thresholds
+from pose_node.pipeline.config import Thresholds
 
 
 def _estimate(object_id: int, xyz, std_m: float = 0.001, view: int = 0, score: float = 0.9) -> PoseEstimate:
@@ -111,5 +111,5 @@ def test_detection_units_from_the_depth_a_detection_covers():
 
 
 def test_pipeline_imports_without_rclpy():
-    code = "import sys; sys.modules['rclpy'] = None; import pose_node.pipeline"
+    code = "import sys; sys.modules['rclpy'] = None; from pose_node.pipeline import PosePipeline"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -3,7 +3,7 @@
 One sample: an object at a random pose in a random camera (640 x 480, focal 450-850 px), on a
 random textured background, often partly hidden by another object in front, lit from a random
 direction; cropped like a detection (crop camera around a jittered visible mask, the unmasked
-image, :func:`pose_node.detection.matching.crop_images`), with colour, noise and blur
+image, :func:`pose_node.core.crop.crop_images`), with colour, noise and blur
 augmentation. The target is the object coordinates of every crop cell (from the rendered XYZ)
 and the pose in the crop camera. The matched hypothesis is the template and in-plane angle
 closest in rotation to the truth (sometimes the second closest, as a detector would give); for
@@ -18,7 +18,9 @@ import cv2
 import numpy as np
 import torch
 
+from pose_node.core.crop import crop_cameras, crop_images, crop_intrinsics, mask_outline
 from pose_node.core.types import ObjectModel
+from pose_node.correspondence.estimator import crop_detections
 from pose_node.correspondence.hypotheses import (
     TemplateCrops,
     crop_templates,
@@ -27,9 +29,7 @@ from pose_node.correspondence.hypotheses import (
     rotate_images,
     rotation_about_z,
 )
-from pose_node.correspondence.estimator import crop_detections
 from pose_node.correspondence.network import CorrespondenceNetConfig, to_grid
-from pose_node.detection.matching import crop_cameras, crop_images, crop_intrinsics, mask_outline
 from pose_node.onboarding.templates import TemplateConfig, render_templates
 from pose_node.render.renderer import Renderer
 from pose_node.scene.appearance import procedural_texture

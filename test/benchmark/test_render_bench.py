@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from pose_node.render import bench
+from pose_node.benchmark import render as bench
 
 
 def test_bench_main_writes_json(tmp_path, capsys, make_renderer):

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed; run `make setup`")
 
-from pose_node.demo import main  # noqa: E402
+from pose_node.apps.demo import main  # noqa: E402
 from pose_node.ros.local_env import local_ros_environment  # noqa: E402
 
 # Seed 3, 3 objects: the workcell of the bag-replay test, on which every object is within

@@ -38,7 +38,8 @@ import torch
 
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.geometry import Pose
-from pose_node.correspondence.pnp import PnPConfig, _check_correspondences, _check_shape, pnp_cost
+from pose_node.correspondence.pnp import PnPConfig, _check_correspondences, _check_shape
+from pose_node.training.pnp_cost import pnp_cost
 
 logger = logging.getLogger(__name__)
 
@@ -273,7 +274,7 @@ def monte_carlo_pose_loss(
             ``fallback_*`` standard deviations are used).
         T_gt: (B, 4, 4) ground truth ``T_camera_object``.
         depth_m: (B, N) observed depths, metres, NaN where unknown; or None. depth_weight: as
-            :func:`pnp.pnp_cost`.
+            :func:`pose_node.training.pnp_cost.pnp_cost`.
         config: sampler settings.
         generator: random source on ``x3d``'s device (None: torch's default generator).
     Returns:

@@ -1,27 +1,26 @@
-"""The ``refinement`` pipeline stage of the evaluation runner: detection, single-view poses, then
-multi-view association and feature-metric refinement. Importing this module registers the stage
-(``STAGE_MODULES["refinement"]`` points here).
+"""The ``refinement`` stage of the evaluation runner: detection, single-view poses, then
+multi-view association and feature-metric refinement (:data:`pose_node.evaluation.stages.STAGE_FACTORIES`).
 
 Settings come from ``EvalConfig.refinement`` (a :class:`~pose_node.refinement.fusion.FusionConfig`;
 ``method="association"`` gives the association-only ablation), ``EvalConfig.correspondence`` and
-``EvalConfig.time_budget`` (a :class:`~pose_node.budget.TimeBudgetConfig`; None: no budget).
+``EvalConfig.time_budget`` (a :class:`~pose_node.pipeline.budget.TimeBudgetConfig`; None: no budget).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pose_node.budget import TimeBudget, TimeBudgetConfig
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.types import ObjectModel, PoseEstimate, View
-from pose_node.correspondence.stage import CorrespondenceStage, correspondence_factory
-from pose_node.evaluation.runner import EvalConfig, register_stage
-from pose_node.pipeline import estimate_set, nominal_limits
+from pose_node.evaluation.runner import EvalConfig
+from pose_node.evaluation.stages.correspondence import CorrespondenceStage, correspondence_factory
+from pose_node.pipeline.budget import TimeBudget, TimeBudgetConfig
+from pose_node.pipeline.estimate import estimate_set, nominal_limits
 from pose_node.refinement.fusion import FusionConfig, MultiViewFusion
 
 
 class RefinementStage:
     """:class:`pose_node.evaluation.runner.Estimator`: single-view poses, then multi-view fusion,
-    through the node pipeline's own set function (:func:`pose_node.pipeline.estimate_set`) under
+    through the node pipeline's own set function (:func:`pose_node.pipeline.estimate.estimate_set`) under
     the same time budget (``budget_config`` off: the configured settings)."""
 
     def __init__(self, single_view: CorrespondenceStage, fusion: MultiViewFusion, with_depth: bool,
@@ -54,10 +53,3 @@ def refinement_factory(stages: tuple[str, ...], config: EvalConfig, models: Sequ
     return RefinementStage(single_view, MultiViewFusion(models, fusion_config), with_depth=config.mode == "rgbd",
                            budget_config=budget_config)
 
-
-def register() -> None:
-    """Register the ``refinement`` stage with the runner."""
-    register_stage("refinement", refinement_factory)
-
-
-register()

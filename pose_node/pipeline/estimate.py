@@ -1,13 +1,15 @@
-"""The ``correspondence`` pipeline stage of the evaluation runner: detection + per-detection pose.
+"""The detect-and-estimate loop of one multi-view set, and how its pose stage is built.
 
-Importing this module registers the stage (``STAGE_MODULES["correspondence"]`` points here).
-Every view is detected (:mod:`pose_node.detection.stage`), each detection gets a pose and a
-covariance in its camera (:class:`~pose_node.correspondence.estimator.CorrespondenceEstimator`),
-mapped into the world frame. No fusion across views: in a multi-view frame each view's estimates
-are returned as they are (the ``refinement`` stage fuses them).
+Per view: detection (:class:`~pose_node.detection.detector.Detector`), then a pose and a 6x6
+covariance per kept detection in its camera
+(:class:`~pose_node.correspondence.estimator.CorrespondenceEstimator`), mapped into the world
+frame (:func:`detect_and_estimate`); then association and refinement across the views under the
+set's time budget (:func:`estimate_set`). The node's :class:`~pose_node.pipeline.PosePipeline` and
+the evaluation's stages (:mod:`pose_node.evaluation.stages`) both run these functions, so
+``pose_eval`` measures what the node runs.
 
-The network comes from ``EvalConfig.correspondence`` (a :class:`CorrespondenceStageConfig`) or the
-shipped ``models/correspondence_effl0.pt`` through the fastest available backend
+The network comes from a :class:`CorrespondenceStageConfig` or the shipped
+``models/correspondence_effl0.pt`` through the fastest available backend
 (:func:`pose_node.correspondence.backends.create_backend`); templates are encoded at build time,
 so no frame pays for them.
 """
@@ -16,22 +18,32 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from pose_node.core.errors import InvalidInputError, StageUnavailableError
+from pose_node.core.errors import StageUnavailableError
 from pose_node.core.resources import shipped_file
-from pose_node.core.types import Detection, ObjectModel, PoseEstimate, View
+from pose_node.core.types import Detection, PoseEstimate, View
 from pose_node.correspondence.estimator import CorrespondenceConfig, CorrespondenceEstimator
-from pose_node.detection.stage import DetectionEstimator, detection_factory
-from pose_node.evaluation.runner import EvalConfig, ViewDetections, register_stage
-
-if TYPE_CHECKING:
-    from pose_node.budget import BudgetSession
+from pose_node.pipeline.budget import BudgetReport, BudgetSession, StageLimits, TimeBudget
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ViewDetections:
+    """The detections of one view and the time spent on it.
+
+    Attributes:
+        detections: the view's detections (any order).
+        timings_ms: step -> milliseconds for this view (``"proposals"``, ``"matching"``), and the
+            detector's proposal counts (:data:`pose_node.pipeline.budget.COUNT_KEYS`, not milliseconds).
+    """
+
+    detections: tuple[Detection, ...]
+    timings_ms: Mapping[str, float]
+
 
 WEIGHTS_FILE_NAME = "correspondence_effl0.pt"
 METADATA_FILE_NAME = "correspondence_effl0.json"
@@ -39,14 +51,14 @@ METADATA_FILE_NAME = "correspondence_effl0.json"
 
 @dataclass(frozen=True)
 class CorrespondenceStageConfig:
-    """What the stage is built from.
+    """What the per-detection pose stage (backend + :class:`CorrespondenceEstimator`) is built from.
 
     Attributes:
         weights_path: checkpoint (None: the shipped ``models/correspondence_effl0.pt``).
         backend: ``auto``, ``tensorrt``, ``onnxruntime`` or ``torch``.
         device: ``cpu`` or ``cuda[:N]``.
         estimator: per-detection settings.
-        warm_up: encode every template when the stage is built.
+        warm_up: encode every template when the estimator is built.
     """
 
     weights_path: str | None = None
@@ -74,7 +86,7 @@ def detect_and_estimate(
 ) -> tuple[list[PoseEstimate], dict[str, float], list[ViewDetections]]:
     """Per view: detect, keep the detections ``keep`` accepts, pose each one, map it to the world.
 
-    Shared by this stage and :class:`pose_node.pipeline.PosePipeline`.
+    Shared by the evaluation's stages and :class:`pose_node.pipeline.PosePipeline`.
 
     Args:
         detector: a built :class:`~pose_node.detection.detector.Detector`.
@@ -110,35 +122,6 @@ def detect_and_estimate(
     return estimates, timings, per_view
 
 
-class CorrespondenceStage:
-    """:class:`pose_node.evaluation.runner.Estimator`: detection, then a pose per detection."""
-
-    #: Each estimate comes from one view; the runner scores an image with its own view's estimates.
-    per_view_estimates = True
-
-    def __init__(self, detection: DetectionEstimator, estimator: CorrespondenceEstimator) -> None:
-        self.detection = detection
-        self.estimator = estimator
-        self.last_detections: list[ViewDetections] | None = None
-
-    def estimate(self, views: list[View], object_models: Sequence[ObjectModel]) -> tuple[list[PoseEstimate], dict[str, float]]:
-        """World-frame estimates of every detection of every view, and milliseconds per step."""
-        estimates, timings, self.last_detections = detect_and_estimate(
-            self.detection.detector, self.estimator, views, object_ids=[m.object_id for m in object_models])
-        return estimates, timings
-
-
-def correspondence_factory(stages: tuple[str, ...], config: EvalConfig, models: Sequence[ObjectModel]) -> CorrespondenceStage:
-    """Build detection and the correspondence estimator for the runner."""
-    stage_config = getattr(config, "correspondence", None) or CorrespondenceStageConfig()
-    if not isinstance(stage_config, CorrespondenceStageConfig):
-        raise InvalidInputError(f"EvalConfig.correspondence: expected a CorrespondenceStageConfig, got {type(stage_config).__name__}")
-    check_weights(stage_config)
-    detection = detection_factory(stages, config, models)
-    return CorrespondenceStage(detection, build_estimator(stage_config, detection.detector.templates,
-                                                          [m.object_id for m in models]))
-
-
 def check_weights(stage_config: CorrespondenceStageConfig) -> Path:
     """The checkpoint ``stage_config`` names (or the shipped one).
 
@@ -154,7 +137,7 @@ def check_weights(stage_config: CorrespondenceStageConfig) -> Path:
 def build_estimator(stage_config: CorrespondenceStageConfig, templates, object_ids: Sequence[int]) -> CorrespondenceEstimator:
     """The backend and :class:`CorrespondenceEstimator` over a detector's ``templates`` (warmed up if configured).
 
-    Shared by the evaluation runner's stage and :class:`pose_node.pipeline.PosePipeline`.
+    Shared by the evaluation's correspondence stage and :class:`pose_node.pipeline.PosePipeline`.
     """
     from pose_node.correspondence.backends import create_backend
 
@@ -170,9 +153,42 @@ def build_estimator(stage_config: CorrespondenceStageConfig, templates, object_i
     return estimator
 
 
-def register() -> None:
-    """Register the ``correspondence`` stage with the runner."""
-    register_stage("correspondence", correspondence_factory)
+def nominal_limits(detector, estimator, fusion) -> StageLimits:
+    """The stages' configured settings: the time budget's level 0."""
+    refinement = fusion.config.refinement
+    return StageLimits(detector.config.max_proposals_per_view, estimator.config.num_hypotheses, refinement.max_starts,
+                       refinement.rounds)
 
 
-register()
+def estimate_set(detector, estimator, fusion, views: list[View], budget: TimeBudget, *, with_depth: bool,
+                 keep: Callable[[Detection], bool] | None = None, object_ids: Sequence[int] | None = None,
+                 ) -> tuple[list[PoseEstimate], dict[str, float], BudgetReport, list]:
+    """Detection, poses and fusion of one set under a time budget (:mod:`pose_node.pipeline.budget`).
+
+    The one place the budget is applied, shared by :class:`PosePipeline` and the evaluation's
+    refinement stage (so ``pose_eval`` measures what the node runs).
+
+    Args:
+        detector, estimator, fusion: the pipeline's stages.
+        views: the set. budget: its time budget (``time_budget_ms`` 0: nominal settings).
+        with_depth: the fusion may use depth. keep: detections posed (None: all).
+        object_ids: objects looked for (None: all the detector knows).
+    Returns:
+        Fused estimates, timings (milliseconds and counts, with ``budget_level``), the budget's
+        report and each view's :class:`ViewDetections`.
+    """
+    session = budget.start_set(len(views))
+    estimates, timings, per_view = detect_and_estimate(detector, estimator, views, object_ids=object_ids, keep=keep,
+                                                       budget=session)
+    fused, fusion_ms = fusion(views, estimates, with_depth=with_depth, limits=session.refinement_limits)
+    session.record_fusion(fusion_ms)
+    timings.update(fusion_ms)
+    report = session.finish()
+    timings["budget_level"] = float(report.level)
+    return fused, timings, report, per_view
+
+
+__all__ = [
+    "METADATA_FILE_NAME", "WEIGHTS_FILE_NAME", "CorrespondenceStageConfig", "ViewDetections", "build_estimator", "check_weights",
+    "covariance_scales", "default_weights_path", "detect_and_estimate", "estimate_set", "nominal_limits",
+]

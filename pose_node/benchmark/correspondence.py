@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pose_node.correspondence.stage import CorrespondenceStageConfig, default_weights_path
 from pose_node.datasets.splits import TEST_YCB_IDS, ycb_ids_in
 from pose_node.evaluation.calibration import COVERAGE_LEVELS, POSE_DOF
 from pose_node.evaluation.runner import EvalConfig, run
+from pose_node.pipeline.estimate import CorrespondenceStageConfig, default_weights_path
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ the refinement's renderer and features, warm-up), then called per synchronized m
 Association and refinement are :class:`pose_node.refinement.fusion.MultiViewFusion`
 (``PipelineConfig.multiview`` selects refinement or association only).
 
-Instance ids are numbered per object and stable across frames (:class:`InstanceTracker`): each
+Instance ids are numbered per object and stable across frames
+(:class:`~pose_node.pipeline.tracker.InstanceTracker`): each
 estimate takes the id of the nearest recently seen instance of the same object within
 ``tracking_gate_m``; an id is given again only after its instance has been unseen for
 ``name_reuse_s``. A tracked symmetric object is reported as the symmetric equivalent closest to its
@@ -18,8 +19,8 @@ previous pose, so its frame does not jump between equivalent orientations.
 :meth:`PosePipeline.reset` forgets the tracked state (re-detection; ids start again at 0).
 
 Cost is bounded per view by ``PipelineConfig.max_proposals_per_view`` and per set by
-``PipelineConfig.time_budget_ms`` (:mod:`pose_node.budget`: fewer proposals, then fewer pose
-hypotheses and refinement starts, then fewer refinement rounds), applied in :func:`estimate_set`;
+``PipelineConfig.time_budget_ms`` (:mod:`pose_node.pipeline.budget`: fewer proposals, then fewer pose
+hypotheses and refinement starts, then fewer refinement rounds), applied in :func:`pose_node.pipeline.estimate.estimate_set`;
 the level a set used is ``budget_level`` in its timings and :attr:`PosePipeline.last_budget`.
 """
 from __future__ import annotations
@@ -28,26 +29,27 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from pose_node.budget import BudgetReport, StageLimits, TimeBudget, TimeBudgetConfig
 from pose_node.core.errors import InvalidInputError
-from pose_node.core.types import Detection, ObjectModel, PoseEstimate, View
-from pose_node.refinement.association import closest_equivalent, equivalent_with_covariance
-from pose_node.ros.node_config import NodeConfig, PipelineConfig, Thresholds
+from pose_node.core.types import ObjectModel, PoseEstimate, View
+from pose_node.pipeline.budget import BudgetReport, TimeBudget, TimeBudgetConfig
+from pose_node.pipeline.config import PipelineConfig, Thresholds
+from pose_node.pipeline.estimate import estimate_set, nominal_limits
+from pose_node.pipeline.tracker import InstanceTracker
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class PipelineOptions:
-    """Settings of :class:`PosePipeline` beyond :class:`~pose_node.ros.node_config.PipelineConfig`.
+    """Settings of :class:`PosePipeline` beyond :class:`~pose_node.pipeline.config.PipelineConfig`.
 
     Attributes:
-        weights_path: correspondence checkpoint (None: ``stage.default_weights_path()``).
+        weights_path: correspondence checkpoint (None: :func:`pose_node.pipeline.estimate.default_weights_path`).
         cache_dir: onboarding cache (None: the default cache).
         tracking_gate_m: an estimate keeps the id of the nearest recently seen instance of the
             same object when it is within this distance, metres.
@@ -126,94 +128,6 @@ def passes_thresholds(estimate: PoseEstimate, thresholds: Thresholds) -> bool:
     return position_std_m <= thresholds.max_position_std_m and rotation_std_deg <= thresholds.max_rotation_std_deg
 
 
-@dataclass
-class _Track:
-    """One named instance: its last published estimate and the stamp it was last seen at."""
-
-    estimate: PoseEstimate
-    last_seen_ns: int
-
-
-@dataclass
-class InstanceTracker:
-    """Stable per-object instance ids (see the module docstring).
-
-    An object's instances are numbered 0, 1, ... on their own (``mug_0``, ``mug_1`` whatever
-    the other objects do). An estimate takes the id of the nearest live instance of its object
-    within ``gate_m`` (greedy, closest pairs first); an instance stays live, keeping its name
-    for a re-detection at the same place, until it has not been seen for ``name_reuse_s`` of
-    stamp time; then its id is free again. A new instance takes the smallest free id.
-
-    Attributes:
-        gate_m: association gate, metres.
-        symmetries: object id -> (S, 4, 4) symmetry transforms: a tracked estimate is re-expressed
-            as the equivalent closest to its previous pose (objects not listed: no symmetry).
-        name_reuse_s: an instance unseen for this long (header-stamp time, seconds) is forgotten
-            and its id may be given to a new instance.
-    """
-
-    gate_m: float
-    symmetries: Mapping[int, np.ndarray] = field(default_factory=dict)
-    name_reuse_s: float = 2.0
-    _tracks: dict[int, list[_Track]] = field(default_factory=dict)
-    _last_stamp_ns: int | None = None
-
-    def reset(self) -> None:
-        """Forget every instance: ids start again at 0 per object (re-detection, time jumped back)."""
-        self._tracks = {}
-        self._last_stamp_ns = None
-
-    def live_ids(self, object_id: int) -> list[int]:
-        """Ids of the object's instances that are still remembered, ascending."""
-        return sorted(t.estimate.instance_id for t in self._tracks.get(object_id, []))
-
-    def assign(self, estimates: Sequence[PoseEstimate], stamp_ns: int) -> list[PoseEstimate]:
-        """The estimates with tracked ``instance_id`` s (input order kept).
-
-        Args:
-            estimates: one set's estimates (``instance_id`` ignored).
-            stamp_ns: the set's header stamp, nanoseconds; a stamp before the previous one
-                (a looping bag, a sim-time reset) resets the tracker first.
-        """
-        if self._last_stamp_ns is not None and stamp_ns < self._last_stamp_ns:
-            logger.info("instance tracker: stamp went back by %.3f s, forgetting instances",
-                        (self._last_stamp_ns - stamp_ns) / 1e9)
-            self.reset()
-        self._last_stamp_ns = stamp_ns
-        forget_before = stamp_ns - int(round(self.name_reuse_s * 1e9))
-        self._tracks = {o: [t for t in ts if t.last_seen_ns >= forget_before] for o, ts in self._tracks.items()}
-        pairs = []
-        for i, e in enumerate(estimates):
-            for j, track in enumerate(self._tracks.get(e.object_id, [])):
-                d = float(np.linalg.norm(track.estimate.T_world_object[:3, 3] - e.T_world_object[:3, 3]))
-                if d <= self.gate_m:
-                    pairs.append((d, i, j))
-        matched: dict[int, _Track] = {}
-        used: set[tuple[int, int]] = set()
-        for _, i, j in sorted(pairs):
-            key = (estimates[i].object_id, j)
-            if i not in matched and key not in used:
-                matched[i] = self._tracks[estimates[i].object_id][j]
-                used.add(key)
-        out = []
-        for i, e in enumerate(estimates):
-            track = matched.get(i)
-            if track is None:
-                taken = set(self.live_ids(e.object_id))
-                new_id = next(k for k in range(len(taken) + 1) if k not in taken)
-                e = replace(e, instance_id=new_id)
-                self._tracks.setdefault(e.object_id, []).append(_Track(e, stamp_ns))
-            else:
-                if e.object_id in self.symmetries:
-                    T, cov = equivalent_with_covariance(e.T_world_object, e.covariance, closest_equivalent(
-                        e.T_world_object, track.estimate.T_world_object, self.symmetries[e.object_id]))
-                    e = replace(e, T_world_object=T, covariance=cov)
-                e = replace(e, instance_id=track.estimate.instance_id)
-                track.estimate, track.last_seen_ns = e, stamp_ns
-            out.append(e)
-        return out
-
-
 class PosePipeline:
     """Detection + per-detection pose + multi-view fusion + tracking (module docstring).
 
@@ -233,7 +147,7 @@ class PosePipeline:
     def __init__(self, models: Sequence[ObjectModel], config: PipelineConfig = PipelineConfig(), *,
                  object_thresholds: Mapping[int, Thresholds] | None = None,
                  options: PipelineOptions = PipelineOptions()) -> None:
-        from pose_node.correspondence.stage import CorrespondenceStageConfig, build_estimator, check_weights
+        from pose_node.pipeline.estimate import CorrespondenceStageConfig, build_estimator, check_weights
         from pose_node.detection.detector import Detector, DetectorConfig
         from pose_node.detection.matching import MatchingConfig
         from pose_node.refinement.fusion import FusionConfig, MultiViewFusion
@@ -270,10 +184,11 @@ class PosePipeline:
         logger.info("pose pipeline: %d objects, mode %s, ready in %.1f s", len(self.models), config.mode, self.build_s)
 
     @classmethod
-    def from_node_config(cls, config: NodeConfig, models: Sequence[ObjectModel],
+    def from_node_config(cls, config, models: Sequence[ObjectModel],
                          options: PipelineOptions | None = None) -> PosePipeline:
-        """Build from the node's configuration (per-object threshold overrides included; ``options``
-        default: the file's ``tracking`` section)."""
+        """Build from the node's configuration, a :class:`pose_node.ros.node_config.NodeConfig`
+        (per-object threshold overrides included; ``options`` default: the file's ``tracking``
+        section). Only its attributes are read: the pipeline never imports :mod:`pose_node.ros`."""
         if options is None:
             options = PipelineOptions(tracking_gate_m=config.tracking.gate_m, name_reuse_s=config.tracking.name_reuse_s)
         return cls(models, config.pipeline, object_thresholds={o.object_id: config.thresholds_for(o.object_id)
@@ -329,7 +244,7 @@ class PosePipeline:
             Estimates (fused, thresholded, tracked ids) and milliseconds per step:
             ``proposals``, ``matching``, ``correspondence``, ``pnp`` (summed over views),
             ``association``, ``refinement`` (with its parts ``refinement_*``) and ``total``; plus
-            counts (:data:`pose_node.budget.COUNT_KEYS`): ``proposals_total`` / ``_matched`` /
+            counts (:data:`pose_node.pipeline.budget.COUNT_KEYS`): ``proposals_total`` / ``_matched`` /
             ``_cut`` summed over views and the time budget's ``budget_level`` (also in
             :attr:`last_budget`).
         Raises:
@@ -350,42 +265,4 @@ class PosePipeline:
         return tracked, timings
 
 
-def nominal_limits(detector, estimator, fusion) -> StageLimits:
-    """The stages' configured settings: the time budget's level 0."""
-    refinement = fusion.config.refinement
-    return StageLimits(detector.config.max_proposals_per_view, estimator.config.num_hypotheses, refinement.max_starts,
-                       refinement.rounds)
-
-
-def estimate_set(detector, estimator, fusion, views: list[View], budget: TimeBudget, *, with_depth: bool,
-                 keep: Callable[[Detection], bool] | None = None, object_ids: Sequence[int] | None = None,
-                 ) -> tuple[list[PoseEstimate], dict[str, float], BudgetReport, list]:
-    """Detection, poses and fusion of one set under a time budget (:mod:`pose_node.budget`).
-
-    The one place the budget is applied, shared by :class:`PosePipeline` and the evaluation's
-    refinement stage (so ``pose_eval`` measures what the node runs).
-
-    Args:
-        detector, estimator, fusion: the pipeline's stages.
-        views: the set. budget: its time budget (``time_budget_ms`` 0: nominal settings).
-        with_depth: the fusion may use depth. keep: detections posed (None: all).
-        object_ids: objects looked for (None: all the detector knows).
-    Returns:
-        Fused estimates, timings (milliseconds and counts, with ``budget_level``), the budget's
-        report and each view's :class:`~pose_node.evaluation.runner.ViewDetections`.
-    """
-    from pose_node.correspondence.stage import detect_and_estimate
-
-    session = budget.start_set(len(views))
-    estimates, timings, per_view = detect_and_estimate(detector, estimator, views, object_ids=object_ids, keep=keep,
-                                                       budget=session)
-    fused, fusion_ms = fusion(views, estimates, with_depth=with_depth, limits=session.refinement_limits)
-    session.record_fusion(fusion_ms)
-    timings.update(fusion_ms)
-    report = session.finish()
-    timings["budget_level"] = float(report.level)
-    return fused, timings, report, per_view
-
-
-__all__ = ["InstanceTracker", "PipelineOptions", "PosePipeline", "UnitReport", "detection_units", "estimate_set", "nominal_limits",
-           "passes_thresholds"]
+__all__ = ["PipelineOptions", "PosePipeline", "UnitReport", "detection_units", "passes_thresholds"]

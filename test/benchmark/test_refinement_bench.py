@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pose_node.refinement.bench import auroc, fit_covariance
+from pose_node.benchmark.refinement import auroc, fit_covariance
 
 
 def test_fit_finds_the_score_dependence_of_the_errors():

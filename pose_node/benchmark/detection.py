@@ -83,7 +83,7 @@ def run_benchmark(dataset_dir: Path, targets: str, mode: str, max_images: int | 
         The runner's results with ``detection`` and ``build_s`` (detector construction seconds).
     """
     from pose_node.datasets.bop import BopDataset
-    from pose_node.detection.stage import detection_factory
+    from pose_node.evaluation.stages.detection import detection_factory
 
     dataset = BopDataset(dataset_dir)
     all_targets = dataset.targets(targets)

@@ -1,7 +1,6 @@
-"""The ``detection`` pipeline stage of the evaluation runner (:mod:`pose_node.evaluation.runner`).
+"""The ``detection`` stage of the evaluation runner (:mod:`pose_node.evaluation.runner`).
 
-Importing this module registers the stage (``STAGE_MODULES["detection"]`` points here);
-:func:`register` does it again after an ``unregister_stage``. The estimator runs the
+Built by the runner from :data:`pose_node.evaluation.stages.STAGE_FACTORIES`. The estimator runs the
 :class:`~pose_node.detection.detector.Detector` on every view of a frame, returns no poses (the
 pose stages come after it) and exposes the detections as ``last_detections`` for the runner's
 detection scores. The detector is built once, when the runner builds the pipeline: onboarding
@@ -15,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from pose_node.core.types import ObjectModel, PoseEstimate, View
-from pose_node.evaluation.runner import EvalConfig, ViewDetections, register_stage
+from pose_node.evaluation.runner import EvalConfig
+from pose_node.pipeline.estimate import ViewDetections
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +67,3 @@ def detection_factory(stages: tuple[str, ...], config: EvalConfig, models: Seque
     logger.info("detection stage: %d objects ready in %.1f s", len(models), time.perf_counter() - started)
     return DetectionEstimator(detector)
 
-
-def register() -> None:
-    """Register the ``detection`` stage with the runner."""
-    register_stage("detection", detection_factory)
-
-
-register()

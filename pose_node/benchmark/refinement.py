@@ -42,10 +42,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pose_node.core.geometry import so3_exp
-from pose_node.correspondence.bench import (
+from pose_node.benchmark.correspondence import (
     TEST_SEED_PROCEDURAL, TEST_SEED_YCB, VALIDATION_SEED, ensure_workcell, holdout_models_dir,
 )
+from pose_node.core.geometry import so3_exp
 from pose_node.datasets.splits import ycb_ids_in
 from pose_node.evaluation.calibration import COVERAGE_LEVELS, POSE_DOF
 from pose_node.evaluation.runner import EvalConfig, run
@@ -147,7 +147,7 @@ def row(name: str, dataset: str, mode: str, r: dict, stage: "FusedStage | None")
 def evaluate_dataset(path: Path, name: str, mode: str, fusion_config: FusionConfig, max_targets: int | None,
                      methods: list[str], sensitivity: list[tuple[float, float]]) -> tuple[list[dict], dict]:
     """All rows of one dataset and mode; also returns the refinement run's raw results."""
-    from pose_node.correspondence.stage import correspondence_factory
+    from pose_node.evaluation.stages.correspondence import correspondence_factory
     from pose_node.datasets.bop import BopDataset
 
     config = EvalConfig(mode=mode, stages=STAGES, max_targets=max_targets)

@@ -1,5 +1,5 @@
-"""The per-set time budget (pose_node.budget) through the pipeline's set function
-(pose_node.pipeline.estimate_set and correspondence.stage.detect_and_estimate), with stub stages
+"""The per-set time budget (pose_node.pipeline.budget) through the pipeline's set function
+(pose_node.pipeline.estimate.estimate_set and detect_and_estimate), with stub stages
 that advance an injected clock by a known cost per unit of work, so every decision is exact."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pose_node.budget import COUNT_KEYS, Degradation, StageLimits, TimeBudget, TimeBudgetConfig, latency_items
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.types import Camera, Detection, PoseEstimate, View
-from pose_node.pipeline import estimate_set, nominal_limits
+from pose_node.pipeline.budget import COUNT_KEYS, Degradation, StageLimits, TimeBudget, TimeBudgetConfig, latency_items
+from pose_node.pipeline.estimate import estimate_set, nominal_limits
 from pose_node.ros.node_config import parse_node_config
 
 NUM_VIEWS = 3

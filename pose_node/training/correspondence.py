@@ -7,7 +7,7 @@ directory is given (e.g. ../shared/data/ycb_dev/models), its objects except the 
 
 Losses (weights in :class:`TrainConfig`): smooth-L1 on the normalized object coordinates of the
 visible cells, binary cross-entropy on the visible-object mask and, after
-``kl_start_step``, EPro-PnP's Monte Carlo KL loss on the pose (:mod:`pose_node.correspondence.amis`),
+``kl_start_step``, EPro-PnP's Monte Carlo KL loss on the pose (:mod:`pose_node.training.amis`),
 which is what gives the weights their meaning (an inverse standard deviation in pixels).
 
 The checkpoint (``--out``, a ``.pt`` file) holds the network's state dict, its architecture, the
@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from pose_node.correspondence.network import CorrespondenceNet, CorrespondenceNetConfig, cell_centres_px
-from pose_node.correspondence.training_data import SampleConfig, TrainingBatch, TrainingSampler
 from pose_node.datasets.splits import PROCEDURAL_FIRST_IDS, PROCEDURAL_SEEDS, not_for_training
+from pose_node.training.correspondence_data import SampleConfig, TrainingBatch, TrainingSampler
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def pose_kl_loss(batch: TrainingBatch, xyz_norm: torch.Tensor, weights: torch.Te
     Returns:
         the mean loss over the samples the solver handled, and that share of the batch.
     """
-    from pose_node.correspondence.amis import monte_carlo_pose_loss
+    from pose_node.training.amis import monte_carlo_pose_loss
     from pose_node.correspondence.pnp import PnPConfig, huber_delta, solve_pnp
 
     dtype = torch.float64
