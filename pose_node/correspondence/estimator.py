@@ -46,7 +46,8 @@ from pose_node.correspondence.hypotheses import (
     rotate_images,
 )
 from pose_node.correspondence.network import cell_centres_px, masked_cosine, mean_best_cosine, to_grid
-from pose_node.correspondence.pnp import PnPConfig, initial_poses_ransac, project_points, solve_pnp
+from pose_node.core.projection import project_points
+from pose_node.correspondence.pnp import PnPConfig, initial_poses_ransac, solve_pnp
 from pose_node.onboarding.templates import ObjectTemplates
 
 logger = logging.getLogger(__name__)

@@ -182,30 +182,6 @@ def huber_delta(x2d: torch.Tensor, w2d: torch.Tensor, relative_delta: float) -> 
     return relative_delta * w2d.mean(dim=(-2, -1)) * spread_px
 
 
-def project_points(
-    x3d_obj: torch.Tensor, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor,
-    min_depth_m: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Project object points with ``T_camera_object = (R, t)`` through a pinhole ``K``.
-
-    Args:
-        x3d_obj: (..., N, 3) points, metres, object frame.
-        R: (..., 3, 3) rotation camera <- object. t: (..., 3) translation, metres, camera frame.
-        K: (..., 3, 3) intrinsics (last row (0, 0, 1)); leading dims broadcast.
-        min_depth_m: when given, depths below it are clamped to it before the division
-            (``uv = K[:2, :2] p_xy / max(z, min_depth_m) + (cx, cy)``, as
-            :func:`pose_node.training.pnp_cost.pnp_cost`).
-    Returns:
-        uv: (..., N, 2) pixels (OpenCV: pixel centres at integer coordinates).
-        z: (..., N) depth along the optical axis, metres (not clamped).
-    """
-    p = x3d_obj @ R.transpose(-1, -2) + t[..., None, :]
-    z = p[..., 2]
-    zc = z if min_depth_m is None else z.clamp_min(min_depth_m)
-    uv_c = p[..., :2] @ K[..., :2, :2].transpose(-1, -2)
-    return uv_c / zc[..., None] + K[..., None, :2, 2], z
-
-
 def _depth_terms(depth_m, w2d, K, depth_weight):
     """Depth residual coefficient (B, N) and sanitized observed depth (B, N) (coefficient 0 = none).
 

@@ -58,7 +58,7 @@ def pnp_cost(
         depth_m: (B, N) observed depths, metres, NaN where unknown; or None.
         depth_weight: weight of the depth residuals.
         min_depth_m: depth clamp of the projection (see
-            :func:`pose_node.correspondence.pnp.project_points`).
+            :func:`pose_node.core.projection.project_points`).
     Returns:
         (S..., B) costs, differentiable w.r.t. the pose, ``x3d``, ``x2d``, ``w2d`` and ``delta``.
         Unless the pose, ``K`` or ``depth_m`` need gradients (then plain autograd), a kernel
@@ -90,7 +90,7 @@ def _pnp_cost_autograd(R_bs, t_bs, x3d, x2d, w2d, K, delta, coef, depth, min_dep
     ``K`` or the depth need gradients; the reference of :class:`_SampleCost` in the tests."""
     B, S = R_bs.shape[:2]
     N = x3d.shape[1]
-    # Rows x, y of K without the principal point (added back below, see pnp.project_points), z.
+    # Rows x, y of K without the principal point (added back below, see core.projection.project_points), z.
     K0 = torch.cat([K[:, :2, :2], torch.zeros_like(K[:, :2, 2:])], -1)
     K0 = torch.cat([K0, torch.zeros_like(K[:, 2:])], 1)
     K0[:, 2, 2] = 1.0

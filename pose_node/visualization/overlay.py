@@ -9,6 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from pose_node.core.projection import project_cam_np
 from pose_node.core.types import ObjectModel
 
 _SUBPIXEL_BITS = 4  # cv2 fixed-point shift: polygon vertices with 1/16 px precision
@@ -28,7 +29,7 @@ def project_silhouette(model: ObjectModel, K: np.ndarray, T_camera_object: np.nd
     """
     p_cam = model.vertices.astype(np.float64) @ T_camera_object[:3, :3].T + T_camera_object[:3, 3]
     z = p_cam[:, 2]
-    uv = (p_cam @ K.T)[:, :2] / np.maximum(z, min_depth_m)[:, None]
+    uv = project_cam_np(p_cam, K, min_depth_m)
     tris = model.faces[(z[model.faces] > min_depth_m).all(1)]
     mask = np.zeros((height, width), np.uint8)
     if len(tris):
@@ -71,7 +72,7 @@ def draw_pose_overlay(
     axes_obj = np.array([[0, 0, 0], [length, 0, 0], [0, length, 0], [0, 0, length]], dtype=np.float64)
     p_cam = axes_obj @ T_camera_object[:3, :3].T + T_camera_object[:3, 3]
     if (p_cam[:, 2] > 1e-3).all():
-        uv = (p_cam @ K.T)[:, :2] / p_cam[:, 2:3]
+        uv = project_cam_np(p_cam, K)
         origin = tuple(int(round(c)) for c in uv[0])
         for end, axis_color in zip(uv[1:], [(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
             cv2.line(out, origin, tuple(int(round(c)) for c in end), axis_color, 2, lineType=cv2.LINE_AA)

@@ -7,8 +7,9 @@ import torch
 
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.geometry import Pose, perturb_pose, pose_difference, so3_exp
+from pose_node.core.projection import project_points
 from pose_node.correspondence.pnp import (
-    PnPConfig, huber_delta, initial_poses_ransac, pnp_residuals, project_points, solve_pnp,
+    PnPConfig, huber_delta, initial_poses_ransac, pnp_residuals, solve_pnp,
 )
 from pose_node.training import pnp_cost as training_cost
 from pose_node.training.pnp_cost import pnp_cost

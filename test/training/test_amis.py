@@ -6,7 +6,8 @@ import torch
 
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.geometry import Pose, perturb_pose, so3_exp
-from pose_node.correspondence.pnp import PnPConfig, huber_delta, project_points, solve_pnp
+from pose_node.core.projection import project_points
+from pose_node.correspondence.pnp import PnPConfig, huber_delta, solve_pnp
 from pose_node.training.amis import _ACG, AmisConfig, monte_carlo_pose_loss
 
 F64 = torch.float64

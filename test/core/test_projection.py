@@ -1,0 +1,36 @@
+"""The one pinhole projection: known values, the pixel-centre rule, numpy and torch agree."""
+import numpy as np
+import torch
+
+from pose_node.core.projection import project_cam_np, project_points
+
+K = np.array([[500.0, 0.0, 319.5], [0.0, 480.0, 239.5], [0.0, 0.0, 1.0]])
+
+
+def test_optical_axis_lands_on_principal_point_without_half_pixel_shift():
+    uv = project_cam_np(np.array([[0.0, 0.0, 2.0]]), K)
+    np.testing.assert_array_equal(uv, [[319.5, 239.5]])
+
+
+def test_known_values_numpy():
+    uv = project_cam_np(np.array([[0.1, -0.2, 2.0], [0.0, 0.5, 1.0]]), K)
+    np.testing.assert_allclose(uv, [[319.5 + 25.0, 239.5 - 48.0], [319.5, 239.5 + 240.0]], rtol=0, atol=1e-12)
+
+
+def test_min_depth_guards_the_division_and_leaves_points_in_front_exact():
+    p_cam = np.array([[0.1, 0.0, -1.0], [0.1, 0.0, 0.0], [0.1, -0.2, 2.0]])
+    uv = project_cam_np(p_cam, K, min_depth_m=0.5)
+    assert np.isfinite(uv).all()
+    np.testing.assert_array_equal(uv[2], project_cam_np(p_cam[2:], K)[0])
+
+
+def test_torch_matches_numpy_batched():
+    rng = np.random.default_rng(0)
+    p_obj = rng.uniform(-0.1, 0.1, (2, 5, 3))
+    t = np.array([[0.0, 0.0, 1.0], [0.05, -0.02, 0.7]])
+    uv_t, z_t = project_points(torch.tensor(p_obj), torch.eye(3, dtype=torch.float64).expand(2, 3, 3),
+                               torch.tensor(t), torch.tensor(K))
+    p_cam = p_obj + t[:, None]
+    np.testing.assert_allclose(uv_t.numpy(), project_cam_np(p_cam, K), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(z_t.numpy(), p_cam[..., 2], rtol=0, atol=1e-15)
+    assert uv_t.shape == (2, 5, 2)
