@@ -2,6 +2,7 @@
 
 * ``local_ros_env`` (session, autouse): every test session runs ROS 2 local-only (localhost
   discovery, shared-memory transport) on a ROS_DOMAIN_ID of its own, drawn at random.
+* ``device``: ``cpu``, plus ``cuda`` when a GPU is present, for tests of batched torch code.
 * ``ros``: a harness for ROS tests. It starts nodes as subprocesses with ``--ros-args``
   (remaps, parameters, params files), captures their output, stops them with SIGINT and fails
   the test unless they exit 0; it gives an in-process rclpy node and waits for discovery and
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import torch
 
 if TYPE_CHECKING:
     from pose_node.render.renderer import Renderer
@@ -41,6 +43,16 @@ FAST_PATHS = (
     "refinement/test_fusion.py", "ros/test_node_config.py", "evaluation/test_metrics.py", "evaluation/test_calibration.py",
     "benchmark/test_bench_stats.py",
 )
+
+
+# Devices for tests of batched torch code: cpu always, cuda where a GPU is present.
+DEVICES = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request: pytest.FixtureRequest) -> str:
+    """The torch device a batched-tensor test runs on (``cpu``, plus ``cuda`` when available)."""
+    return request.param
 
 
 def pytest_configure(config: pytest.Config) -> None:

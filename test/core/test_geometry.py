@@ -10,13 +10,14 @@ from pose_node.core.geometry import (
 
 
 @pytest.mark.parametrize("batch", [(), (1,), (4, 2)])
-def test_exp_log_round_trip_batched(batch):
+def test_exp_log_round_trip_batched(batch, device):
     g = torch.Generator().manual_seed(0)
     omega = torch.randn(*batch, 3, generator=g, dtype=torch.float64)
     omega = omega / omega.norm(dim=-1, keepdim=True).clamp_min(1e-9) * torch.rand(*batch, 1, generator=g, dtype=torch.float64) * 3.0
+    omega = omega.to(device)
     R = so3_exp(omega)
     assert R.shape == (*batch, 3, 3)
-    torch.testing.assert_close(R @ R.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand_as(R), atol=1e-12, rtol=0)
+    torch.testing.assert_close(R @ R.transpose(-1, -2), torch.eye(3, dtype=torch.float64, device=device).expand_as(R), atol=1e-12, rtol=0)
     torch.testing.assert_close(so3_log(R), omega, atol=1e-9, rtol=0)
 
 
@@ -47,14 +48,18 @@ def test_exp_gradcheck():
     assert torch.autograd.gradcheck(so3_exp, (omega,))
 
 
-def test_pose_compose_inverse_and_transform():
+def test_pose_compose_inverse_and_transform(device):
     g = torch.Generator().manual_seed(1)
-    T_a_b = Pose(so3_exp(torch.randn(5, 3, generator=g, dtype=torch.float64)), torch.randn(5, 3, generator=g, dtype=torch.float64))
-    T_b_c = Pose(so3_exp(torch.randn(5, 3, generator=g, dtype=torch.float64)), torch.randn(5, 3, generator=g, dtype=torch.float64))
-    p_c = torch.randn(5, 7, 3, generator=g, dtype=torch.float64)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(device)
+
+    T_a_b = Pose(so3_exp(randn(5, 3)), randn(5, 3))
+    T_b_c = Pose(so3_exp(randn(5, 3)), randn(5, 3))
+    p_c = randn(5, 7, 3)
     torch.testing.assert_close((T_a_b @ T_b_c).transform(p_c), T_a_b.transform(T_b_c.transform(p_c)))
     identity = (T_a_b @ T_a_b.inv()).matrix()
-    torch.testing.assert_close(identity, torch.eye(4, dtype=torch.float64).expand(5, 4, 4), atol=1e-12, rtol=0)
+    torch.testing.assert_close(identity, torch.eye(4, dtype=torch.float64, device=device).expand(5, 4, 4), atol=1e-12, rtol=0)
     torch.testing.assert_close(Pose.from_matrix(T_a_b.matrix()).t, T_a_b.t)
 
 

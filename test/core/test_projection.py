@@ -24,12 +24,14 @@ def test_min_depth_guards_the_division_and_leaves_points_in_front_exact():
     np.testing.assert_array_equal(uv[2], project_cam_np(p_cam[2:], K)[0])
 
 
-def test_torch_matches_numpy_batched():
+def test_torch_matches_numpy_batched(device):
     rng = np.random.default_rng(0)
     p_obj = rng.uniform(-0.1, 0.1, (2, 5, 3))
     t = np.array([[0.0, 0.0, 1.0], [0.05, -0.02, 0.7]])
-    uv_t, z_t = project_points(torch.tensor(p_obj), torch.eye(3, dtype=torch.float64).expand(2, 3, 3),
-                               torch.tensor(t), torch.tensor(K))
+    uv_t, z_t = project_points(torch.tensor(p_obj, device=device), torch.eye(3, dtype=torch.float64, device=device).expand(2, 3, 3),
+                               torch.tensor(t, device=device), torch.tensor(K, device=device))
+    assert uv_t.device == torch.device(device) and z_t.device == torch.device(device)
+    uv_t, z_t = uv_t.cpu(), z_t.cpu()
     p_cam = p_obj + t[:, None]
     np.testing.assert_allclose(uv_t.numpy(), project_cam_np(p_cam, K), rtol=0, atol=1e-9)
     np.testing.assert_allclose(z_t.numpy(), p_cam[..., 2], rtol=0, atol=1e-15)

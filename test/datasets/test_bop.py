@@ -6,6 +6,7 @@ import pytest
 import torch
 import trimesh
 
+from helpers.scene import box_model
 from pose_node.core import InvalidInputError, ObjectModel
 from pose_node.core.geometry import Pose
 from pose_node.datasets.bop import (
@@ -189,21 +190,12 @@ def test_estimates_csv_round_trip(tmp_path):
         np.testing.assert_allclose(a.T_camera_object, b.T_camera_object, atol=1e-12)
 
 
-def _box_model(obj_id, extents, symmetries=None):
-    mesh = trimesh.creation.box(extents=extents)
-    return ObjectModel(
-        object_id=obj_id, name=f"box{obj_id}", vertices=np.asarray(mesh.vertices, np.float32),
-        faces=np.asarray(mesh.faces, np.int32), normals=np.asarray(mesh.vertex_normals, np.float32),
-        diameter_m=float(np.linalg.norm(extents)), vertex_colors=np.full((len(mesh.vertices), 3), 200, np.uint8),
-        symmetries=np.eye(4)[None] if symmetries is None else symmetries,
-    )
-
-
 def test_models_round_trip(tmp_path):
     flip = np.diag([-1.0, -1.0, 1.0, 1.0])
     flip[:3, 3] = [0.0, 0.0, 0.01]  # a symmetry with a translation (metres)
     textured = make_procedural_object(1, seed=0, shape="box", target_faces=200)
-    box = _box_model(2, [0.05, 0.08, 0.12], np.stack([np.eye(4), flip]))
+    box = box_model([0.05, 0.08, 0.12], 2, name="box2", vertex_colors=np.full((8, 3), 200, np.uint8),
+                    symmetries=np.stack([np.eye(4), flip]))
     (tmp_path / "test").mkdir()
     write_bop_models(tmp_path / "models", [textured, box])
     info = json.loads((tmp_path / "models" / "models_info.json").read_text())

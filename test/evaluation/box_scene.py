@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
-import trimesh
 
+from helpers import scene
 from pose_node.core import ObjectModel
 
 K_SMALL = np.array([[150.0, 0.0, 79.5], [0.0, 150.0, 59.5], [0.0, 0.0, 1.0]])
@@ -12,14 +12,10 @@ W_SMALL, H_SMALL = 160, 120
 
 def box_model(obj_id: int, extents, symmetries: np.ndarray | None = None) -> ObjectModel:
     """An axis-aligned box centred on the object origin (8 vertices, 12 faces), metres."""
-    extents = np.asarray(extents, dtype=np.float64)
-    mesh = trimesh.creation.box(extents=extents)
-    return ObjectModel(
-        object_id=obj_id, name=f"box{obj_id}", vertices=np.asarray(mesh.vertices, np.float32),
-        faces=np.asarray(mesh.faces, np.int32), normals=np.asarray(mesh.vertex_normals, np.float32),
-        diameter_m=float(np.linalg.norm(extents)),
-        vertex_colors=np.tile(np.array([[40 * obj_id % 255, 120, 200]], np.uint8), (len(mesh.vertices), 1)),
-        symmetries=np.eye(4)[None] if symmetries is None else np.asarray(symmetries, np.float64),
+    return scene.box_model(
+        np.asarray(extents, dtype=np.float64), obj_id, name=f"box{obj_id}",
+        vertex_colors=np.tile(np.array([[40 * obj_id % 255, 120, 200]], np.uint8), (8, 1)),
+        symmetries=None if symmetries is None else np.asarray(symmetries, np.float64),
     )
 
 

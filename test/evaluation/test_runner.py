@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers.scene import look_at
 from box_scene import H_SMALL, K_SMALL, W_SMALL, BoxDepthRenderer, box_model, render_scene, rot_z, translation
 
 from pose_node.core import Detection, PoseEstimate, StageUnavailableError
@@ -36,18 +37,7 @@ MODELS = [BOX_A, BOX_B]
 T_WORLD_OBJ = {1: translation(-0.06, 0.02, 0.04) @ rot_z(0.4), 2: translation(0.07, -0.03, 0.015) @ rot_z(-0.7)}
 
 
-def _look_at(position, target=(0.0, 0.0, 0.0)):
-    z = np.asarray(target, float) - np.asarray(position, float)
-    z /= np.linalg.norm(z)
-    x = np.cross(z, [0.0, 0.0, 1.0])
-    x /= np.linalg.norm(x)
-    T = np.eye(4)
-    T[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
-    T[:3, 3] = position
-    return T  # T_world_camera
-
-
-CAMERAS = [_look_at([0.6 * np.cos(a), 0.6 * np.sin(a), 0.5]) for a in (0.3, 2.2, 4.1)]
+CAMERAS = [look_at([0.6 * np.cos(a), 0.6 * np.sin(a), 0.5]) for a in (0.3, 2.2, 4.1)]
 
 
 @pytest.fixture(scope="module")

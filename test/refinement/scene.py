@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import torch
 
+from helpers.scene import look_at
 from pose_node.core.geometry import Pose, invert_rigid, perturb_pose, so3_exp
 from pose_node.core.types import Camera, ObjectModel, View
 from pose_node.onboarding.procedural import make_procedural_objects
@@ -22,18 +23,6 @@ class Scene:
     model: ObjectModel
     T_world_object: np.ndarray
     views: list[View]
-
-
-def look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """T_world_camera of an optical frame at ``eye`` looking at ``target`` (world z up)."""
-    z = target - eye
-    z = z / np.linalg.norm(z)
-    x = np.cross(z, [0.0, 0.0, 1.0])
-    x = x / np.linalg.norm(x)
-    T = np.eye(4)
-    T[:3, :3] = np.stack([x, np.cross(z, x), z], 1)
-    T[:3, 3] = eye
-    return T
 
 
 def make_scene(renderer, seed: int = 7, num_views: int = 4, pixel_noise: float = 0.0, depth_noise_m: float = 0.0,

@@ -49,9 +49,5 @@ def mesh_model(mesh: trimesh.Trimesh, object_id: int = 1, name: str = "mesh") ->
     )
 
 
-def box_model(extents_m, object_id: int = 1) -> ObjectModel:
-    return mesh_model(trimesh.creation.box(extents=extents_m), object_id, "box")
-
-
 def sphere_model(radius_m: float, subdivisions: int = 2, object_id: int = 1) -> ObjectModel:
     return mesh_model(trimesh.creation.icosphere(subdivisions=subdivisions, radius=radius_m), object_id, "sphere")

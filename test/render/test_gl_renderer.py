@@ -6,7 +6,8 @@ import threading
 
 import numpy as np
 import pytest
-from render_scenes import K_matrix, box_model, quad_model, rotation, sphere_model, translation, unproject
+from helpers.scene import box_model
+from render_scenes import K_matrix, quad_model, rotation, sphere_model, translation, unproject
 
 import pose_node.render.context as context_module
 from pose_node.core.errors import InvalidInputError, StageUnavailableError

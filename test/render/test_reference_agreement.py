@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from render_scenes import K_matrix, box_model, quad_model, rotation, sphere_model, translation
+from helpers.scene import box_model
+from render_scenes import K_matrix, quad_model, rotation, sphere_model, translation
 
 from pose_node.onboarding.procedural import ProceduralObjectConfig, make_procedural_object
 from pose_node.render.reference import rasterize_reference

@@ -1,0 +1,1 @@
+"""Shared test helpers (synthetic scenes); importable as ``helpers`` because test/ is on sys.path (conftest)."""
