@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from pose_node.core.errors import InvalidInputError, StageUnavailableError
+from pose_node.core.onnx_session import OnnxSessionError, open_onnx_session
 from pose_node.core.resources import shipped_file
 from pose_node.correspondence.export import (
     ENCODER_FILE,
@@ -196,6 +197,10 @@ class TorchBackend(CorrespondenceBackend):
             return self.net.head(*inputs)
 
 
+class OnnxExportError(InvalidInputError, OnnxSessionError):
+    """ONNX Runtime cannot load an exported correspondence graph."""
+
+
 class OnnxRuntimeBackend(CorrespondenceBackend):
     """The exported graphs in ONNX Runtime.
 
@@ -232,21 +237,12 @@ class OnnxRuntimeBackend(CorrespondenceBackend):
             if self.device.type == "cuda":
                 logger.warning("onnxruntime has no CUDAExecutionProvider (has %s): running on the CPU, copying to %s", available, self.device)
             providers = ["CPUExecutionProvider"]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads if intra_op_threads is not None else torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle worker threads otherwise spin, stealing cycles from torch on a shared CPU.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        threads = intra_op_threads if intra_op_threads is not None else torch.get_num_threads()
         self.sessions = {}
         for key, file_name, in_names, out_names in (("encoder", ENCODER_FILE, ENCODER_INPUTS, ENCODER_OUTPUTS),
                                                     ("head", HEAD_FILE, HEAD_INPUTS, HEAD_OUTPUTS)):
             path = self.onnx_dir / file_name
-            try:
-                session = ort.InferenceSession(str(path), options, providers=providers)
-            except Exception as err:  # onnxruntime raises its own exception types for unloadable models
-                raise InvalidInputError(f"ONNX Runtime cannot load {path}: {err}") from err
+            session = open_onnx_session(path, providers, intra_op_threads=threads, error=OnnxExportError)
             got = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
             if got != (list(in_names), list(out_names)):
                 raise InvalidInputError(f"{path}: inputs/outputs {got}, expected {(list(in_names), list(out_names))}")

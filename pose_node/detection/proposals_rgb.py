@@ -53,6 +53,7 @@ from torch import nn
 
 from pose_node.core.resources import shipped_file, shipped_file_candidates
 from pose_node.core.errors import InvalidInputError, StageUnavailableError
+from pose_node.core.onnx_session import OnnxSessionError, open_onnx_session
 from pose_node.detection.proposal_types import Proposal
 from pose_node.features.backbones import Backbone, BackboneConfig, BackboneFeatures, stride_key
 
@@ -569,6 +570,10 @@ class OnnxProposalConfig:
                 raise InvalidInputError(f"OnnxProposalConfig.{name}: invalid value {getattr(self, name)!r}")
 
 
+class OnnxProposalModelError(StageUnavailableError, OnnxSessionError):
+    """ONNX Runtime cannot load the proposal model."""
+
+
 @functools.lru_cache(maxsize=4)
 def _onnx_session(path: str, mtime_ns: int, providers: tuple[str, ...]):
     import onnxruntime as ort
@@ -576,10 +581,8 @@ def _onnx_session(path: str, mtime_ns: int, providers: tuple[str, ...]):
     missing = [p for p in providers if p not in ort.get_available_providers()]
     if missing:
         raise InvalidInputError(f"OnnxProposalConfig.providers: {missing} not available; have {ort.get_available_providers()}")
-    try:
-        session = ort.InferenceSession(path, providers=list(providers))
-    except Exception as err:  # onnxruntime raises its own exception types for unreadable models
-        raise StageUnavailableError(f"model_path: cannot load ONNX proposal model {path}: {err}") from err
+    session = open_onnx_session(path, providers, error=OnnxProposalModelError,
+                                message=f"model_path: cannot load ONNX proposal model {path}")
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
     problems = []

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from pose_node.core.errors import InvalidInputError, StageUnavailableError
+from pose_node.core.onnx_session import OnnxSessionError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -34,7 +35,7 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class BackboneWeightsError(StageUnavailableError):
+class BackboneWeightsError(StageUnavailableError, OnnxSessionError):
     """A backbone's weights file is missing, unreadable or does not match the architecture."""
 
 

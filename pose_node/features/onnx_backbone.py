@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from pose_node.core.errors import InvalidInputError
+from pose_node.core.onnx_session import open_onnx_session
 from pose_node.features.backbones import (
     Backbone,
     BackboneConfig,
@@ -54,10 +55,8 @@ class OnnxBackbone(Backbone):
                 f"BackboneConfig.onnx_providers: {missing or 'empty'} not available; have {ort.get_available_providers()}"
             )
         weights_file = resolve_weights_file(config)
-        try:
-            session = ort.InferenceSession(str(weights_file), providers=list(config.onnx_providers))
-        except Exception as err:  # onnxruntime raises its own exception types for unreadable models
-            raise BackboneWeightsError(f"BackboneConfig.weights_path: cannot load ONNX model {weights_file}: {err}") from err
+        session = open_onnx_session(weights_file, config.onnx_providers, error=BackboneWeightsError,
+                                    message=f"BackboneConfig.weights_path: cannot load ONNX model {weights_file}")
 
         def contract_error(detail: str) -> BackboneWeightsError:
             return BackboneWeightsError(
