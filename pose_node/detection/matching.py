@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from pose_node.core.crop import box_outline, crop_cameras, crop_images, mask_outline
-from pose_node.core.errors import InvalidInputError
+from pose_node.core.errors import InvalidInputError, check_fields
 from pose_node.detection.metrics import pairwise_mask_iou
 from pose_node.features.backbones import Backbone
 from pose_node.onboarding.templates import ObjectTemplates
@@ -105,9 +105,7 @@ class MatchingConfig:
             ("descriptor_batch_size", self.descriptor_batch_size >= 1), ("colour_weight", self.colour_weight >= 0.0),
             ("colour_bins", 2 <= self.colour_bins <= 64), ("colour_min_brightness", 0.0 <= self.colour_min_brightness < 1.0),
         ]
-        for name, ok in checks:
-            if not ok:
-                raise InvalidInputError(f"MatchingConfig.{name}: invalid value {getattr(self, name)!r}")
+        check_fields(self, checks)
 
 
 # --------------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ import numpy as np
 from numpy.linalg import eigh, norm  # imported here: numpy loads them lazily, on the first frame otherwise
 from numpy.random import default_rng
 
-from pose_node.core.errors import InvalidInputError
+from pose_node.core.errors import InvalidInputError, check_fields
 from pose_node.detection.proposal_types import Proposal
 
 logger = logging.getLogger(__name__)
@@ -197,9 +197,7 @@ class DepthProposalConfig:
             ("max_hole_fill_fraction", 0 <= self.max_hole_fill_fraction <= 1),
             ("max_proposals", self.max_proposals >= 1),
         ]
-        for name, ok in checks:
-            if not ok:
-                raise InvalidInputError(f"DepthProposalConfig.{name}: invalid value {getattr(self, name)!r}")
+        check_fields(self, checks)
 
 
 @dataclass(frozen=True)

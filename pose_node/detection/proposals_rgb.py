@@ -52,7 +52,7 @@ from scipy import ndimage
 from torch import nn
 
 from pose_node.core.resources import shipped_file, shipped_file_candidates
-from pose_node.core.errors import InvalidInputError, StageUnavailableError
+from pose_node.core.errors import InvalidInputError, StageUnavailableError, check_fields
 from pose_node.core.onnx_session import OnnxSessionError, open_onnx_session
 from pose_node.detection.proposal_types import Proposal
 from pose_node.features.backbones import Backbone, BackboneConfig, BackboneFeatures, stride_key
@@ -122,9 +122,7 @@ class RgbProposalConfig:
             ("min_score", 0.0 <= self.min_score <= 1.0),
             ("max_proposals", self.max_proposals >= 1),
         ]
-        for name, ok in checks:
-            if not ok:
-                raise InvalidInputError(f"RgbProposalConfig.{name}: invalid value {getattr(self, name)!r}")
+        check_fields(self, checks)
         try:
             torch.device(self.device)
         except RuntimeError as err:
@@ -565,9 +563,7 @@ class OnnxProposalConfig:
             ("min_area_px", self.min_area_px >= 1), ("max_proposals", self.max_proposals >= 1),
             ("providers", len(self.providers) >= 1),
         ]
-        for name, ok in checks:
-            if not ok:
-                raise InvalidInputError(f"OnnxProposalConfig.{name}: invalid value {getattr(self, name)!r}")
+        check_fields(self, checks)
 
 
 class OnnxProposalModelError(StageUnavailableError, OnnxSessionError):

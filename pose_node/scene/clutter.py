@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import trimesh
 
-from pose_node.core.errors import InvalidInputError
+from pose_node.core.errors import InvalidInputError, check_fields
 from pose_node.core.types import ObjectModel
 from pose_node.scene.placement import PlacedInstance, footprint_polygon, inside_table, polygons_separated, yaw_transform
 
@@ -64,9 +64,7 @@ class ClutterConfig:
             ("room_half_size_m", 0 < self.room_half_size_m[0] <= self.room_half_size_m[1]),
             ("floor_z_m", self.floor_z_m < 0), ("wall_top_z_m", 0 < self.wall_top_z_m[0] <= self.wall_top_z_m[1]),
         ]
-        for name, ok in checks:
-            if not ok:
-                raise InvalidInputError(f"ClutterConfig.{name}: invalid value {getattr(self, name)!r}")
+        check_fields(self, checks)
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pose_node.core.errors import InvalidInputError
+from pose_node.core.errors import InvalidInputError, check_fields
 from pose_node.core.types import Camera, ObjectModel
 from pose_node.core.geometry import invert_rigid
 from pose_node.datasets.bop import BopGt, BopImageCamera, BopSceneWriter, bbox_xywh_from_mask, write_bop_models
@@ -151,9 +151,7 @@ class WorkcellConfig:
             ("objects", all(isinstance(o, str) for o in ((self.objects,) if isinstance(self.objects, str) else self.objects))
              and len(self.objects) > 0),
         ]
-        for name, ok in checks:
-            if not ok:
-                raise InvalidInputError(f"WorkcellConfig.{name}: invalid value {getattr(self, name)!r}")
+        check_fields(self, checks)
         if self.camera_stamp_jitter_ms * 2e-3 >= 1.0 / self.frame_rate_hz:
             raise InvalidInputError(
                 f"WorkcellConfig.camera_stamp_jitter_ms ({self.camera_stamp_jitter_ms}) must stay below half the frame "

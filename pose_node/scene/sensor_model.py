@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pose_node.core.errors import InvalidInputError
+from pose_node.core.errors import InvalidInputError, check_fields
 
 #: Rec. 709 / sRGB luminance weights of linear RGB.
 LUMINANCE_WEIGHTS = np.array([0.2126, 0.7152, 0.0722])
@@ -112,9 +112,7 @@ class CameraModelConfig:
             ("blur_sigma_range_px", 0.0 <= self.blur_sigma_range_px[0] <= self.blur_sigma_range_px[1]),
             ("jpeg_quality_range", 1 <= self.jpeg_quality_range[0] <= self.jpeg_quality_range[1] <= 100),
         ]
-        for name, ok in checks:
-            if not ok:
-                raise InvalidInputError(f"CameraModelConfig.{name}: invalid value {getattr(self, name)!r}")
+        check_fields(self, checks)
 
 
 @dataclass(frozen=True)
@@ -309,9 +307,7 @@ class DepthSensorConfig:
             ("dropout_blob_px", self.dropout_blob_px >= 1), ("max_range_m", self.max_range_m > 0),
         ] + [(name, 0.0 <= getattr(self, name) <= 1.0) for name in
              ("flying_pixel_probability", "dark_dropout_probability", "glossy_dropout_probability")]
-        for name, ok in checks:
-            if not ok:
-                raise InvalidInputError(f"DepthSensorConfig.{name}: invalid value {getattr(self, name)!r}")
+        check_fields(self, checks)
 
 
 def _smooth_uniform(rng: np.random.Generator, height: int, width: int, cell_px: float) -> np.ndarray:
