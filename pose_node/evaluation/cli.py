@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pose_node.core.errors import PoseNodeError
@@ -156,38 +157,39 @@ def format_detection(d: dict) -> str:
             f"  ({d['n_gt']} GT with visib >= {d['visib_fract_min']:g}, {d['n_detections']} detections, {d['n_images']} images); latency {latency}")
 
 
-def _correspondence_config(args: argparse.Namespace):
-    """The correspondence stage's settings, or None when that stage is not requested (so its
-    module is not imported)."""
-    if "correspondence" not in expand_stages(args.stages):
+def _stage_config(args: argparse.Namespace, stage: str, build: Callable[[], object]):
+    """``build()``, the settings of ``stage``; None when that stage is not requested (so its module
+    is not imported) or its module cannot be imported (the runner reports it missing, with the reason)."""
+    if stage not in expand_stages(args.stages):
         return None
     try:
-        from pose_node.pipeline.estimate import CorrespondenceStageConfig
-    except ImportError:  # the runner reports the stage as missing, with the reason
+        return build()
+    except ImportError:
         return None
-    return CorrespondenceStageConfig(weights_path=args.weights, backend=args.backend, device=args.device)
+
+
+def _correspondence_config(args: argparse.Namespace):
+    def build():
+        from pose_node.pipeline.estimate import CorrespondenceStageConfig
+
+        return CorrespondenceStageConfig(weights_path=args.weights, backend=args.backend, device=args.device)
+    return _stage_config(args, "correspondence", build)
 
 
 def _detector_config(args: argparse.Namespace):
-    """The detection stage's settings, or None when that stage is not requested."""
-    if "detection" not in expand_stages(args.stages):
-        return None
-    try:
+    def build():
         from pose_node.detection.detector import DetectorConfig
-    except ImportError:  # the runner reports the stage as missing, with the reason
-        return None
-    return DetectorConfig(max_proposals_per_view=args.max_proposals_per_view)
+
+        return DetectorConfig(max_proposals_per_view=args.max_proposals_per_view)
+    return _stage_config(args, "detection", build)
 
 
 def _refinement_config(args: argparse.Namespace):
-    """The refinement stage's settings, or None when that stage is not requested."""
-    if "refinement" not in expand_stages(args.stages):
-        return None
-    try:
+    def build():
         from pose_node.refinement.fusion import FusionConfig
-    except ImportError:  # the runner reports the stage as missing, with the reason
-        return None
-    return FusionConfig(method=args.multiview, device=args.device)
+
+        return FusionConfig(method=args.multiview, device=args.device)
+    return _stage_config(args, "refinement", build)
 
 
 def main(argv: list[str] | None = None) -> int:
