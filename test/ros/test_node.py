@@ -129,6 +129,17 @@ def _tf_static(pubs, child: str, z: float):
     pubs["tf_static"].publish(TFMessage(transforms=[t]))
 
 
+def _activate_with_cam1_tf(ros, node):
+    """Configure and activate ``node``, publish cam1's /tf_static and wait until the node has it.
+    Returns the input publishers."""
+    node.trigger_configure()
+    node.trigger_activate()
+    pubs = _publishers(ros)
+    _tf_static(pubs, "cam1_optical", 2.0)
+    ros.spin_until(lambda: "cam1_optical" in node.tf.frames(), what="/tf_static in the node's buffer")
+    return pubs
+
+
 def test_lifecycle_round_trip_and_bad_input(ros, node_factory):
     from rclpy.lifecycle import TransitionCallbackReturn
     from tf2_msgs.msg import TFMessage
@@ -266,12 +277,8 @@ def test_diagnostics_per_camera_dead_camera_is_an_error_naming_its_topics(ros, n
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 
     node, fake = node_factory(_config_file(tmp_path, "fast.yaml"))
-    node.trigger_configure()
-    node.trigger_activate()
     diagnostics = ros.collect(DiagnosticArray, "/diagnostics")
-    pubs = _publishers(ros)
-    _tf_static(pubs, "cam1_optical", 2.0)
-    ros.spin_until(lambda: "cam1_optical" in node.tf.frames(), what="/tf_static in the node's buffer")
+    pubs = _activate_with_cam1_tf(ros, node)
 
     def cam1_alive_cam0_dead() -> bool:
         status = _statuses(diagnostics)
@@ -360,12 +367,8 @@ def test_time_going_back_clears_state_and_continues(ros, node_factory, tmp_path)
     from pose_node.ros.conversions import stamp_to_ns
 
     node, fake = node_factory(_config_file(tmp_path, "fast.yaml"))
-    node.trigger_configure()
-    node.trigger_activate()
     detections = ros.collect(Detection3DArray, "/pose_node/detections")
-    pubs = _publishers(ros)
-    _tf_static(pubs, "cam1_optical", 2.0)
-    ros.spin_until(lambda: "cam1_optical" in node.tf.frames(), what="/tf_static in the node's buffer")
+    pubs = _activate_with_cam1_tf(ros, node)
     node.tf.buffer.set_transform("world", "moving", T0 + 10**8, np.eye(4))  # a dynamic sample of the first pass
     stamps = [T0 + k * 10**8 for k in range(3)]
     for loop in range(2):
@@ -431,11 +434,7 @@ def test_sigint_during_processing_exits_0_every_time(ros, tmp_path):
 
 def test_mesh_units_disagreeing_with_depth_are_reported_once(ros, node_factory, capfd):
     node, fake = node_factory()
-    node.trigger_configure()
-    node.trigger_activate()
-    pubs = _publishers(ros)
-    _tf_static(pubs, "cam1_optical", 2.0)
-    ros.spin_until(lambda: "cam1_optical" in node.tf.frames(), what="/tf_static in the node's buffer")
+    pubs = _activate_with_cam1_tf(ros, node)
     # The fake estimate is 1 m in front of cam0; the depth there says 1 cm: a factor 100 (m declared, cm likely).
     for k in range(2):
         _send(pubs, "cam0", T0 + k * 10**8, depth=np.full((H, W), 0.01, np.float32))
@@ -506,12 +505,8 @@ def test_debug_images_per_camera_only_when_enabled(ros, node_factory, tmp_path):
     from pose_node.ros.conversions import image_to_numpy, stamp_to_ns
 
     node, fake = node_factory(_config_file(tmp_path, "debug.yaml", debug_images=True))
-    node.trigger_configure()
-    node.trigger_activate()
     debug = {cam: ros.collect(Image, f"/pose_node/debug/{cam}/image") for cam in ("cam0", "cam1")}
-    pubs = _publishers(ros)
-    _tf_static(pubs, "cam1_optical", 2.0)
-    ros.spin_until(lambda: "cam1_optical" in node.tf.frames(), what="/tf_static in the node's buffer")
+    pubs = _activate_with_cam1_tf(ros, node)
     for cam in debug:
         ros.wait_for_publishers(f"/pose_node/debug/{cam}/image")
     _send(pubs, "cam0", T0)
