@@ -16,6 +16,13 @@ objects that are not held out: real meshes, never in a test row), per mode, the 
 covariance becomes ``s score^-k`` times the Hessian's (:func:`fit_covariance`: k from a short
 list so that both workcells' 95.45 % coverages come closest to 95.45 %, s so that the pooled one
 is exact); s and k go to ``models/refinement_effl0.json`` with ``--record`` (with the table).
+``--calibrate-dataset NAME=DIR`` calibrates on out-of-domain validation sets instead
+(``pose_ood_set --split validation``; a set with a test-split object is refused), and also fits
+the single-view covariance factor per mode (to ``models/correspondence_effl0.json``) and the
+publishing threshold: the lowest refined score whose poses are correct (MSSD < 0.1 diameter) at
+least 95 % of the time (``pose_score_threshold``, the node's default ``pose_score``).
+Every single-view and multi-view row gets a coverage report: 68 / 95 / 99.7 % coverage overall
+and per bin (views that see the object, visible fraction) and the median NLL.
 
 Extrinsic sensitivity (``--sensitivity``): every camera's ``T_world_camera`` is perturbed by a
 random rotation and translation of the given sizes (fixed seed) before association and refinement,
@@ -36,7 +43,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +52,12 @@ import torch
 from pose_node.benchmark.correspondence import (
     TEST_SEED_PROCEDURAL, TEST_SEED_YCB, VALIDATION_SEED, ensure_workcell, holdout_models_dir,
 )
+from pose_node.core.errors import InvalidInputError
 from pose_node.core.geometry import so3_exp
-from pose_node.datasets.splits import ycb_ids_in
-from pose_node.evaluation.calibration import COVERAGE_LEVELS, POSE_DOF
+from pose_node.datasets.splits import check_no_test_objects, ycb_ids_in
+from pose_node.evaluation.calibration import (
+    COVERAGE_LEVELS, POSE_DOF, coverage_by_bin, coverage_from_mahalanobis, score_threshold_for_precision,
+)
 from pose_node.evaluation.runner import EvalConfig, run
 from pose_node.refinement.fusion import FusionConfig, MultiViewFusion, default_calibration_path
 from pose_node.refinement.refiner import MIN_SCORE_FOR_SCALE
@@ -126,6 +136,12 @@ def auroc(scores: list[float], correct: list[bool]) -> float | None:
     return float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg)))
 
 
+def _median_finite(values) -> float | None:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if len(v) else None
+
+
 def row(name: str, dataset: str, mode: str, r: dict, stage: "FusedStage | None") -> dict:
     """One table row from the runner's results (and the fusion's per-frame counts)."""
     m = r["matched_estimates"]
@@ -136,7 +152,9 @@ def row(name: str, dataset: str, mode: str, r: dict, stage: "FusedStage | None")
     trans = r["pose_errors"]["translation_m"]["median"]
     return {
         "dataset": dataset, "mode": mode, "method": name, "AR": r["AR"], "AR_VSD": r["AR_VSD"], "AR_MSSD": r["AR_MSSD"],
-        "AR_MSPD": r["AR_MSPD"], "coverage_95": (r["covariance_coverage"] or {}).get("95"),
+        "AR_MSPD": r["AR_MSPD"], "coverage_68": (r["covariance_coverage"] or {}).get("68"),
+        "coverage_95": (r["covariance_coverage"] or {}).get("95"), "coverage_99.7": (r["covariance_coverage"] or {}).get("99.7"),
+        "nll_median": _median_finite(m.get("nll", [])),
         "rot_err_deg_median": r["pose_errors"]["rotation_deg"]["median"],
         "trans_err_mm_median": None if trans is None else 1e3 * trans,
         "score_auroc": auroc(m["score"], correct), "refinement_ms_per_object": ms_per_object,
@@ -145,17 +163,26 @@ def row(name: str, dataset: str, mode: str, r: dict, stage: "FusedStage | None")
 
 
 def evaluate_dataset(path: Path, name: str, mode: str, fusion_config: FusionConfig, max_targets: int | None,
-                     methods: list[str], sensitivity: list[tuple[float, float]]) -> tuple[list[dict], dict]:
-    """All rows of one dataset and mode; also returns the refinement run's raw results."""
-    from pose_node.evaluation.stages.correspondence import correspondence_factory
-    from pose_node.datasets.bop import BopDataset
+                     methods: list[str], sensitivity: list[tuple[float, float]], single_view_scale: float | None = None
+                     ) -> tuple[list[dict], dict]:
+    """All rows of one dataset and mode; also returns the raw results of the single view and each method.
 
-    config = EvalConfig(mode=mode, stages=STAGES, max_targets=max_targets)
+    ``single_view_scale``: the single-view covariance factor (None: the weights' metadata).
+    """
+    from pose_node.correspondence.estimator import CorrespondenceConfig
+    from pose_node.datasets.bop import BopDataset
+    from pose_node.evaluation.stages.correspondence import correspondence_factory
+    from pose_node.pipeline.estimate import CorrespondenceStageConfig
+
+    stage = None if single_view_scale is None else CorrespondenceStageConfig(
+        estimator=CorrespondenceConfig(covariance_scale=single_view_scale))
+    config = EvalConfig(mode=mode, stages=STAGES, max_targets=max_targets, correspondence=stage)
     models = BopDataset(path).models(config.models_subdir)
     single = CachedSingleView(correspondence_factory(STAGES[:2], config, models))
     rows, raw = [], {}
     r = run(path, TARGETS, config, estimator=single)
     rows.append(row("single view", name, mode, r, None))
+    raw["single view"] = r
     fusions = {}
     for method in methods:
         fusions[method] = MultiViewFusion(models, replace(fusion_config, method=method))
@@ -205,26 +232,115 @@ def fit_covariance(d2_unscaled: list[np.ndarray], scores: list[np.ndarray]) -> t
     return best[1], best[2], best[3]
 
 
-def calibrate(vals: list[Path], modes: list[str], fusion_config: FusionConfig, max_targets: int | None
-              ) -> tuple[dict[str, float], dict[str, float]]:
-    """Covariance scale and score exponent per mode, fitted on the validation workcells (module docstring)."""
+#: Bins of the coverage report: views that see the object, its best visible fraction.
+VIEW_BINS: tuple[tuple[str, int, int], ...] = (("1 view", 1, 1), ("2 views", 2, 2), ("3+ views", 3, 99))
+VISIB_BINS: tuple[tuple[str, float, float], ...] = (("visib < 0.5", 0.0, 0.5), ("visib 0.5-0.8", 0.5, 0.8),
+                                                    ("visib >= 0.8", 0.8, 1.01))
+#: A published pose must be correct (MSSD < 0.1 diameter) at least this often on the validation split.
+PUBLISH_PRECISION = 0.95
+
+
+def correct_estimates(matched: dict) -> tuple[list[float], list[bool]]:
+    """Scores of every estimate (matched and unmatched) and whether each is correct (MSSD < 0.1 d)."""
+    scores = list(matched["score"]) + list(matched.get("unmatched_scores", []))
+    correct = [d < 0.1 * dia for d, dia in zip(matched["mssd_m"], matched["diameter_m"])]
+    return scores, correct + [False] * len(matched.get("unmatched_scores", []))
+
+
+def coverage_report(raw: dict) -> dict:
+    """Coverage of the 68 / 95 / 99.7 % regions overall and per bin (views that see the object,
+    visible fraction), and the median NLL, of one run's matched estimates."""
+    m = raw["matched_estimates"]
+    d2 = np.asarray(raw["covariance_d2"], dtype=np.float64)
+    views = np.asarray(m.get("views_visible", []), dtype=np.int64)
+    visib = np.asarray(m.get("visib_fract", []), dtype=np.float64)
+    out = {"all": {"n": int(len(d2)), **coverage_from_mahalanobis(d2)}, "nll_median": _median_finite(m.get("nll", []))}
+    if len(views) == len(d2) and len(d2):
+        view_keys = [next((name for name, lo, hi in VIEW_BINS if lo <= v <= hi), "0 views") for v in views]
+        out["views"] = coverage_by_bin(d2, view_keys)
+        visib_keys = [next((name for name, lo, hi in VISIB_BINS if lo <= f < hi), "visib unknown") for f in visib]
+        out["visibility"] = coverage_by_bin(d2, visib_keys)
+    return out
+
+
+@dataclass
+class Calibration:
+    """What ``--calibrate`` fits per mode on the validation sets (module docstring).
+
+    Attributes:
+        scales, exponents: the refined covariance's scale s and score exponent k.
+        single_view_scales: the single-view covariance factors (the correspondence weights' metadata).
+        pose_score_thresholds: the lowest refined score whose published poses are correct at least
+            :data:`PUBLISH_PRECISION` of the time, with that precision and the recall of correct poses kept.
+        datasets: name -> path of the validation sets used.
+    """
+
+    scales: dict[str, float] = field(default_factory=dict)
+    exponents: dict[str, float] = field(default_factory=dict)
+    single_view_scales: dict[str, float] = field(default_factory=dict)
+    pose_score_thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
+    datasets: dict[str, str] = field(default_factory=dict)
+
+
+def calibrate(vals: dict[str, Path], modes: list[str], fusion_config: FusionConfig, max_targets: int | None,
+              single_view_scales: dict[str, float]) -> Calibration:
+    """Covariance scales, score exponents and publishing thresholds per mode, fitted on the validation sets.
+
+    Args:
+        vals: name -> validation dataset (never test-split objects: checked).
+        single_view_scales: the single-view covariance factors the runs use (the weights' metadata);
+            the fitted ones make the pooled single-view 95.45 % coverage exact.
+    """
+    from scipy.stats import chi2
+
+    for name, path in vals.items():
+        info = Path(path) / "models" / "models_info.json"
+        if not info.is_file():
+            raise InvalidInputError(f"calibrate on {name}: {info} not found (not a BOP dataset)")
+        check_no_test_objects([int(k) for k in json.loads(info.read_text())], f"calibrate on {name}")
     unscaled = replace(fusion_config, refinement=replace(fusion_config.refinement, covariance_scale={"rgb": 1.0, "rgbd": 1.0},
                                                          covariance_score_exponent={}))
-    scales, exponents = {}, {}
+    out = Calibration(datasets={k: str(v) for k, v in vals.items()})
+    bound = chi2.ppf(COVERAGE_LEVELS["95"], POSE_DOF)
     for mode in modes:
-        d2, scores = [], []
-        for val in vals:
-            raw = evaluate_dataset(val, "val", mode, unscaled, max_targets, ["refinement"], [])[1]["refinement"]
-            d2.append(np.asarray(raw["covariance_d2"]))
-            scores.append(np.asarray(raw["matched_estimates"]["score"]))
-        scales[mode], exponents[mode], coverages = fit_covariance(d2, scores)
-        logger.info("calibration %s: %d estimates, scale %.3g, score exponent %g, validation coverages %s",
-                    mode, sum(len(d) for d in d2), scales[mode], exponents[mode], coverages)
-    return scales, exponents
+        d2, scores, single_d2, all_scores, all_correct = [], [], [], [], []
+        for val in vals.values():
+            raw = evaluate_dataset(val, "val", mode, unscaled, max_targets, ["refinement"], [])[1]
+            d2.append(np.asarray(raw["refinement"]["covariance_d2"]))
+            scores.append(np.asarray(raw["refinement"]["matched_estimates"]["score"]))
+            single_d2.append(np.asarray(raw["single view"]["covariance_d2"]))
+            s, c = correct_estimates(raw["refinement"]["matched_estimates"])
+            all_scores += s
+            all_correct += c
+        out.scales[mode], out.exponents[mode], coverages = fit_covariance(d2, scores)
+        pooled = np.concatenate(single_d2)
+        factor = float(np.quantile(pooled, COVERAGE_LEVELS["95"]) / bound) if len(pooled) else 1.0
+        out.single_view_scales[mode] = float(single_view_scales.get(mode, 1.0)) * factor
+        threshold, precision, recall = score_threshold_for_precision(all_scores, all_correct, PUBLISH_PRECISION)
+        out.pose_score_thresholds[mode] = {"threshold": threshold, "precision": precision, "recall_of_correct": recall,
+                                           "n_estimates": len(all_scores)}
+        logger.info("calibration %s: %d estimates, scale %.3g, score exponent %g, validation coverages %s; single view x%.3g; "
+                    "pose_score threshold %.3f (precision %.3f, keeps %.2f of correct poses)", mode, sum(len(x) for x in d2),
+                    out.scales[mode], out.exponents[mode], coverages, factor, threshold, precision, recall)
+    return out
+
+
+def format_coverage(rows: list[dict]) -> str:
+    """Coverage of the 68 / 95 / 99.7 % regions per row and bin (rows with a coverage report)."""
+    lines = ["dataset | mode | method | bin | n | 68 % | 95 % | 99.7 %"]
+    for r in rows:
+        report = r.get("coverage_report")
+        if not report:
+            continue
+        bins = {"all": report["all"], **report.get("views", {}), **report.get("visibility", {})}
+        for name, b in bins.items():
+            cells = [f"{b[k]:.2f}" if b[k] is not None else "-" for k in COVERAGE_LEVELS]
+            lines.append(" | ".join([r["dataset"], r["mode"], r["method"], name, str(b["n"]), *cells]))
+    return "\n".join(lines)
 
 
 def format_table(rows: list[dict]) -> str:
-    cols = ["dataset", "mode", "method", "AR", "AR_VSD", "AR_MSSD", "AR_MSPD", "coverage_95", "rot_err_deg_median",
+    cols = ["dataset", "mode", "method", "AR", "AR_VSD", "AR_MSSD", "AR_MSPD", "coverage_95", "nll_median", "rot_err_deg_median",
             "trans_err_mm_median", "score_auroc", "refinement_ms_per_object", "n_estimates", "n_targets"]
     lines = [" | ".join(cols)]
     for r in rows:
@@ -242,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also evaluate these multi-view BOP datasets, e.g. ood_test=out/ood_test (pose_ood_set)")
     parser.add_argument("--max-targets", type=int, default=None)
     parser.add_argument("--calibrate", action="store_true", help="fit the covariance scale on val_proc first")
+    parser.add_argument("--calibrate-dataset", nargs="*", default=[], metavar="NAME=DIR",
+                        help="calibrate on these validation-split sets instead (pose_ood_set --split validation); implies --calibrate")
     parser.add_argument("--record", action="store_true", help=f"write scales and table to models/{default_calibration_path().name}")
     parser.add_argument("--sensitivity", nargs="*", default=[], metavar="MM/DEG",
                         help="extrinsic errors to test, e.g. 2/0.2 5/0.5 (procedural, refinement)")
@@ -275,41 +393,68 @@ def main(argv: list[str] | None = None) -> int:
     fusion_config = replace(fusion_config, refinement=replace(fusion_config.refinement, crops=crops))
     started = time.perf_counter()
     scales = exponents = None
-    if args.calibrate:
-        vals = [ensure_workcell(out / "val_proc", "procedural", 4, VALIDATION_SEED, scenes)]
-        if args.ycb_models is not None:
-            # Real meshes too, but never test-split objects: the training-split ones of --ycb-models (ycb_dev has no
-            # validation-split objects; the out-of-domain calibration uses pose_ood_set --split validation).
-            train_ids = ycb_ids_in(args.ycb_models, "train").object_ids
-            models = holdout_models_dir(args.ycb_models, out, train_ids, folder="ycb_validation_models")
-            vals.append(ensure_workcell(out / "val_ycb", str(models), 4, VALIDATION_SEED_YCB, scenes))
-        scales, exponents = calibrate(vals, args.modes, fusion_config, args.max_targets)
-        fusion_config = replace(fusion_config, refinement=replace(fusion_config.refinement, covariance_scale=scales,
-                                                                  covariance_score_exponent=exponents))
-        print(f"covariance scales: {scales}, score exponents: {exponents}")
+    calibration = None
+    single_view_scales: dict[str, float] = {}
+    if args.calibrate or args.calibrate_dataset:
+        vals = {}
+        for spec in args.calibrate_dataset:
+            name, sep, path = spec.partition("=")
+            if not sep or not (Path(path) / TARGETS).is_file():
+                parser.error(f"--calibrate-dataset {spec!r}: expected NAME=DIR with DIR/{TARGETS}")
+            vals[name] = Path(path)
+        if not vals:
+            vals["val_proc"] = ensure_workcell(out / "val_proc", "procedural", 4, VALIDATION_SEED, scenes)
+            if args.ycb_models is not None:
+                # Real meshes too, but never test-split objects: the training-split ones of --ycb-models (ycb_dev has
+                # no validation-split objects; the out-of-domain calibration is --calibrate-dataset).
+                train_ids = ycb_ids_in(args.ycb_models, "train").object_ids
+                models = holdout_models_dir(args.ycb_models, out, train_ids, folder="ycb_validation_models")
+                vals["val_ycb"] = ensure_workcell(out / "val_ycb", str(models), 4, VALIDATION_SEED_YCB, scenes)
+        from pose_node.pipeline.estimate import covariance_scales, default_weights_path
+
+        calibration = calibrate(vals, args.modes, fusion_config, args.max_targets, covariance_scales(default_weights_path()))
+        single_view_scales = calibration.single_view_scales
+        fusion_config = replace(fusion_config, refinement=replace(fusion_config.refinement, covariance_scale=calibration.scales,
+                                                                  covariance_score_exponent=calibration.exponents))
+        print(f"calibration: {json.dumps(asdict(calibration))}")
     sensitivity = [tuple(float(x) for x in s.split("/")) for s in args.sensitivity]
     rows = []
     for name, path in datasets.items():
         for mode in args.modes:
             sens = [(mm / 1e3, deg) for mm, deg in sensitivity] if name == "procedural" else []
-            rows += evaluate_dataset(path, name, mode, fusion_config, args.max_targets, ["association", "refinement"], sens)[0]
+            new_rows, raw = evaluate_dataset(path, name, mode, fusion_config, args.max_targets, ["association", "refinement"],
+                                             sens, single_view_scales.get(mode))
+            for r in new_rows:  # the coverage report of each single-view and multi-view row
+                if r["method"] in raw:
+                    r["coverage_report"] = coverage_report(raw[r["method"]])
+            rows += new_rows
     table = format_table(rows)
     print(table)
-    result = {"rows": rows, "covariance_scale": scales, "covariance_score_exponent": exponents, "seconds": time.perf_counter() - started, "threads": args.threads,
+    print(format_coverage(rows))
+    result = {"rows": rows, "calibration": None if calibration is None else asdict(calibration),
+              "seconds": time.perf_counter() - started, "threads": args.threads,
               "command": "pose_refinement_bench " + " ".join(sys.argv[1:] if argv is None else argv)}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     if args.record:
         path = default_calibration_path()
         meta = json.loads(path.read_text()) if path.is_file() else {}
-        if scales is not None:
-            meta["covariance_scale"] = scales
-            meta["covariance_score_exponent"] = exponents
+        if calibration is not None:
+            meta["covariance_scale"] = calibration.scales
+            meta["covariance_score_exponent"] = calibration.exponents
+            meta["pose_score_threshold"] = calibration.pose_score_thresholds
             meta["covariance_calibration"] = {
-                "datasets": {"val_proc": VALIDATION_SEED, "val_ycb (YCB ids not held out)": VALIDATION_SEED_YCB},
-                "rule": ("covariance = scale * score^-exponent * Hessian covariance; exponent: the one whose per-workcell 95.45 % "
-                         "coverages stray least from 95.45 %; scale: the pooled 95.45 % chi-square(6) region covers 95.45 %"),
+                "datasets": calibration.datasets,
+                "rule": ("covariance = scale * score^-exponent * Hessian covariance; exponent: the one whose per-set 95.45 % "
+                         "coverages stray least from 95.45 %; scale: the pooled 95.45 % chi-square(6) region covers 95.45 %; "
+                         f"pose_score_threshold: the lowest score whose published poses are correct >= {PUBLISH_PRECISION:.0%}"),
             }
+            weights_meta = default_weights_path().with_suffix(".json")
+            single = json.loads(weights_meta.read_text()) if weights_meta.is_file() else {}
+            single["covariance_scale"] = calibration.single_view_scales
+            single["covariance_calibration"] = {"datasets": calibration.datasets,
+                                                "rule": "the 95.45 % chi-square(6) region covers 95.45 % of validation estimates"}
+            weights_meta.write_text(json.dumps(single, indent=2) + "\n")
         meta["evaluation"] = {"command": result["command"], "rows": rows}
         path.write_text(json.dumps(meta, indent=2) + "\n")
     return 0

@@ -65,6 +65,30 @@ def split_of_ycb_id(object_id: int) -> str:
     return "train"
 
 
+def split_of_object_id(object_id: int) -> str | None:
+    """The split of any object id of this project: YCB ids (< 1000) by :func:`split_of_ycb_id`,
+    procedural ids by their split's id block (:data:`PROCEDURAL_FIRST_IDS`, 1000 ids each); None
+    for ids outside both (a user's own objects, which no split governs)."""
+    if object_id < min(PROCEDURAL_FIRST_IDS.values()):
+        return split_of_ycb_id(object_id)
+    for split, first in PROCEDURAL_FIRST_IDS.items():
+        if first <= object_id < first + 1000:
+            return split
+    return None
+
+
+def check_no_test_objects(object_ids, purpose: str) -> None:
+    """Refuse to ``purpose`` (calibrate, tune, train) on data that holds test-split objects.
+
+    Raises:
+        InvalidInputError: naming the test-split ids found.
+    """
+    found = sorted(int(o) for o in object_ids if split_of_object_id(int(o)) == "test")
+    if found:
+        raise InvalidInputError(f"cannot {purpose} on test-split objects {found} (pose_node.datasets.splits): "
+                                "use a validation-split set, e.g. pose_ood_set --split validation")
+
+
 def not_for_training() -> tuple[int, ...]:
     """YCB ids a training run must never load (test and validation)."""
     return tuple(sorted(TEST_YCB_IDS + VALIDATION_YCB_IDS))

@@ -131,5 +131,74 @@ def covariance_coverage(
     return coverage_from_mahalanobis(d2, levels)
 
 
-__all__ = ["COVERAGE_LEVELS", "POSE_DOF", "closest_symmetric_pose", "covariance_coverage", "coverage_from_mahalanobis",
-           "mahalanobis_sq", "pose_error_6d"]
+def gaussian_nll(d2: np.ndarray, covariances: np.ndarray) -> np.ndarray:
+    """Negative log-likelihood of each error under its Gaussian: ``(d2 + log det(2 pi Sigma)) / 2``.
+
+    Units are those of the covariance (metres and radians), so values compare between methods on
+    the same targets, not between datasets.
+
+    Args:
+        d2: (B,) squared Mahalanobis distances (:func:`mahalanobis_sq`); covariances: (B, 6, 6).
+    Returns:
+        (B,); inf where ``d2`` is inf or the covariance is not positive definite.
+    """
+    d2 = np.asarray(d2, dtype=np.float64)
+    covariances = np.asarray(covariances, dtype=np.float64).reshape(len(d2), POSE_DOF, POSE_DOF)
+    sign, logdet = np.linalg.slogdet(2.0 * np.pi * covariances) if len(d2) else (np.zeros(0), np.zeros(0))
+    return np.where((sign > 0) & np.isfinite(d2), 0.5 * (d2 + logdet), np.inf)
+
+
+def coverage_by_bin(d2: np.ndarray, keys: Sequence, levels: Mapping[str, float] = COVERAGE_LEVELS
+                    ) -> dict[str, dict[str, float | int | None]]:
+    """Coverage of each level and the estimate count per bin.
+
+    Args:
+        d2: (B,) squared Mahalanobis distances; keys: B bin labels (any printable values).
+    Returns:
+        ``str(label) -> {"n": count, level key: coverage, ...}``, labels in sorted order.
+    """
+    d2 = np.asarray(d2, dtype=np.float64)
+    labels = np.asarray([str(k) for k in keys], dtype=object)
+    if len(labels) != len(d2):
+        raise ValueError(f"coverage_by_bin: {len(d2)} distances but {len(labels)} bin labels")
+    return {label: {"n": int((labels == label).sum()), **coverage_from_mahalanobis(d2[labels == label], levels)}
+            for label in sorted(set(labels.tolist()))}
+
+
+def score_threshold_for_precision(scores: Sequence[float], correct: Sequence[bool], min_precision: float
+                                  ) -> tuple[float, float, float]:
+    """The lowest score threshold whose kept estimates are correct at least ``min_precision`` of the time.
+
+    Estimates with ``score >= threshold`` are kept (published). Among all thresholds at which the
+    kept set's precision reaches ``min_precision``, the lowest keeps the most correct poses.
+
+    Args:
+        scores: (B,) estimate scores in [0, 1]; correct: (B,) whether each estimate is right.
+        min_precision: required share of correct estimates among those kept, in (0, 1].
+    Returns:
+        ``(threshold, precision, recall)``: recall is the share of correct estimates kept. When no
+        threshold reaches the precision, the threshold is just above the highest score (nothing
+        is kept) with precision nan and recall 0.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    c = np.asarray(correct, dtype=bool)
+    if s.shape != c.shape or s.ndim != 1:
+        raise ValueError(f"score_threshold_for_precision: scores {s.shape} and correct {c.shape} must be equal 1-D shapes")
+    if not 0.0 < min_precision <= 1.0:
+        raise ValueError(f"score_threshold_for_precision: min_precision must be in (0, 1], got {min_precision}")
+    order = np.argsort(-s, kind="stable")
+    s_sorted, c_sorted = s[order], c[order]
+    kept_correct = np.cumsum(c_sorted)
+    precision = kept_correct / np.arange(1, len(s) + 1)
+    # A threshold equal to a score keeps every estimate with that score: only the last of a run of ties counts.
+    last_of_ties = np.r_[s_sorted[1:] != s_sorted[:-1], True] if len(s) else np.zeros(0, dtype=bool)
+    ok = np.flatnonzero(last_of_ties & (precision >= min_precision))
+    if not len(ok):
+        return (float(s.max()) + 1e-6 if len(s) else 0.0), float("nan"), 0.0
+    i = int(ok[-1])
+    total_correct = max(int(c.sum()), 1)
+    return float(s_sorted[i]), float(precision[i]), float(kept_correct[i] / total_correct)
+
+
+__all__ = ["COVERAGE_LEVELS", "POSE_DOF", "closest_symmetric_pose", "coverage_by_bin", "covariance_coverage",
+           "coverage_from_mahalanobis", "gaussian_nll", "mahalanobis_sq", "pose_error_6d", "score_threshold_for_precision"]

@@ -74,7 +74,9 @@ from pose_node.core.types import Detection, ObjectModel, PoseEstimate, View
 from pose_node.datasets.bop import BopDataset, BopEstimate, Target, write_estimates_csv
 from pose_node.detection.metrics import DetectionMetricsConfig, DetectionScorer
 from pose_node.evaluation import metrics
-from pose_node.evaluation.calibration import closest_symmetric_pose, coverage_from_mahalanobis, mahalanobis_sq, pose_error_6d
+from pose_node.evaluation.calibration import (
+    closest_symmetric_pose, coverage_from_mahalanobis, gaussian_nll, mahalanobis_sq, pose_error_6d,
+)
 from pose_node.evaluation.results import EvalResults
 from pose_node.evaluation.scoring import BopScorer, GtInstance, ImageEstimate, ObjectEvalInfo, ScoringConfig
 from pose_node.evaluation.visibility import GtInfoSource, derive_targets, render_gt_scene_depth
@@ -297,24 +299,27 @@ GT_SAME_INSTANCE_TRANSLATION_M = 1e-3
 GT_SAME_INSTANCE_ROTATION_ENTRY = 1e-3  # max |R1 - R2| entry, ~0.06 degrees
 
 
-def _frame_gt_world(dataset: BopDataset, frame: Frame, obj_ids: set[int]) -> list[tuple[int, np.ndarray]]:
+def _frame_gt_world(dataset: BopDataset, frame: Frame, obj_ids: set[int],
+                    visib_by_image: Mapping[int, Sequence[float]] | None = None) -> list[tuple[int, np.ndarray, list[float]]]:
     """GT instances of the target objects in the world frame, merged over the group's images
-    (see ``GT_SAME_INSTANCE_*`` for when two poses are one instance)."""
-    out: list[tuple[int, np.ndarray]] = []
+    (see ``GT_SAME_INSTANCE_*`` for when two poses are one instance), each with its visible
+    fraction in every image that has it (from ``visib_by_image``: image -> the image's GT
+    visib_fract in GT order; images missing there add nothing)."""
+    out: list[tuple[int, np.ndarray, list[float]]] = []
     for im_id in frame.im_ids:
         T_world_camera = dataset.camera(frame.scene_id, im_id).T_world_camera
-        for gt in dataset.gts(frame.scene_id, im_id):
+        visib = (visib_by_image or {}).get(im_id)
+        for k, gt in enumerate(dataset.gts(frame.scene_id, im_id)):
             if gt.obj_id not in obj_ids:
                 continue
             T = T_world_camera @ gt.T_camera_object
-            dup = any(
-                o == gt.obj_id
-                and np.abs(T[:3, 3] - T2[:3, 3]).max() < GT_SAME_INSTANCE_TRANSLATION_M
-                and np.abs(T[:3, :3] - T2[:3, :3]).max() < GT_SAME_INSTANCE_ROTATION_ENTRY
-                for o, T2 in out
-            )
-            if not dup:
-                out.append((gt.obj_id, T))
+            same = [i for i, (o, T2, _) in enumerate(out) if o == gt.obj_id
+                    and np.abs(T[:3, 3] - T2[:3, 3]).max() < GT_SAME_INSTANCE_TRANSLATION_M
+                    and np.abs(T[:3, :3] - T2[:3, :3]).max() < GT_SAME_INSTANCE_ROTATION_ENTRY]
+            if not same:
+                out.append((gt.obj_id, T, []))
+            if visib is not None and k < len(visib) and np.isfinite(visib[k]):
+                out[same[0] if same else -1][2].append(float(visib[k]))
     return out
 
 
@@ -326,10 +331,13 @@ class _WorldMatches:
     score: list[float] = field(default_factory=list)
     mssd_m: list[float] = field(default_factory=list)  # symmetry-aware max vertex displacement
     diameter_m: list[float] = field(default_factory=list)
+    views_visible: list[int] = field(default_factory=list)  # images where the GT is at least multiview_visib_min visible
+    visib_fract: list[float] = field(default_factory=list)  # the GT's largest visible fraction over the images (nan: unknown)
+    unmatched_score: list[float] = field(default_factory=list)  # estimates left without a GT of their object (wrong)
 
 
-def _assign_world(estimates: Sequence[PoseEstimate], gts: list[tuple[int, np.ndarray]],
-                  objects: Mapping[int, ObjectEvalInfo], out: _WorldMatches) -> None:
+def _assign_world(estimates: Sequence[PoseEstimate], gts: list[tuple[int, np.ndarray, list[float]]],
+                  objects: Mapping[int, ObjectEvalInfo], out: _WorldMatches, visib_min: float) -> None:
     """Greedy by score: each estimate takes the unassigned GT of its object with the smallest
     symmetry-aware max vertex displacement (MSSD); the closest equivalent is kept."""
     taken: set[int] = set()
@@ -338,13 +346,15 @@ def _assign_world(estimates: Sequence[PoseEstimate], gts: list[tuple[int, np.nda
         if info is None:
             continue
         best = None
-        for g, (obj_id, T_gt) in enumerate(gts):
+        for g, (obj_id, T_gt, _) in enumerate(gts):
             if obj_id != est.object_id or g in taken:
                 continue
             T_sym, cost = closest_symmetric_pose(est.T_world_object, T_gt, info.symmetries, info.hull)
             if best is None or cost < best[1]:
                 best = (g, cost, T_sym)
-        if best is not None:
+        if best is None:
+            out.unmatched_score.append(float(est.score))
+        else:
             taken.add(best[0])
             out.T_est.append(np.asarray(est.T_world_object, dtype=np.float64))
             out.covariance.append(np.asarray(est.covariance, dtype=np.float64))
@@ -352,6 +362,9 @@ def _assign_world(estimates: Sequence[PoseEstimate], gts: list[tuple[int, np.nda
             out.score.append(float(est.score))
             out.mssd_m.append(float(best[1]))
             out.diameter_m.append(float(info.diameter_m) if info.diameter_m else float("nan"))
+            visib = gts[best[0]][2]
+            out.views_visible.append(sum(v >= visib_min for v in visib))
+            out.visib_fract.append(max(visib) if visib else float("nan"))
 
 
 class _DetectionTally:
@@ -562,6 +575,7 @@ def evaluate(
         target_counts: dict[int, int] = {}
         for t in frame.targets:
             target_counts[t.obj_id] = target_counts.get(t.obj_id, 0) + t.inst_count
+        visib_by_image: dict[int, list[float]] = {}
         for im in frame.im_ids:
             cam = cams[im]
             gts = dataset.gts(frame.scene_id, im)
@@ -576,6 +590,7 @@ def evaluate(
                 if len(infos) != len(gts):
                     raise InvalidInputError(f"scene {frame.scene_id} image {im}: {len(gts)} GT but {len(infos)} GT infos")
                 gt_inst = [GtInstance(g.obj_id, g.T_camera_object, i.visib_fract) for g, i in zip(gts, infos)]
+                visib_by_image[im] = [g.visib_fract for g in gt_inst]
             if len(frame.im_ids) == 1:
                 im_targets = dict(target_counts)
             else:
@@ -601,7 +616,8 @@ def evaluate(
             scorer.add_image(cam.K, cam.width, cam.height, gt_inst, im_targets, im_ests, depth_test,
                              key=(frame.scene_id, im))
         if estimates:
-            _assign_world(estimates, _frame_gt_world(dataset, frame, set(obj_ids)), objects, world)
+            _assign_world(estimates, _frame_gt_world(dataset, frame, set(obj_ids), visib_by_image), objects, world,
+                          config.multiview_visib_min)
 
     summary = scorer.summary()
     if csv_path is not None:
@@ -611,6 +627,7 @@ def evaluate(
         d2 = mahalanobis_sq(pose_error_6d(T_est, T_gt), np.stack(world.covariance))
         coverage = coverage_from_mahalanobis(d2)
         d2_list = [float(v) for v in d2]
+        nll = [float(v) for v in gaussian_nll(d2, np.stack(world.covariance))]
         pose_errors = {
             "rotation_deg": _stats(metrics.rotation_error_deg(T_est, T_gt)),
             "translation_m": _stats(metrics.translation_error_m(T_est, T_gt)),
@@ -619,6 +636,7 @@ def evaluate(
     else:
         coverage = None
         d2_list = []
+        nll = []
         pose_errors = {"rotation_deg": _stats([]), "translation_m": _stats([]), "n": 0}
 
     return EvalResults(
@@ -642,7 +660,9 @@ def evaluate(
         covariance_coverage=coverage,
         covariance_coverage_n=len(world.T_est),
         covariance_d2=d2_list,
-        matched_estimates={"score": world.score, "mssd_m": world.mssd_m, "diameter_m": world.diameter_m},
+        matched_estimates={"score": world.score, "mssd_m": world.mssd_m, "diameter_m": world.diameter_m,
+                           "views_visible": world.views_visible, "visib_fract": world.visib_fract, "nll": nll,
+                           "unmatched_scores": world.unmatched_score},
         pose_errors=pose_errors,
         per_object={str(k): v for k, v in summary.per_object.items()},
         stages=dict(stages or {}),

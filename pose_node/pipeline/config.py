@@ -85,7 +85,8 @@ class PipelineConfig:
             refinement against all views) or ``association`` (association and fusion only).
         thresholds: defaults for every object (the node applies per-object overrides,
             :meth:`pose_node.ros.node_config.NodeConfig.thresholds_for`); read from a file,
-            ``pose_score`` defaults to the node's ``DEFAULT_PUBLISH_POSE_SCORE`` (0.3), not 0.
+            ``pose_score`` defaults to the node's calibrated per-mode threshold
+            (:func:`pose_node.ros.node_config.default_publish_pose_score`), not 0.
         max_proposals_per_view: proposals matched per view, highest proposal score first (0: no
             cap); see :class:`pose_node.detection.detector.DetectorConfig`.
         time_budget_ms: milliseconds per multi-view set before the pipeline degrades (fewer

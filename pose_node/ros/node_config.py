@@ -360,10 +360,24 @@ def _parse_cameras(value: Any) -> tuple[CameraConfig, ...]:
 
 _THRESHOLD_KEYS = ("detection_score", "pose_score", "max_position_std_m", "max_rotation_std_deg")
 # The node publishes a pose only when its score reaches this, unless pipeline.thresholds.pose_score
-# says otherwise. Refined poses that settled in a wrong minimum score 0.0-0.1, right ones 0.75-0.9
-# (README, the demo workcell); the library default (Thresholds.pose_score) stays 0 so that
-# evaluations see every estimate.
+# says otherwise: the calibrated per-mode threshold of the shipped refinement calibration
+# (``pose_score_threshold`` in models/refinement_effl0.json, fitted on the out-of-domain validation
+# split by pose_refinement_bench --calibrate-dataset so that published poses are right >= 95 % of
+# the time), else this. The library default (Thresholds.pose_score) stays 0 so that evaluations
+# see every estimate.
 DEFAULT_PUBLISH_POSE_SCORE = 0.3
+
+
+def default_publish_pose_score(mode: str, calibration: Path | None = None) -> float:
+    """The node's default ``pose_score`` for ``mode`` (comment above); ``calibration``: the json (None: the shipped one)."""
+    from pose_node.core.resources import shipped_file
+
+    path = calibration if calibration is not None else shipped_file("refinement_effl0.json")
+    try:
+        entry = json.loads(path.read_text()).get("pose_score_threshold", {}).get(mode, {})
+        return float(entry["threshold"]) if 0.0 <= float(entry.get("threshold", -1.0)) <= 1.0 else DEFAULT_PUBLISH_POSE_SCORE
+    except (OSError, ValueError, TypeError, AttributeError):
+        return DEFAULT_PUBLISH_POSE_SCORE
 
 
 def _threshold_values(value: Any, path: str) -> dict[str, float]:
@@ -382,10 +396,11 @@ def _parse_pipeline(value: Any) -> PipelineConfig:
                                                                     "max_proposals_per_view", "time_budget_ms"))
     defaults = PipelineConfig()
     raw_thresholds = section.raw("thresholds")
-    thresholds = Thresholds(**{"pose_score": DEFAULT_PUBLISH_POSE_SCORE,
+    mode = section.string("mode", defaults.mode, choices=MODES)
+    thresholds = Thresholds(**{"pose_score": default_publish_pose_score(mode),
                                **_threshold_values({} if raw_thresholds is None else raw_thresholds, "pipeline.thresholds")})
     return PipelineConfig(
-        mode=section.string("mode", defaults.mode, choices=MODES),
+        mode=mode,
         device=section.string("device", defaults.device, pattern=DEVICE_PATTERN, what="cpu, cuda or cuda:N"),
         backend=section.string("backend", defaults.backend, choices=BACKENDS),
         multiview=section.string("multiview", defaults.multiview, choices=MULTIVIEW_METHODS),

@@ -63,3 +63,27 @@ def test_in_domain_calibration_objects_are_never_test_objects(tmp_path):
     train_ids = ycb_ids_in(models, "train").object_ids
     copied = holdout_models_dir(models, tmp_path / "out", train_ids, folder="val")
     assert sorted(int(k) for k in json.loads((copied / "models_info.json").read_text())) == [1, 3]
+
+
+def test_every_object_id_has_its_split():
+    from pose_node.datasets.splits import split_of_object_id
+
+    assert split_of_object_id(2) == "test" and split_of_object_id(14) == "validation" and split_of_object_id(1) == "train"
+    for split, first in PROCEDURAL_FIRST_IDS.items():
+        assert split_of_object_id(first) == split and split_of_object_id(first + 999) == split
+    assert split_of_object_id(5000) is None  # a user's own object: no split governs it
+
+
+def test_out_of_domain_calibration_refuses_test_split_objects(tmp_path):
+    """pose_refinement_bench --calibrate-dataset stops before any evaluation when a set holds test-split objects."""
+    from pose_node.benchmark.refinement import calibrate
+    from pose_node.datasets.splits import check_no_test_objects
+    from pose_node.refinement.fusion import FusionConfig
+
+    check_no_test_objects([1, 14, PROCEDURAL_FIRST_IDS["validation"]], "calibrate")  # train + validation: fine
+    with pytest.raises(InvalidInputError, match=r"test-split objects \[2, 3000\]"):
+        check_no_test_objects([1, 2, PROCEDURAL_FIRST_IDS["test"]], "calibrate")
+    dataset = tmp_path / "ood_set"
+    _fake_ycb_dir(dataset / "models", [14, 15])  # 15 (fork) is a test object
+    with pytest.raises(InvalidInputError, match=r"calibrate on ood_val.*\[15\]"):
+        calibrate({"ood_val": dataset}, ["rgbd"], FusionConfig(), None, {})

@@ -91,3 +91,47 @@ def test_degenerate_covariances_count_as_outside():
     assert coverage_from_mahalanobis(d2) == {"68": 0.5, "95": 0.5, "99.7": 0.5}
     with pytest.raises(ValueError, match="covariances"):
         mahalanobis_sq(e, np.eye(6))
+
+
+def test_gaussian_nll_matches_scipy():
+    from scipy.stats import multivariate_normal
+
+    from pose_node.evaluation.calibration import gaussian_nll
+
+    rng = np.random.default_rng(3)
+    A = rng.normal(size=(4, 6, 6))
+    cov = A @ A.transpose(0, 2, 1) + 0.1 * np.eye(6)
+    e = rng.normal(size=(4, 6))
+    d2 = mahalanobis_sq(e, cov)
+    expected = [-multivariate_normal(np.zeros(6), c).logpdf(x) for x, c in zip(e, cov)]
+    np.testing.assert_allclose(gaussian_nll(d2, cov), expected, rtol=1e-9)
+    bad = cov.copy()
+    bad[0] = -np.eye(6)
+    assert np.isinf(gaussian_nll(mahalanobis_sq(e, bad), bad)[0])
+
+
+def test_coverage_by_bin_counts_each_bin_on_its_own():
+    from scipy.stats import chi2
+
+    from pose_node.evaluation.calibration import coverage_by_bin
+
+    inside, outside = 0.5 * chi2.ppf(0.6827, 6), 2.0 * chi2.ppf(0.9973, 6)
+    report = coverage_by_bin(np.array([inside, inside, outside, inside]), ["1 view", "1 view", "3+ views", "3+ views"])
+    assert report["1 view"] == {"n": 2, "68": 1.0, "95": 1.0, "99.7": 1.0}
+    assert report["3+ views"]["n"] == 2 and report["3+ views"]["95"] == 0.5
+    with pytest.raises(ValueError, match="bin labels"):
+        coverage_by_bin(np.zeros(3), ["a"])
+
+
+def test_score_threshold_reaches_the_precision_and_keeps_the_most_correct_poses():
+    from pose_node.evaluation.calibration import score_threshold_for_precision
+
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
+    correct = [True, True, True, False, True, True, False, False]
+    # Kept from the top: precisions 1, 1, 1, .75, .8, .83, .71, .63: at 0.8 precision the lowest is 0.4.
+    assert score_threshold_for_precision(scores, correct, 0.8) == pytest.approx((0.4, 5 / 6, 1.0))
+    assert score_threshold_for_precision(scores, correct, 0.95) == pytest.approx((0.7, 1.0, 0.6))
+    # Ties: a threshold keeps every estimate with that score, so a tie with a wrong pose cannot be split.
+    assert score_threshold_for_precision([0.9, 0.9], [True, False], 0.9)[0] > 0.9
+    threshold, precision, recall = score_threshold_for_precision([0.5], [False], 0.95)
+    assert threshold > 0.5 and np.isnan(precision) and recall == 0.0

@@ -15,7 +15,9 @@ from scipy.spatial.transform import Rotation
 from pose_node.core.errors import InvalidInputError
 from pose_node.onboarding.object_models import load_object_models
 from pose_node.pipeline.config import BACKENDS, MODES
-from pose_node.ros.node_config import DEPTH_ENCODINGS, MESH_UNITS, load_node_config, parse_node_config
+from pose_node.ros.node_config import (
+    DEFAULT_PUBLISH_POSE_SCORE, DEPTH_ENCODINGS, MESH_UNITS, default_publish_pose_score, load_node_config, parse_node_config,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "pose_node.yaml"
 DELETE = object()
@@ -113,8 +115,10 @@ def test_full_mapping_parses_with_paths_symmetries_and_thresholds(workdir):
     assert config.thresholds_for(1).detection_score == 0.6
     assert config.thresholds_for(10).detection_score == 0.45
     assert config.thresholds_for(1).max_position_std_m == 0.01
-    # Unset in the file: the node's publishing default, not the library's 0.
-    assert config.thresholds_for(1).pose_score == 0.3 and config.pipeline.thresholds.pose_score == 0.3
+    # Unset in the file: the node's calibrated publishing default for the mode, not the library's 0.
+    default = default_publish_pose_score(config.pipeline.mode)
+    assert 0.0 < default < 1.0
+    assert config.thresholds_for(1).pose_score == default and config.pipeline.thresholds.pose_score == default
     explicit = valid_mapping()
     explicit["pipeline"]["thresholds"]["pose_score"] = 0.0
     assert parse_node_config(explicit, base_dir=workdir).thresholds_for(1).pose_score == 0.0
@@ -299,3 +303,11 @@ def test_load_object_configs_reads_the_objects_of_a_whole_or_objects_only_file(w
     (workdir / "bad.yaml").write_text(yaml.safe_dump({"objects": bad["objects"]}))
     with pytest.raises(InvalidInputError, match=r"bad\.yaml: objects\[1\]\.units: expected one of m, cm, mm, in, got 'ft'"):
         load_object_configs(workdir / "bad.yaml")
+
+
+def test_default_pose_score_comes_from_the_calibration_file(tmp_path):
+    calibration = tmp_path / "refinement.json"
+    calibration.write_text(json.dumps({"pose_score_threshold": {"rgbd": {"threshold": 0.42}, "rgb": {"threshold": 7.0}}}))
+    assert default_publish_pose_score("rgbd", calibration) == 0.42
+    assert default_publish_pose_score("rgb", calibration) == DEFAULT_PUBLISH_POSE_SCORE  # out of [0, 1]: ignored
+    assert default_publish_pose_score("rgbd", tmp_path / "missing.json") == DEFAULT_PUBLISH_POSE_SCORE
