@@ -9,7 +9,7 @@ equations ``J^T W J`` (the inverse of which is the Laplace covariance the caller
 The cost hands back its normal equations ``(cost, J^T W J, J^T W r)`` rather than raw residuals and
 Jacobians: both of this package's costs fuse the products (PnP: one bmm over a stacked buffer; the
 multi-view alignment: per-point feature-gradient products contracted over channels before the pose
-Jacobian), which is several times faster than forming ``J`` and keeps their reduction order.
+Jacobian), which saves forming ``J`` (``M x 6`` per problem, M residuals) and keeps their reduction order.
 :func:`normal_equations` builds the system from residuals and Jacobians for a cost that has them.
 
 Pose step: the ROS convention of :mod:`pose_node.core.geometry`, ``delta = (dx, dy, dz, drot_x, drot_y,
