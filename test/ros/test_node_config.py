@@ -299,3 +299,19 @@ def test_load_object_configs_reads_the_objects_of_a_whole_or_objects_only_file(w
     (workdir / "bad.yaml").write_text(yaml.safe_dump({"objects": bad["objects"]}))
     with pytest.raises(InvalidInputError, match=r"bad\.yaml: objects\[1\]\.units: expected one of m, cm, mm, in, got 'ft'"):
         load_object_configs(workdir / "bad.yaml")
+
+
+def _node_mapping(pipeline: dict) -> dict:
+    return {"world_frame": "world", "cameras": {"cam0": {"color_topic": "/c/image", "camera_info_topic": "/c/info"}},
+            "objects": [{"procedural": {"seed": 0, "count": 1}}], "pipeline": {"mode": "rgb", **pipeline}}
+
+
+def test_pipeline_budget_keys():
+    config = parse_node_config(_node_mapping({"max_proposals_per_view": 20, "time_budget_ms": 150}), base_dir=".")
+    assert config.pipeline.max_proposals_per_view == 20 and config.pipeline.time_budget_ms == 150.0
+    defaults = parse_node_config(_node_mapping({}), base_dir=".").pipeline
+    assert (defaults.max_proposals_per_view, defaults.time_budget_ms) == (32, 0.0)
+    with pytest.raises(InvalidInputError, match="pipeline.max_proposals_per_view"):
+        parse_node_config(_node_mapping({"max_proposals_per_view": -1}), base_dir=".")
+    with pytest.raises(InvalidInputError, match="pipeline.time_budget_ms"):
+        parse_node_config(_node_mapping({"time_budget_ms": "fast"}), base_dir=".")
