@@ -42,7 +42,7 @@ FAST_PATHS = (
     "core/", "pipeline/", "datasets/", "test_layering.py", "correspondence/test_pnp.py", "training/test_pnp_cost.py",
     "refinement/test_association.py",
     "refinement/test_fusion.py", "ros/test_node_config.py", "evaluation/test_metrics.py", "evaluation/test_calibration.py",
-    "benchmark/test_bench_stats.py",
+    "benchmark/test_stats.py",
 )
 
 
