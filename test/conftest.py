@@ -39,9 +39,10 @@ TEST_DIR = Path(__file__).resolve().parent
 # pipeline's types and budget, PnP, association, fusion, metrics and the layering, about half a
 # minute on 2 cores. Marked by path, so a test added to these files or folders joins it.
 FAST_PATHS = (
-    "core/", "pipeline/", "datasets/", "test_layering.py", "correspondence/test_pnp.py", "refinement/test_association.py",
+    "core/", "pipeline/", "datasets/", "test_layering.py", "correspondence/test_pnp.py", "training/test_pnp_cost.py",
+    "refinement/test_association.py",
     "refinement/test_fusion.py", "ros/test_node_config.py", "evaluation/test_metrics.py", "evaluation/test_calibration.py",
-    "benchmark/test_bench_stats.py",
+    "benchmark/test_stats.py",
 )
 
 

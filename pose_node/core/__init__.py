@@ -1,4 +1,4 @@
-"""ROS-free core: the data model (cameras, views, objects, detections, poses), geometry, units and errors."""
+"""ROS-free core: the data model (cameras, views, objects, detections, poses), geometry, the shared solver, units and errors."""
 from pose_node.core.errors import InvalidInputError, MeshLoadError, PoseNodeError, StageUnavailableError
 from pose_node.core.geometry import COVARIANCE_ORDER, Pose
 from pose_node.core.onnx_session import OnnxSessionError

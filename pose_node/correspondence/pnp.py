@@ -10,7 +10,8 @@ correspondences, with the robust cost of EPro-PnP's ``AdaptiveHuberPnPCost``::
 
 so ``w2d`` is an inverse standard deviation in 1/pixels and ``cost`` is a negative log-likelihood
 (up to a constant). The solver minimises it with Gauss-Newton steps on the IRLS-Huber
-Hessian ``J^T W J`` and Marquardt damping; the covariance of the pose is the inverse of that
+Hessian ``J^T W J`` and Marquardt damping (the loop is the shared
+:func:`pose_node.core.least_squares.solve_damped_least_squares`; this module is the cost); the covariance of the pose is the inverse of that
 Hessian at the optimum (the Laplace approximation the Monte Carlo loss of
 :mod:`pose_node.training.amis` starts from).
 
@@ -37,7 +38,8 @@ import numpy as np
 import torch
 
 from pose_node.core.errors import InvalidInputError
-from pose_node.core.geometry import so3_exp
+from pose_node.core.geometry import Pose
+from pose_node.core.least_squares import DampedLeastSquaresOptions, NormalEquations, solve_damped_least_squares
 
 logger = logging.getLogger(__name__)
 
@@ -340,6 +342,16 @@ def pnp_residuals(
 # solver
 
 
+def _solver_options(config: PnPConfig) -> DampedLeastSquaresOptions:
+    """The PnP loop: unfinished problems only, a system at every candidate, an unchanged cost accepted,
+    a failed Cholesky factorisation rejected, the undamped diagonal scaled (no floor, no ridge)."""
+    return DampedLeastSquaresOptions(
+        max_iterations=config.max_iterations, lambda_init=config.lambda_init, lambda_max=config.lambda_max,
+        lambda_accept_factor=_LAMBDA_ACCEPT_FACTOR, lambda_reject_factor=_LAMBDA_REJECT_FACTOR,
+        linear_solver="cholesky", accept_equal_cost=True, stop_dt_m=config.stop_dt_m, stop_drot_rad=config.stop_drot_rad,
+        compact=True, linearize_candidates=True)
+
+
 def _empty_result(dtype, device) -> PnPResult:
     return PnPResult(
         T_camera_object=torch.zeros(0, 4, 4, dtype=dtype, device=device),
@@ -414,47 +426,14 @@ def solve_pnp(
     R = torch.where(start_ok[:, None, None], R, torch.eye(3, dtype=dt, device=device).expand(E, 3, 3))
     t = torch.where(start_ok[:, None], t, torch.zeros_like(t))
 
-    cost, Hs, g = _evaluate(R, t, problems, config.min_depth_m)
-    lam = torch.full((E,), config.lambda_init, dtype=dt, device=device)
-    iterations = torch.zeros(E, dtype=torch.long, device=device)
-    active = start_ok.clone()
-    eye6 = torch.eye(6, dtype=dt, device=device)
-    for _ in range(config.max_iterations):
-        idx = active.nonzero()[:, 0]
-        n_active = idx.numel()
-        if n_active == 0:
-            break
-        full = n_active == E
-        P = problems if full else problems.select(idx)
-        state = (R, t, cost, Hs, g, lam)
-        R_a, t_a, cost_a, H_a, g_a, lam_a = state if full else (v.index_select(0, idx) for v in state)
-        L, info = torch.linalg.cholesky_ex(H_a + lam_a[:, None, None] * (H_a * eye6))
-        step = -torch.cholesky_solve(g_a[..., None], L)[..., 0]
-        step_ok = (info == 0) & torch.isfinite(step).all(-1)
-        step = torch.where(step_ok[:, None], step, torch.zeros_like(step))
-        R_c = so3_exp(step[:, 3:]) @ R_a
-        t_c = t_a + step[:, :3]
-        cost_c, H_c, g_c = _evaluate(R_c, t_c, P, config.min_depth_m)
-        accept = step_ok & (cost_c <= cost_a)
-        small = ((step[:, :3].norm(dim=-1) < config.stop_dt_m)
-                 & (step[:, 3:].norm(dim=-1) < config.stop_drot_rad))
-        lam_a = torch.where(accept, lam_a * _LAMBDA_ACCEPT_FACTOR, lam_a * _LAMBDA_REJECT_FACTOR)
-        updates = (
-            (R, torch.where(accept[:, None, None], R_c, R_a)),
-            (t, torch.where(accept[:, None], t_c, t_a)),
-            (cost, torch.where(accept, cost_c, cost_a)),
-            (Hs, torch.where(accept[:, None, None], H_c, H_a)),
-            (g, torch.where(accept[:, None], g_c, g_a)),
-            (lam, lam_a),
-        )
-        for target, value in updates:
-            if full:
-                target.copy_(value)
-            else:
-                target.index_copy_(0, idx, value)
-        iterations.index_add_(0, idx, torch.ones_like(idx))
-        still = ~(accept & small) & (lam_a <= config.lambda_max)
-        active.index_copy_(0, idx, still)
+    def cost_fn(pose: Pose, index: torch.Tensor | None, with_system: bool) -> NormalEquations:
+        # The PnP system costs little more than its cost, so it is always built (with_system ignored).
+        cost, JtWJ, JtWr = _evaluate(pose.R, pose.t, problems if index is None else problems.select(index),
+                                     config.min_depth_m)
+        return NormalEquations(cost, JtWJ, JtWr)
+
+    solution = solve_damped_least_squares(cost_fn, Pose(R, t), _solver_options(config), active=start_ok)
+    R, t, cost, Hs, iterations = solution.pose.R, solution.pose.t, solution.cost, solution.JtWJ, solution.iterations
 
     # Per-hypothesis validity at the optimum, then the best hypothesis per element.
     L, info = torch.linalg.cholesky_ex(Hs)

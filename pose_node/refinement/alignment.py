@@ -18,7 +18,8 @@ observed map's spatial gradient (central differences, per pixel) with the projec
 ``J = dF/du @ du/dp_crop @ R_crop_world @ [I, -[R p_obj]x]``.
 
 Robust loss: Barron's general loss on the per-point residual norm (``alpha`` 1 ~ pseudo-Huber,
-0 ~ Cauchy), solved by iteratively reweighted least squares. LM damping follows AlignPose:
+0 ~ Cauchy), solved by iteratively reweighted least squares. The loop is the shared
+:func:`pose_node.core.least_squares.solve_damped_least_squares` (this module is the cost); its damping follows AlignPose:
 ``lambda`` starts at ``lambda_init``, divided by 10 after an accepted step and multiplied by 10
 after a rejected one; a problem stops when a step moves less than ``stop_dt_m`` and
 ``stop_drot_deg`` or lowers the cost by less than ``stop_relative_decrease``, when ``lambda`` exceeds ``lambda_max``, or after ``max_iterations``.
@@ -34,7 +35,13 @@ from dataclasses import dataclass
 import torch
 
 from pose_node.core.errors import InvalidInputError
-from pose_node.core.geometry import Pose, perturb_pose
+from pose_node.core.geometry import Pose
+from pose_node.core.least_squares import DampedLeastSquaresOptions, NormalEquations, solve_damped_least_squares
+
+
+_LAMBDA_MIN = 1e-9  # damping floor
+_DIAGONAL_FLOOR = 1e-9  # Hessian diagonal floor in the damping term (a direction without information)
+_RIDGE = 1e-12  # keeps the damped system invertible
 
 
 @dataclass(frozen=True)
@@ -323,6 +330,18 @@ class _Evaluator:
         return rd, wd, rho, ok.to(self.dtype)
 
 
+def _solver_options(config: AlignmentConfig) -> DampedLeastSquaresOptions:
+    """AlignPose's loop: the full batch with finished problems masked, only the cost at a candidate
+    (the features' Jacobian is the expensive part), a strict decrease to accept, lambda divided by 10
+    and floored at 1e-9, the diagonal floored at 1e-9 plus a 1e-12 ridge, an LU solve."""
+    return DampedLeastSquaresOptions(
+        max_iterations=config.max_iterations, lambda_init=config.lambda_init, lambda_max=config.lambda_max,
+        lambda_min=_LAMBDA_MIN, lambda_accept_divisor=10.0, lambda_reject_factor=10.0,
+        diagonal_floor=_DIAGONAL_FLOOR, ridge=_RIDGE, linear_solver="lu", accept_equal_cost=False,
+        stop_dt_m=config.stop_dt_m, stop_drot_rad=math.radians(config.stop_drot_deg),
+        stop_relative_decrease=config.stop_relative_decrease, compact=False, linearize_candidates=False)
+
+
 def align(problem: AlignmentProblem, T_init: torch.Tensor, config: AlignmentConfig = AlignmentConfig()) -> AlignmentResult:
     """Levenberg-Marquardt from ``T_init`` (module docstring).
 
@@ -338,32 +357,18 @@ def align(problem: AlignmentProblem, T_init: torch.Tensor, config: AlignmentConf
     if tuple(T_init.shape) != (B, 4, 4):
         raise InvalidInputError(f"T_init: expected ({B}, 4, 4), got {tuple(T_init.shape)}")
     evaluate = _Evaluator(problem, config)
-    T = T_init.double().clone()
-    lam = torch.full((B,), config.lambda_init, dtype=torch.float64, device=T.device)
-    done = torch.zeros(B, dtype=torch.bool, device=T.device)
-    iterations = torch.zeros(B, dtype=torch.long, device=T.device)
-    cost, n_points, H, g, *_ = evaluate(T, True)
-    stop_rot = math.radians(config.stop_drot_deg)
-    eye = torch.eye(6, dtype=torch.float64, device=T.device)
-    for _ in range(config.max_iterations):
-        if bool(done.all()):
-            break
-        diag = torch.diagonal(H, dim1=-2, dim2=-1).clamp_min(1e-9)
-        damped = H + lam[:, None, None] * torch.diag_embed(diag) + 1e-12 * eye
-        delta = -torch.linalg.solve(damped, g[..., None])[..., 0]
-        delta = torch.where(torch.isfinite(delta), delta, torch.zeros_like(delta))
-        T_new = perturb_pose(Pose.from_matrix(T), delta).matrix()
-        cost_new, _ = evaluate(T_new, False)
-        accept = (cost_new < cost) & ~done
-        iterations = iterations + (~done).long()
-        T = torch.where(accept[:, None, None], T_new, T)
-        lam = torch.where(accept, lam / 10.0, torch.where(done, lam, lam * 10.0)).clamp(1e-9, None)
-        small = (delta[:, :3].norm(dim=1) < config.stop_dt_m) & (delta[:, 3:].norm(dim=1) < stop_rot)
-        flat = cost - cost_new < config.stop_relative_decrease * cost.abs()
-        done = done | (accept & (small | flat)) | (lam > config.lambda_max)
-        if bool(accept.any()):
-            cost, n_points, H, g, *_ = evaluate(T, True)
+
+    def cost_fn(pose: Pose, index: torch.Tensor | None, with_system: bool) -> NormalEquations:
+        # masked (not compact) iteration: every call covers the whole batch, index is always None
+        if with_system:
+            cost, _, H, g, *_ = evaluate(pose.matrix(), True)
+            return NormalEquations(cost, H, g)
+        return NormalEquations(evaluate(pose.matrix(), False)[0])
+
+    solution = solve_damped_least_squares(cost_fn, Pose.from_matrix(T_init.double()), _solver_options(config))
+    T, iterations = solution.pose.matrix(), solution.iterations
     cost, n_points, H, g, sq_weighted, n_res, share, view_share = evaluate(T, True)
+    eye = torch.eye(6, dtype=torch.float64, device=T.device)
     sigma2 = sq_weighted / (n_res - 6.0).clamp_min(1.0)
     # A continuous symmetry leaves a direction without information: the tiny ridge keeps the
     # inverse finite and that direction's variance huge, which is what it should be.

@@ -13,7 +13,6 @@ from pose_node.core.errors import InvalidInputError
 from pose_node.core.types import Camera, Detection, PoseEstimate, View
 from pose_node.pipeline.budget import COUNT_KEYS, Degradation, StageLimits, TimeBudget, TimeBudgetConfig, latency_items
 from pose_node.pipeline.estimate import estimate_set, nominal_limits
-from pose_node.ros.node_config import parse_node_config
 
 NUM_VIEWS = 3
 PROPOSALS_FOUND = 40  # per view; the nominal cap is 32, the degraded one 16
@@ -207,19 +206,3 @@ def test_limits_and_validation():
             TimeBudgetConfig(**bad)
     with pytest.raises(InvalidInputError, match="num_hypotheses"):
         StageLimits(4, 0, 1, 1)
-
-
-def _node_mapping(pipeline: dict) -> dict:
-    return {"world_frame": "world", "cameras": {"cam0": {"color_topic": "/c/image", "camera_info_topic": "/c/info"}},
-            "objects": [{"procedural": {"seed": 0, "count": 1}}], "pipeline": {"mode": "rgb", **pipeline}}
-
-
-def test_node_config_keys():
-    config = parse_node_config(_node_mapping({"max_proposals_per_view": 20, "time_budget_ms": 150}), base_dir=".")
-    assert config.pipeline.max_proposals_per_view == 20 and config.pipeline.time_budget_ms == 150.0
-    defaults = parse_node_config(_node_mapping({}), base_dir=".").pipeline
-    assert (defaults.max_proposals_per_view, defaults.time_budget_ms) == (32, 0.0)
-    with pytest.raises(InvalidInputError, match="pipeline.max_proposals_per_view"):
-        parse_node_config(_node_mapping({"max_proposals_per_view": -1}), base_dir=".")
-    with pytest.raises(InvalidInputError, match="pipeline.time_budget_ms"):
-        parse_node_config(_node_mapping({"time_budget_ms": "fast"}), base_dir=".")

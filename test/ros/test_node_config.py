@@ -311,3 +311,19 @@ def test_default_pose_score_comes_from_the_calibration_file(tmp_path):
     assert default_publish_pose_score("rgbd", calibration) == 0.42
     assert default_publish_pose_score("rgb", calibration) == DEFAULT_PUBLISH_POSE_SCORE  # out of [0, 1]: ignored
     assert default_publish_pose_score("rgbd", tmp_path / "missing.json") == DEFAULT_PUBLISH_POSE_SCORE
+
+
+def _node_mapping(pipeline: dict) -> dict:
+    return {"world_frame": "world", "cameras": {"cam0": {"color_topic": "/c/image", "camera_info_topic": "/c/info"}},
+            "objects": [{"procedural": {"seed": 0, "count": 1}}], "pipeline": {"mode": "rgb", **pipeline}}
+
+
+def test_pipeline_budget_keys():
+    config = parse_node_config(_node_mapping({"max_proposals_per_view": 20, "time_budget_ms": 150}), base_dir=".")
+    assert config.pipeline.max_proposals_per_view == 20 and config.pipeline.time_budget_ms == 150.0
+    defaults = parse_node_config(_node_mapping({}), base_dir=".").pipeline
+    assert (defaults.max_proposals_per_view, defaults.time_budget_ms) == (32, 0.0)
+    with pytest.raises(InvalidInputError, match="pipeline.max_proposals_per_view"):
+        parse_node_config(_node_mapping({"max_proposals_per_view": -1}), base_dir=".")
+    with pytest.raises(InvalidInputError, match="pipeline.time_budget_ms"):
+        parse_node_config(_node_mapping({"time_budget_ms": "fast"}), base_dir=".")

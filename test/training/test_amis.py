@@ -3,28 +3,15 @@ import math
 
 import pytest
 import torch
+from helpers.pnp_scene import F64, make_scene
 
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.geometry import Pose, perturb_pose, so3_exp
-from pose_node.core.projection import project_points
 from pose_node.correspondence.pnp import PnPConfig, huber_delta, solve_pnp
 from pose_node.training.amis import _ACG, AmisConfig, monte_carlo_pose_loss
 
-F64 = torch.float64
 QUADRATIC = PnPConfig(huber_relative_delta=1e9)
 SO3_HAAR_LOG_VOLUME = math.log(8.0 * math.pi**2)  # volume of SO(3) in rotation-vector units
-
-
-def make_scene(B, N, seed):
-    """Object points in a 0.1 m cube, random rotation, 0.5-1 m in front of a 640x480 camera."""
-    g = torch.Generator().manual_seed(seed)
-    x3d = (torch.rand(B, N, 3, generator=g, dtype=F64) - 0.5) * 0.1
-    R = so3_exp(torch.randn(B, 3, generator=g, dtype=F64))
-    t = torch.cat([(torch.rand(B, 2, generator=g, dtype=F64) - 0.5) * 0.2,
-                   0.5 + 0.5 * torch.rand(B, 1, generator=g, dtype=F64)], -1)
-    K = torch.tensor([[600.0, 0.0, 320.0], [0.0, 600.0, 240.0], [0.0, 0.0, 1.0]], dtype=F64).expand(B, 3, 3).clone()
-    uv, _ = project_points(x3d, R, t, K)
-    return dict(x3d=x3d, uv=uv, K=K, T_gt=Pose(R, t).matrix(), R=R, t=t, g=g)
 
 
 def solve_and_loss(s, x2d, w2d, seed, config=PnPConfig(), amis=AmisConfig()):
