@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from pose_node.core.errors import InvalidInputError
-from pose_node.core.geometry import so3_exp
+from pose_node.core.geometry import so3_exp, so3_log
 from pose_node.core.types import ObjectModel
 from pose_node.refinement.association import closest_equivalent, rotation_angle_deg
 
@@ -62,6 +62,10 @@ class RegistrationConfig:
             the distance gate while that is larger).
         inlier_distance_m: an observed point fits when its distance to the model is below this.
         min_points: fewer segment points: no registration.
+        rotation_prior: weight of a pull back to the start's rotation, relative to the data's own
+            rotation information (``prior x sum of weights x (diameter / 4)^2``): negligible where
+            the geometry pins the rotation, decisive about an axis of (near) rotational symmetry,
+            where ICP would otherwise drift and lose what the start knew.
     """
 
     enabled: bool = True
@@ -76,6 +80,7 @@ class RegistrationConfig:
     robust_scale_m: float = 0.005
     inlier_distance_m: float = 0.005
     min_points: int = 30
+    rotation_prior: float = 0.01
 
     def __post_init__(self) -> None:
         if not 0 < self.trim_fraction <= 1 or self.segment_radius_diameters <= 0:
@@ -86,6 +91,8 @@ class RegistrationConfig:
                                     f"{self.iterations}, {self.translation_only_iterations}")
         if self.max_observed_points < 6 or self.model_points < 6 or self.min_points < 6:
             raise InvalidInputError("RegistrationConfig: max_observed_points, model_points and min_points must be >= 6")
+        if self.rotation_prior < 0:
+            raise InvalidInputError(f"RegistrationConfig.rotation_prior: expected >= 0, got {self.rotation_prior}")
         for name in ("gate_start_diameters", "gate_end_diameters", "robust_scale_m", "inlier_distance_m"):
             if not getattr(self, name) > 0:
                 raise InvalidInputError(f"RegistrationConfig.{name}: expected > 0, got {getattr(self, name)}")
@@ -275,6 +282,9 @@ def register(points_world: torch.Tensor, points_valid: torch.Tensor, model_point
     cfg = config
     ratio = (cfg.gate_end_diameters / cfg.gate_start_diameters) ** (1.0 / max(cfg.iterations - 1, 1))
     eye = torch.eye(6, dtype=torch.float64, device=dev)
+    R_start = T[:, :3, :3].clone()
+    rot_block = torch.zeros(6, 6, dtype=torch.float64, device=dev)
+    rot_block[3:, 3:] = torch.eye(3, dtype=torch.float64, device=dev)
     for it in range(cfg.iterations):
         x, n, dist = _correspondences(q, pm, nm, T)
         gate = dia * cfg.gate_start_diameters * ratio ** it
@@ -292,8 +302,12 @@ def register(points_world: torch.Tensor, points_valid: torch.Tensor, model_point
         wr = w / (1.0 + (r / scale) ** 2)
         J = torch.cat([n, torch.cross(x - centre[:, None], n, dim=-1)], -1)  # (B, N, 6)
         Jw = J * wr[..., None]
-        H = Jw.transpose(1, 2) @ J + 1e-9 * eye
+        # Prior: lam |log(R R_start^T) + dtheta|^2 keeps the rotation where the data say nothing.
+        lam = cfg.rotation_prior * wr.sum(1) * (dia / 4.0) ** 2
+        away = so3_log(T[:, :3, :3] @ R_start.transpose(-1, -2))
+        H = Jw.transpose(1, 2) @ J + lam[:, None, None] * rot_block + 1e-9 * eye
         g = (Jw * r[..., None]).sum(1)
+        g[:, 3:] = g[:, 3:] - lam[:, None] * away
         ok = w.sum(1) >= 6
         delta = torch.linalg.solve(H, g[..., None])[..., 0]
         delta = torch.where(ok[:, None] & torch.isfinite(delta).all(1, keepdim=True), delta, torch.zeros_like(delta))
