@@ -211,6 +211,17 @@ class MultiViewRefiner:
                                       with_depth))
         return out, timings
 
+    def verify(self, views: Sequence[View], candidate: Candidate, poses: Sequence[np.ndarray], with_depth: bool) -> VerificationScores:
+        """Render-and-compare scores of ``poses`` (B, each (4, 4)) of one candidate against the views
+        that see it (framed at the candidate's pose), as the refinement ranks its hypotheses.
+
+        Raises:
+            InvalidInputError: ``with_depth`` and a view without depth.
+        """
+        with_depth = with_depth and self.config.use_depth
+        obs = self.builder.observe(views, [candidate.object_id], [candidate.T_world_object], with_depth)
+        return self._verify(obs, [0] * len(poses), [candidate], [np.asarray(T, dtype=np.float64) for T in poses], with_depth)
+
     def _samples(self, object_id: int) -> SurfaceSamples:
         if object_id not in self._surface:
             self._surface[object_id] = sample_surface(self.models[object_id], self.config.registration.model_points)
