@@ -158,7 +158,7 @@ def evaluate_dataset(path: Path, name: str, mode: str, fusion_config: FusionConf
     rows.append(row("single view", name, mode, r, None))
     fusions = {}
     for method in methods:
-        fusions[method] = MultiViewFusion(models, replace(fusion_config, method=method))
+        fusions[method] = MultiViewFusion(models, variant_config(fusion_config, method))
         stage = FusedStage(single, fusions[method], with_depth=mode == "rgbd")
         r = run(path, TARGETS, config, estimator=stage)
         rows.append(row(method, name, mode, r, stage))
@@ -169,6 +169,27 @@ def evaluate_dataset(path: Path, name: str, mode: str, fusion_config: FusionConf
         r = run(path, TARGETS, config, estimator=stage)
         rows.append(row(f"refinement, extrinsics off {dt_m * 1e3:g} mm / {drot_deg:g} deg", name, mode, r, stage))
     return rows, raw
+
+
+#: Ablation rows of ``--ablation``: the refinement without the hypotheses' registration, without
+#: render-and-compare verification, and without both and the flip hypotheses (the refinement before them).
+ABLATIONS: tuple[str, ...] = ("refinement -registration", "refinement -verification", "refinement -registration -verification -flips")
+
+
+def variant_config(fusion_config: FusionConfig, method: str) -> FusionConfig:
+    """The fusion config of a row: ``association``, ``refinement`` or one of :data:`ABLATIONS`."""
+    base, *removed = method.split(" -")
+    refinement = fusion_config.refinement
+    for part in removed:
+        if part == "registration":
+            refinement = replace(refinement, registration=replace(refinement.registration, enabled=False))
+        elif part == "verification":
+            refinement = replace(refinement, verification=replace(refinement.verification, enabled=False))
+        elif part == "flips":
+            refinement = replace(refinement, flip_hypotheses=False)
+        else:
+            raise ValueError(f"unknown ablation {part!r} in {method!r}")
+    return replace(fusion_config, method=base, refinement=refinement)
 
 
 SCORE_EXPONENTS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
@@ -247,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="extrinsic errors to test, e.g. 2/0.2 5/0.5 (procedural, refinement)")
     parser.add_argument("--crop-size", type=int, default=None, help="refinement crop side, pixels (default: CropConfig's)")
     parser.add_argument("--max-points", type=int, default=None, help="refinement points per view (default: CropConfig's)")
+    parser.add_argument("--ablation", action="store_true", help="also the refinement without registration, verification, both")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=Path("out/bench_refinement.json"))
@@ -292,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in datasets.items():
         for mode in args.modes:
             sens = [(mm / 1e3, deg) for mm, deg in sensitivity] if name == "procedural" else []
-            rows += evaluate_dataset(path, name, mode, fusion_config, args.max_targets, ["association", "refinement"], sens)[0]
+            methods = ["association", "refinement"] + (list(ABLATIONS) if args.ablation else [])
+            rows += evaluate_dataset(path, name, mode, fusion_config, args.max_targets, methods, sens)[0]
     table = format_table(rows)
     print(table)
     result = {"rows": rows, "covariance_scale": scales, "covariance_score_exponent": exponents, "seconds": time.perf_counter() - started, "threads": args.threads,
