@@ -123,6 +123,9 @@ class MultiViewRefiner:
         self.config = config
         self.builder = ProblemBuilder(self.models, renderer, backbone, config.crops)
         self._surface: dict[int, SurfaceSamples] = {}
+        #: When a list, each refine call appends one dict per refined estimate with its score's terms
+        #: (for calibrating the score on validation data; None: nothing is recorded).
+        self.score_terms: list[dict] | None = None
 
     def refine(self, views: Sequence[View], candidates: Sequence[Candidate], with_depth: bool, *,
                max_starts: int | None = None, rounds: int | None = None) -> tuple[list[PoseEstimate], dict[str, float]]:
@@ -167,6 +170,8 @@ class MultiViewRefiner:
             t1 = time.perf_counter()
             scores = self._verify(obs, start_owner, candidates, list(res.T_world_object.numpy()), with_depth)
             verified = combined_score(agreement, scores, cfg.verification, with_depth).cpu()
+        else:
+            scores = None
             timings["refinement_verify"] = timings.get("refinement_verify", 0.0) + (time.perf_counter() - t1) * 1e3
         rank = torch.where(res.valid, -costs if verified is None else verified, torch.full_like(costs, -math.inf))
         winners: dict[int, int] = {}
@@ -209,6 +214,13 @@ class MultiViewRefiner:
             score = float(agreement[winners[c]]) if verified is None else float(verified[winners[c]])
             out.append(self._estimate(c, cand, final[c], res, start_owner, costs, winners[c], score, obs.slots[c], len(out),
                                       with_depth))
+            if self.score_terms is not None:
+                b = winners[c]
+                terms = {"score": out[-1].score, "feature": float(agreement[b]), "views": len(obs.slots[c]),
+                         "starts": start_owner.count(c), "hypotheses": len(hypotheses[c]), "object_id": cand.object_id}
+                if scores is not None:
+                    terms.update({k: float(getattr(scores, k)[b]) for k in ("depth", "silhouette", "appearance", "visible")})
+                self.score_terms.append(terms)
         return out, timings
 
     def verify(self, views: Sequence[View], candidate: Candidate, poses: Sequence[np.ndarray], with_depth: bool) -> VerificationScores:
