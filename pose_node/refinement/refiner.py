@@ -44,7 +44,8 @@ from pose_node.refinement.registration import (
     RegistrationConfig, SurfaceSamples, distinct_poses, flip_transforms, observed_segment, register, registration_starts, sample_surface,
 )
 from pose_node.refinement.verification import (
-    VerificationConfig, VerificationScores, combined_score, compare, gray, render_pairs, segment_masks,
+    VerificationConfig, VerificationScores, combined_score, compare, downsampled, gray, render_pairs, scaled_crop_intrinsics,
+    segment_masks,
 )
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,8 @@ class MultiViewRefiner:
         self.config = config
         self.builder = ProblemBuilder(self.models, renderer, backbone, config.crops)
         self._surface: dict[int, SurfaceSamples] = {}
+        self._small_renderer = None
+        self._small_handles: dict[int, int] = {}
         #: When a list, each refine call appends one dict per refined estimate with its score's terms
         #: (for calibrating the score on validation data; None: nothing is recorded).
         self.score_terms: list[dict] | None = None
@@ -331,23 +334,51 @@ class MultiViewRefiner:
                 with_depth: bool) -> VerificationScores:
         """Render-and-compare scores of hypotheses (``owners[b]``: the candidate of ``poses[b]``)."""
         vc = self.config.verification
+        S = self.config.crops.size_px
+        renderer = self._verification_renderer()
+        factor = S // renderer.width
         ids = [candidates[c].object_id for c in owners]
-        pairs, depth_r, rgb_r = render_pairs(self.builder, obs, owners, ids, poses)
+        pairs = [(b, obs.slot_offset[c] + k) for b, c in enumerate(owners) for k in range(len(obs.slots[c]))]
+        depth_r, rgb_r = render_pairs(renderer, self._verification_handle, obs, pairs, ids, poses, S)
         dev = self.builder.device
         slots = torch.tensor([m for _, m in pairs], dtype=torch.long)
         owner = torch.tensor([b for b, _ in pairs], dtype=torch.long, device=dev)
         diameters = torch.tensor([self.models[ids[b]].diameter_m for b, _ in pairs], dtype=torch.float64)
         tolerance = torch.clamp(vc.depth_tolerance_diameters * diameters, min=vc.depth_tolerance_m)
+        observed_gray = downsampled(gray(obs.rgb[slots.numpy()]), factor, "mean")
         observed_depth = segment = None
         if with_depth and obs.depth is not None:
-            observed_depth = obs.depth[slots.to(obs.depth.device)]
+            observed_depth = downsampled(obs.depth[slots.to(obs.depth.device)], factor, "nearest")
             centres = torch.from_numpy(np.stack([self._centre(candidates[owners[b]]) for b, _ in pairs])) if pairs else \
                 torch.zeros(0, 3, dtype=torch.float64)
-            segment = segment_masks(observed_depth, obs.K_crop[slots], obs.T_crop_world[slots], centres,
+            K_small = torch.from_numpy(scaled_crop_intrinsics(obs.K_crop[slots].numpy(), S, renderer.width))
+            segment = segment_masks(observed_depth, K_small, obs.T_crop_world[slots], centres,
                                     vc.segment_radius_diameters * diameters).to(dev)
             observed_depth = observed_depth.to(dev)
-        return compare(torch.from_numpy(depth_r).to(dev), gray(rgb_r).to(dev), observed_depth, gray(obs.rgb[slots.numpy()]).to(dev),
+        return compare(torch.from_numpy(depth_r).to(dev), gray(rgb_r).to(dev), observed_depth, observed_gray.to(dev),
                        segment, owner, len(owners), tolerance.to(dev), vc.appearance_floor)
+
+    def _verification_renderer(self):
+        """A renderer of ``verification.render_size_px`` (created on first use, in the refining thread,
+        with the refinement renderer's settings); the refinement's own when the sizes agree."""
+        size = self.config.verification.render_size_px
+        main = self.builder.renderer
+        if size == main.width:
+            return main
+        if self._small_renderer is None:
+            if self.config.crops.size_px % size:
+                raise InvalidInputError(f"VerificationConfig.render_size_px {size} must divide CropConfig.size_px "
+                                        f"{self.config.crops.size_px}")
+            self._small_renderer = type(main)(size, size, main.settings)
+        return self._small_renderer
+
+    def _verification_handle(self, object_id: int) -> int:
+        renderer = self._verification_renderer()
+        if renderer is self.builder.renderer:
+            return self.builder.handle(object_id)
+        if object_id not in self._small_handles:
+            self._small_handles[object_id] = renderer.add_object(self.models[object_id])
+        return self._small_handles[object_id]
 
     def _align(self, obs, owners: list[int], candidates: Sequence[Candidate], T: list[np.ndarray], masks, timings):
         t0 = time.perf_counter()

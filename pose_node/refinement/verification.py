@@ -49,6 +49,9 @@ class VerificationConfig:
             (appearance alone never rules a hypothesis out: lighting can defeat it).
         feature_exponent, depth_exponent, silhouette_exponent, appearance_exponent: the published
             score is the product of the terms raised to these powers (0: term unused).
+        render_size_px: hypotheses are rendered and compared on this grid (the crops' side divided
+            by a whole number): a quarter of the pixels of the 128-pixel crops costs a quarter of
+            the render and readback, and silhouettes and depth need no finer grid.
     """
 
     enabled: bool = True
@@ -60,8 +63,11 @@ class VerificationConfig:
     depth_exponent: float = 1.0
     silhouette_exponent: float = 0.5
     appearance_exponent: float = 0.0
+    render_size_px: int = 64
 
     def __post_init__(self) -> None:
+        if self.render_size_px < 16:
+            raise InvalidInputError(f"VerificationConfig.render_size_px: expected >= 16, got {self.render_size_px}")
         if not (self.depth_tolerance_m > 0 and self.depth_tolerance_diameters >= 0 and self.segment_radius_diameters > 0):
             raise InvalidInputError("VerificationConfig: need depth_tolerance_m > 0, depth_tolerance_diameters >= 0 and "
                                     f"segment_radius_diameters > 0, got {self.depth_tolerance_m}, {self.depth_tolerance_diameters}, "
@@ -194,35 +200,64 @@ def gray(rgb: np.ndarray) -> torch.Tensor:
     return (x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114) / 255.0
 
 
-def render_pairs(builder, obs, owners: Sequence[int], object_ids: Sequence[int], T_world_object: Sequence[np.ndarray]
-                 ) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray]:
-    """Render each hypothesis (depth and colour) in every crop of its candidate.
+def scaled_crop_intrinsics(K_crop: np.ndarray, crop_px: int, size_px: int) -> np.ndarray:
+    """Intrinsics of the same crop camera on a ``size_px`` grid instead of ``crop_px`` (pixel centres
+    at integers: ``u' = (u + 0.5) s - 0.5`` with ``s = size_px / crop_px``).
 
     Args:
-        builder: the refiner's :class:`~pose_node.refinement.problem.ProblemBuilder` (renderer, handles).
-        obs: its :class:`~pose_node.refinement.problem.Observations`.
-        owners: per hypothesis, its candidate. object_ids: per hypothesis. T_world_object: per hypothesis (4, 4).
-    Returns:
-        pairs (hypothesis, slot), rendered depth (P, S, S) float32 and rgb (P, S, S, 3) uint8.
+        K_crop: (..., 3, 3).
     """
-    S = builder.config.size_px
-    pairs = [(b, obs.slot_offset[c] + k) for b, c in enumerate(owners) for k in range(len(obs.slots[c]))]
+    s = size_px / crop_px
+    K = np.array(K_crop, dtype=np.float64, copy=True)
+    K[..., 0, 0] *= s
+    K[..., 1, 1] *= s
+    K[..., 0, 2] = (K[..., 0, 2] + 0.5) * s - 0.5
+    K[..., 1, 2] = (K[..., 1, 2] + 0.5) * s - 0.5
+    return K
+
+
+def downsampled(observed: torch.Tensor, factor: int, mode: str) -> torch.Tensor:
+    """(M, S, S) -> (M, S / f, S / f): ``nearest`` (depth: no mixing across depth edges; the pixel
+    at the low-resolution pixel's centre, rounded down) or ``mean`` (grey values)."""
+    if factor == 1:
+        return observed
+    if mode == "nearest":
+        return observed[:, factor // 2::factor, factor // 2::factor].contiguous()
+    return torch.nn.functional.avg_pool2d(observed[:, None], factor)[:, 0]
+
+
+def render_pairs(renderer, handle, obs, pairs: Sequence[tuple[int, int]], object_ids: Sequence[int],
+                 T_world_object: Sequence[np.ndarray], crop_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """Render hypotheses (depth and colour) in crop cameras, on ``renderer``'s (smaller) grid.
+
+    Args:
+        renderer: a square :class:`~pose_node.render.renderer.Renderer`. handle: object id -> its handle there.
+        obs: the refinement's :class:`~pose_node.refinement.problem.Observations` (crops of ``crop_px``).
+        pairs: (hypothesis, slot) to render. object_ids, T_world_object: per hypothesis.
+    Returns:
+        depth (P, s, s) float32 metres (0: background) and rgb (P, s, s, 3) uint8.
+    """
+    size = renderer.width
     P = len(pairs)
-    depth = np.zeros((P, S, S), np.float32)
-    rgb = np.zeros((P, S, S, 3), np.uint8)
+    depth = np.zeros((P, size, size), np.float32)
+    rgb = np.zeros((P, size, size, 3), np.uint8)
     by_object: dict[int, list[int]] = {}
     for p, (b, _) in enumerate(pairs):
         by_object.setdefault(int(object_ids[b]), []).append(p)
-    K = obs.K_crop.numpy()
+    K = scaled_crop_intrinsics(obs.K_crop.numpy(), crop_px, size)
     T_cw = obs.T_crop_world.numpy()
-    light_cam = np.asarray(builder.renderer.settings.light_dir_cam, dtype=np.float64)
+    light_cam = np.asarray(renderer.settings.light_dir_cam, dtype=np.float64)
     for obj, ps in by_object.items():
         ms = [pairs[p][1] for p in ps]
         T_co = np.stack([T_cw[m] @ np.asarray(T_world_object[pairs[p][0]], dtype=np.float64) for p, m in zip(ps, ms)])[:, None]
+        # The light follows the view's camera, as in the refinement's renders.
         light = np.einsum("mji,j->mi", obs.R_camera_crop[ms], light_cam)
-        out = builder.renderer.render(K[ms], T_co, [builder.handle(obj)], outputs=("rgb", "depth"), light_dir_cam=light)
+        out = renderer.render(K[ms], T_co, [handle(obj)], outputs=("rgb", "depth"), light_dir_cam=light)
         depth[ps], rgb[ps] = out.depth, out.rgb
-    return pairs, depth, rgb
+    return depth, rgb
 
 
-__all__ = ["VerificationConfig", "VerificationScores", "combined_score", "compare", "gray", "render_pairs", "segment_masks"]
+__all__ = [
+    "VerificationConfig", "VerificationScores", "combined_score", "compare", "downsampled", "gray", "render_pairs",
+    "scaled_crop_intrinsics", "segment_masks",
+]

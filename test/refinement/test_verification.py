@@ -91,3 +91,18 @@ def test_bad_input_raises():
                 torch.ones(2), 0.5)
     with pytest.raises(InvalidInputError, match="appearance_floor"):
         VerificationConfig(appearance_floor=1.5)
+
+
+def test_scaled_intrinsics_keep_the_pixel_centre_rule_and_downsampling():
+    from pose_node.core.crop import crop_intrinsics
+    from pose_node.refinement.verification import downsampled, scaled_crop_intrinsics
+
+    K = crop_intrinsics(np.array([300.0]), 128)[0]
+    K_small = scaled_crop_intrinsics(K, 128, 64)
+    np.testing.assert_allclose(K_small, crop_intrinsics(np.array([150.0]), 64)[0])
+    p = np.array([0.03, -0.02, 0.5])
+    u, u_small = K @ p / p[2], K_small @ p / p[2]
+    np.testing.assert_allclose(u_small[:2], (u[:2] + 0.5) * 0.5 - 0.5)
+    x = torch.arange(16.0).reshape(1, 4, 4)
+    assert downsampled(x, 2, "nearest").tolist() == [[[5.0, 7.0], [13.0, 15.0]]]
+    assert downsampled(x, 2, "mean").tolist() == [[[2.5, 4.5], [10.5, 12.5]]]
