@@ -167,15 +167,13 @@ class MultiViewRefiner:
         res = self._align(obs, start_owner, candidates, start_T, None, timings)
         costs = torch.where(res.valid, res.mean_cost, torch.full_like(res.mean_cost, math.inf))
         agreement = torch.stack([res.view_inlier_share[b, :len(obs.slots[c])].mean() for b, c in enumerate(start_owner)])
-        verified = None
+        verified = scores = None
         if cfg.verification.enabled:
             # Rank the aligned starts again: feature agreement x render-and-compare at the solutions.
             t1 = time.perf_counter()
             scores = self._verify(obs, start_owner, candidates, list(res.T_world_object.numpy()), with_depth)
             verified = combined_score(agreement, scores, cfg.verification, with_depth).cpu()
-        else:
-            scores = None
-            timings["refinement_verify"] = timings.get("refinement_verify", 0.0) + (time.perf_counter() - t1) * 1e3
+            timings["refinement_verify"] += (time.perf_counter() - t1) * 1e3
         rank = torch.where(res.valid, -costs if verified is None else verified, torch.full_like(costs, -math.inf))
         winners: dict[int, int] = {}
         for b, c in enumerate(start_owner):

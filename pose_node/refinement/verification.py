@@ -59,10 +59,13 @@ class VerificationConfig:
     depth_tolerance_diameters: float = 0.03
     segment_radius_diameters: float = 0.6
     appearance_floor: float = 0.5
-    feature_exponent: float = 1.0
-    depth_exponent: float = 1.0
+    # Chosen on the out-of-domain validation split (ood_val, 25 RGB-D / 23 RGB matched estimates):
+    # the features' agreement drops on photoreal images even for right poses, depth and appearance
+    # much less, so they carry more of the score (AUROC 0.98 RGB-D, 1.00 RGB there).
+    feature_exponent: float = 0.5
+    depth_exponent: float = 2.0
     silhouette_exponent: float = 0.5
-    appearance_exponent: float = 0.0
+    appearance_exponent: float = 1.0
     render_size_px: int = 64
 
     def __post_init__(self) -> None:

@@ -81,8 +81,9 @@ def test_occlusion_is_not_a_mismatch_and_background_behind_is():
     # Pooled by pixel counts: two views of one hypothesis.
     p = compare(rendered, gray, observed, gray, segment, torch.tensor([0, 0]), 1, torch.full((2,), 0.01), 0.5)
     assert torch.isclose(p.depth[0], torch.tensor(8.0 / 24.0, dtype=torch.float64))
-    score = combined_score(torch.tensor([0.8, 0.8]), s, VerificationConfig(), True)
-    assert score[0] == pytest.approx(0.8) and score[1] == 0.0
+    config = VerificationConfig()
+    score = combined_score(torch.tensor([0.8, 0.8]), s, config, True)
+    assert score[0] == pytest.approx(0.8 ** config.feature_exponent) and score[1] == 0.0
 
 
 def test_bad_input_raises():
