@@ -3,23 +3,34 @@
 Per frame (everything batched over objects, starts and views):
 
 1. **Observe** each candidate in every view that sees it (crop, features, depth), once.
-2. **Starts.** The candidate's associated pose plus up to ``max_starts - 1`` alternatives (single-
-   view hypotheses of the same instance with another rotation, e.g. a flip). Each start is
-   rendered and aligned for one round; the start whose render explains the views best (lowest
-   robust cost per point) wins. This is where a flip seen by one view is outvoted by the others.
-3. **Rounds.** The winner is re-rendered at its new pose and aligned again while it still moves
+2. **Hypotheses.** The candidate's associated pose; in RGB-D its model registered to the
+   observed depth segment of all views (:mod:`~pose_node.refinement.registration`, from the pose
+   and its principal-axis flips); the alternatives (single-view hypotheses of the same instance
+   with another rotation); and the associated pose's 180-degree flips about the model's principal
+   axes (``flip_hypotheses``, RGB too: they keep the silhouette, so the single-view stage confuses
+   them most). Near-duplicates after symmetry are dropped.
+3. **Starts.** With ``verification`` on, every hypothesis is rendered in every view that should
+   see it and compared with the observation (:mod:`~pose_node.refinement.verification`: depth
+   agreement with occlusion, silhouette against the depth segment, grey-value correlation); the
+   ``max_starts`` best (in RGB the associated pose and the best others) are aligned for one round
+   and verified again at their solutions; the highest combined score (feature agreement x the
+   render-and-compare terms) wins. Without it, the first ``max_starts`` are aligned and the lowest
+   robust cost per point wins. This is where a flip seen by one view is outvoted by the others.
+4. **Rounds.** The winner is re-rendered at its new pose and aligned again while it still moves
    more than ``rerender_dt_m`` / ``rerender_drot_deg`` (at most ``rounds`` in all). From the second
    round on, a view whose points mostly disagree with the render (occluded, wrong extrinsics,
    another object) is left out.
-4. **Covariance** ``covariance_scale x score^-k x sigma^2 (J^T W J)^-1`` at the final pose
-   (score: step 5; a worse fit is wrong by more than its Hessian says), moment-matched with
+5. **Covariance** ``covariance_scale x score^-k x sigma^2 (J^T W J)^-1`` at the final pose
+   (score: step 6; a worse fit is wrong by more than its Hessian says), moment-matched with
    the other starts' solutions weighted by ``exp(-hypothesis_sharpness x cost difference)``, so
-   doubt between a pose and its flip widens it (as the single-view stage does). The scale and k
+   doubt between a pose and its flip widens it (as the single-view stage does; starts below
+   ``mixture_min_weight`` are left out). The scale and k
    are calibrated per mode on validation workcells (``pose_refinement_bench --calibrate``).
-5. **Score** in [0, 1]: the share of points whose features agree with the observation (residual
+6. **Score** in [0, 1]: the share of points whose features agree with the observation (residual
    below ``alignment.inlier_threshold``), averaged over every view that should see the object
-   (first round, before views are dropped), times the winner's mixture weight.
-6. **Symmetric objects** are reported as the symmetric equivalent whose rotation is closest to the
+   (first round, before views are dropped), with ``verification`` on times the render-and-compare
+   terms (:func:`~pose_node.refinement.verification.combined_score`), times the winner's mixture weight.
+7. **Symmetric objects** are reported as the symmetric equivalent whose rotation is closest to the
    world frame's axes (a canonical choice, the same for every frame); the pipeline's tracker then
    keeps the equivalent closest to the previous frame's.
 """
@@ -61,7 +72,7 @@ class RefinementConfig:
     Attributes:
         crops: crop cameras, features and points.
         alignment: the LM solver.
-        max_starts: start poses per candidate (the associated pose and alternatives).
+        max_starts: hypotheses per candidate aligned (module docstring, 3).
         rounds: render + align rounds of the winning start (>= 1).
         rerender_dt_m, rerender_drot_deg: another round only if the last one moved more.
         min_view_inlier_share: after the first round, views whose points agree less are dropped.
