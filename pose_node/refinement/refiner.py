@@ -332,6 +332,8 @@ class MultiViewRefiner:
         for c in hypotheses:
             mine = [b for b, o in enumerate(owners) if o == c]
             order = sorted(mine, key=lambda b: (-float(prior[b]), b))
+            best = float(prior[order[0]])
+            order = [b for b in order if float(prior[b]) >= self.config.verification.keep_within * best]
             if not with_depth:
                 order = [mine[0]] + [b for b in order if b != mine[0]]
             for b in sorted(order[:max_starts]):

@@ -49,6 +49,9 @@ class VerificationConfig:
             (appearance alone never rules a hypothesis out: lighting can defeat it).
         feature_exponent, depth_exponent, silhouette_exponent, appearance_exponent: the published
             score is the product of the terms raised to these powers (0: term unused).
+        keep_within: only hypotheses whose prior is at least this share of the candidate's best
+            are aligned (at most ``max_starts`` of them): a flip the views plainly reject is not
+            worth a render of features and an alignment.
         render_size_px: hypotheses are rendered and compared on this grid (the crops' side divided
             by a whole number): a quarter of the pixels of the 128-pixel crops costs a quarter of
             the render and readback, and silhouettes and depth need no finer grid.
@@ -67,8 +70,11 @@ class VerificationConfig:
     silhouette_exponent: float = 0.5
     appearance_exponent: float = 1.0
     render_size_px: int = 64
+    keep_within: float = 0.5
 
     def __post_init__(self) -> None:
+        if not 0 <= self.keep_within <= 1:
+            raise InvalidInputError(f"VerificationConfig.keep_within: expected [0, 1], got {self.keep_within}")
         if self.render_size_px < 16:
             raise InvalidInputError(f"VerificationConfig.render_size_px: expected >= 16, got {self.render_size_px}")
         if not (self.depth_tolerance_m > 0 and self.depth_tolerance_diameters >= 0 and self.segment_radius_diameters > 0):
