@@ -49,7 +49,7 @@ from pose_node.core.errors import InvalidInputError
 from pose_node.core.geometry import Pose, pose_difference
 from pose_node.core.types import ObjectModel, PoseEstimate, View
 from pose_node.refinement.alignment import AlignmentConfig, align
-from pose_node.refinement.association import Candidate, closest_equivalent, equivalent_with_covariance, rotation_angle_deg
+from pose_node.refinement.association import Candidate, closest_equivalent, equivalent_with_covariance
 from pose_node.refinement.problem import CropConfig, ProblemBuilder
 from pose_node.refinement.registration import (
     RegistrationConfig, SurfaceSamples, distinct_poses, flip_transforms, observed_segment, register, registration_starts, sample_surface,
