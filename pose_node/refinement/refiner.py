@@ -290,7 +290,7 @@ class MultiViewRefiner:
             if len(pts) < rc.min_points:
                 continue
             clouds[c] = pts
-            for T in registration_starts(cand.T_world_object, self._samples(cand.object_id), model.symmetries):
+            for T in registration_starts(cand.T_world_object, self._samples(cand.object_id), model.symmetries, rc.all_cube_rotations):
                 owners.append(c)
                 starts.append(T)
         if not owners:
@@ -312,7 +312,7 @@ class MultiViewRefiner:
         for b, c in enumerate(owners):
             if bool(res.valid[b]):
                 out.setdefault(c, []).append((float(res.fitness[b]), res.T_world_object[b].cpu().numpy()))
-        return {c: [T for _, T in sorted(v, key=lambda x: -x[0])] for c, v in out.items()}
+        return {c: [T for _, T in sorted(v, key=lambda x: -x[0])][:rc.max_results] for c, v in out.items()}
 
     def _select(self, obs, candidates: Sequence[Candidate], hypotheses: dict[int, list[np.ndarray]], max_starts: int,
                 with_depth: bool, timings) -> tuple[list[int], list[np.ndarray]]:

@@ -66,6 +66,8 @@ class RegistrationConfig:
             rotation information (``prior x sum of weights x (diameter / 4)^2``): negligible where
             the geometry pins the rotation, decisive about an axis of (near) rotational symmetry,
             where ICP would otherwise drift and lose what the start knew.
+        all_cube_rotations: start from all 24 turns of the principal-axis cube, not only the flips.
+        max_results: at most this many registered poses per candidate become hypotheses (best fit first).
     """
 
     enabled: bool = True
@@ -81,6 +83,8 @@ class RegistrationConfig:
     inlier_distance_m: float = 0.005
     min_points: int = 30
     rotation_prior: float = 0.01
+    all_cube_rotations: bool = False
+    max_results: int = 4
 
     def __post_init__(self) -> None:
         if not 0 < self.trim_fraction <= 1 or self.segment_radius_diameters <= 0:
@@ -183,10 +187,37 @@ def distinct_poses(poses: Sequence[np.ndarray], symmetries: np.ndarray, min_rota
     return kept
 
 
-def registration_starts(T_world_object: np.ndarray, samples: SurfaceSamples, symmetries: np.ndarray) -> list[np.ndarray]:
-    """The candidate's pose and its flips about the principal axes, one per symmetric equivalence class."""
+def cube_rotations(samples: SurfaceSamples) -> np.ndarray:
+    """The 24 rotations of a cube aligned with the principal axes, about the centroid
+    (``T_obj_objrot``; identity first, the three principal-axis flips among them).
+
+    Returns:
+        (24, 4, 4).
+    """
+    mats = []
+    for perm in ((0, 1, 2), (1, 2, 0), (2, 0, 1), (1, 0, 2), (0, 2, 1), (2, 1, 0)):
+        for signs in ((1, 1, 1), (1, -1, -1), (-1, 1, -1), (-1, -1, 1), (-1, 1, 1), (1, -1, 1), (1, 1, -1), (-1, -1, -1)):
+            G = np.zeros((3, 3))
+            G[range(3), perm] = signs
+            if np.linalg.det(G) > 0:
+                mats.append(G)
+    P = samples.principal_axes
+    out = np.tile(np.eye(4), (len(mats), 1, 1))
+    for k, G in enumerate(mats):
+        R = P @ G @ P.T
+        out[k, :3, :3] = R
+        out[k, :3, 3] = samples.centroid - R @ samples.centroid
+    return out
+
+
+def registration_starts(T_world_object: np.ndarray, samples: SurfaceSamples, symmetries: np.ndarray,
+                        all_cube_rotations: bool = False) -> list[np.ndarray]:
+    """The candidate's pose and its flips about the principal axes (or, with ``all_cube_rotations``,
+    all 24 turns of the principal-axis cube: a rotation guess that is wrong by more than a flip),
+    one per symmetric equivalence class."""
     T = np.asarray(T_world_object, dtype=np.float64)
-    return distinct_poses([T] + [T @ F for F in flip_transforms(samples)], symmetries, 10.0, math.inf)
+    turns = cube_rotations(samples)[1:] if all_cube_rotations else flip_transforms(samples)
+    return distinct_poses([T] + [T @ F for F in turns], symmetries, 10.0, math.inf)
 
 
 def observed_segment(depth: torch.Tensor, K_crop: torch.Tensor, T_crop_world: torch.Tensor, centre_world: np.ndarray,
@@ -351,6 +382,6 @@ def _trimmed(dist: torch.Tensor, candidates: torch.Tensor, fraction: float) -> t
 
 
 __all__ = [
-    "RegistrationConfig", "RegistrationResult", "SurfaceSamples", "distinct_poses", "flip_transforms", "observed_segment",
+    "cube_rotations", "RegistrationConfig", "RegistrationResult", "SurfaceSamples", "distinct_poses", "flip_transforms", "observed_segment",
     "register", "registration_starts", "sample_surface",
 ]

@@ -124,3 +124,17 @@ def test_too_few_points_is_invalid_and_bad_shapes_raise(scene):
                  torch.eye(4)[None], torch.ones(1))
     with pytest.raises(InvalidInputError, match="trim_fraction"):
         RegistrationConfig(trim_fraction=0.0)
+
+
+def test_cube_rotations_are_24_distinct_rotations_holding_the_flips(scene):
+    from pose_node.refinement.registration import cube_rotations
+
+    s = sample_surface(scene.model, 500)
+    G = cube_rotations(s)
+    assert G.shape == (24, 4, 4) and np.allclose(G[0], np.eye(4))
+    R = G[:, :3, :3]
+    assert np.allclose(np.einsum("kij,kil->kjl", R, R), np.eye(3), atol=1e-9) and np.allclose(np.linalg.det(R), 1.0)
+    assert len({tuple(np.round(r, 6).ravel()) for r in R}) == 24
+    for F in flip_transforms(s):
+        assert min(np.abs(g - F).max() for g in G) < 1e-9
+    assert len(registration_starts(np.eye(4), s, scene.model.symmetries, all_cube_rotations=True)) == 24
