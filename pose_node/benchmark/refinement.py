@@ -146,9 +146,10 @@ def row(name: str, dataset: str, mode: str, r: dict, stage: "FusedStage | None")
     """One table row from the runner's results (and the fusion's per-frame counts)."""
     m = r["matched_estimates"]
     correct = [d < 0.1 * dia for d, dia in zip(m["mssd_m"], m["diameter_m"])]
-    ms_per_object = None
+    ms_per_object = ms_per_object_median = None
     if stage is not None and sum(stage.objects_per_frame):
         ms_per_object = float(sum(stage.refinement_ms) / sum(stage.objects_per_frame))
+        ms_per_object_median = float(np.median([ms / n for ms, n in zip(stage.refinement_ms, stage.objects_per_frame) if n]))
     trans = r["pose_errors"]["translation_m"]["median"]
     return {
         "dataset": dataset, "mode": mode, "method": name, "AR": r["AR"], "AR_VSD": r["AR_VSD"], "AR_MSSD": r["AR_MSSD"],
@@ -158,6 +159,7 @@ def row(name: str, dataset: str, mode: str, r: dict, stage: "FusedStage | None")
         "rot_err_deg_median": r["pose_errors"]["rotation_deg"]["median"],
         "trans_err_mm_median": None if trans is None else 1e3 * trans,
         "score_auroc": auroc(m["score"], correct), "refinement_ms_per_object": ms_per_object,
+        "refinement_ms_per_object_median_frame": ms_per_object_median,
         "n_estimates": r["n_estimates"], "n_targets": r["n_targets"],
     }
 
@@ -185,7 +187,7 @@ def evaluate_dataset(path: Path, name: str, mode: str, fusion_config: FusionConf
     raw["single view"] = r
     fusions = {}
     for method in methods:
-        fusions[method] = MultiViewFusion(models, replace(fusion_config, method=method))
+        fusions[method] = MultiViewFusion(models, variant_config(fusion_config, method))
         stage = FusedStage(single, fusions[method], with_depth=mode == "rgbd")
         r = run(path, TARGETS, config, estimator=stage)
         rows.append(row(method, name, mode, r, stage))
@@ -196,6 +198,27 @@ def evaluate_dataset(path: Path, name: str, mode: str, fusion_config: FusionConf
         r = run(path, TARGETS, config, estimator=stage)
         rows.append(row(f"refinement, extrinsics off {dt_m * 1e3:g} mm / {drot_deg:g} deg", name, mode, r, stage))
     return rows, raw
+
+
+#: Ablation rows of ``--ablation``: the refinement without the hypotheses' registration, without
+#: render-and-compare verification, and without both and the flip hypotheses (the refinement before them).
+ABLATIONS: tuple[str, ...] = ("refinement -registration", "refinement -verification", "refinement -registration -verification -flips")
+
+
+def variant_config(fusion_config: FusionConfig, method: str) -> FusionConfig:
+    """The fusion config of a row: ``association``, ``refinement`` or one of :data:`ABLATIONS`."""
+    base, *removed = method.split(" -")
+    refinement = fusion_config.refinement
+    for part in removed:
+        if part == "registration":
+            refinement = replace(refinement, registration=replace(refinement.registration, enabled=False))
+        elif part == "verification":
+            refinement = replace(refinement, verification=replace(refinement.verification, enabled=False))
+        elif part == "flips":
+            refinement = replace(refinement, flip_hypotheses=False)
+        else:
+            raise ValueError(f"unknown ablation {part!r} in {method!r}")
+    return replace(fusion_config, method=base, refinement=refinement)
 
 
 SCORE_EXPONENTS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
@@ -365,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="extrinsic errors to test, e.g. 2/0.2 5/0.5 (procedural, refinement)")
     parser.add_argument("--crop-size", type=int, default=None, help="refinement crop side, pixels (default: CropConfig's)")
     parser.add_argument("--max-points", type=int, default=None, help="refinement points per view (default: CropConfig's)")
+    parser.add_argument("--ablation", action="store_true", help="also the refinement without registration, verification, both")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=Path("out/bench_refinement.json"))
@@ -422,8 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in datasets.items():
         for mode in args.modes:
             sens = [(mm / 1e3, deg) for mm, deg in sensitivity] if name == "procedural" else []
-            new_rows, raw = evaluate_dataset(path, name, mode, fusion_config, args.max_targets, ["association", "refinement"],
-                                             sens, single_view_scales.get(mode))
+            methods = ["association", "refinement"] + (list(ABLATIONS) if args.ablation else [])
+            new_rows, raw = evaluate_dataset(path, name, mode, fusion_config, args.max_targets, methods, sens,
+                                             single_view_scales.get(mode))
             for r in new_rows:  # the coverage report of each single-view and multi-view row
                 if r["method"] in raw:
                     r["coverage_report"] = coverage_report(raw[r["method"]])

@@ -3,23 +3,34 @@
 Per frame (everything batched over objects, starts and views):
 
 1. **Observe** each candidate in every view that sees it (crop, features, depth), once.
-2. **Starts.** The candidate's associated pose plus up to ``max_starts - 1`` alternatives (single-
-   view hypotheses of the same instance with another rotation, e.g. a flip). Each start is
-   rendered and aligned for one round; the start whose render explains the views best (lowest
-   robust cost per point) wins. This is where a flip seen by one view is outvoted by the others.
-3. **Rounds.** The winner is re-rendered at its new pose and aligned again while it still moves
+2. **Hypotheses.** The candidate's associated pose; in RGB-D its model registered to the
+   observed depth segment of all views (:mod:`~pose_node.refinement.registration`, from the pose
+   and its principal-axis flips); the alternatives (single-view hypotheses of the same instance
+   with another rotation); and the associated pose's 180-degree flips about the model's principal
+   axes (``flip_hypotheses``, RGB too: they keep the silhouette, so the single-view stage confuses
+   them most). Near-duplicates after symmetry are dropped.
+3. **Starts.** With ``verification`` on, every hypothesis is rendered in every view that should
+   see it and compared with the observation (:mod:`~pose_node.refinement.verification`: depth
+   agreement with occlusion, silhouette against the depth segment, grey-value correlation); the
+   ``max_starts`` best (in RGB the associated pose and the best others) are aligned for one round
+   and verified again at their solutions; the highest combined score (feature agreement x the
+   render-and-compare terms) wins. Without it, the first ``max_starts`` are aligned and the lowest
+   robust cost per point wins. This is where a flip seen by one view is outvoted by the others.
+4. **Rounds.** The winner is re-rendered at its new pose and aligned again while it still moves
    more than ``rerender_dt_m`` / ``rerender_drot_deg`` (at most ``rounds`` in all). From the second
    round on, a view whose points mostly disagree with the render (occluded, wrong extrinsics,
    another object) is left out.
-4. **Covariance** ``covariance_scale x score^-k x sigma^2 (J^T W J)^-1`` at the final pose
-   (score: step 5; a worse fit is wrong by more than its Hessian says), moment-matched with
+5. **Covariance** ``covariance_scale x score^-k x sigma^2 (J^T W J)^-1`` at the final pose
+   (score: step 6; a worse fit is wrong by more than its Hessian says), moment-matched with
    the other starts' solutions weighted by ``exp(-hypothesis_sharpness x cost difference)``, so
-   doubt between a pose and its flip widens it (as the single-view stage does). The scale and k
+   doubt between a pose and its flip widens it (as the single-view stage does; starts below
+   ``mixture_min_weight`` are left out). The scale and k
    are calibrated per mode on validation workcells (``pose_refinement_bench --calibrate``).
-5. **Score** in [0, 1]: the share of points whose features agree with the observation (residual
+6. **Score** in [0, 1]: the share of points whose features agree with the observation (residual
    below ``alignment.inlier_threshold``), averaged over every view that should see the object
-   (first round, before views are dropped), times the winner's mixture weight.
-6. **Symmetric objects** are reported as the symmetric equivalent whose rotation is closest to the
+   (first round, before views are dropped), with ``verification`` on times the render-and-compare
+   terms (:func:`~pose_node.refinement.verification.combined_score`), times the winner's mixture weight.
+7. **Symmetric objects** are reported as the symmetric equivalent whose rotation is closest to the
    world frame's axes (a canonical choice, the same for every frame); the pipeline's tracker then
    keeps the equivalent closest to the previous frame's.
 """
@@ -38,8 +49,15 @@ from pose_node.core.errors import InvalidInputError
 from pose_node.core.geometry import Pose, pose_difference
 from pose_node.core.types import ObjectModel, PoseEstimate, View
 from pose_node.refinement.alignment import AlignmentConfig, align
-from pose_node.refinement.association import Candidate, closest_equivalent, equivalent_with_covariance, rotation_angle_deg
+from pose_node.refinement.association import Candidate, closest_equivalent, equivalent_with_covariance
 from pose_node.refinement.problem import CropConfig, ProblemBuilder
+from pose_node.refinement.registration import (
+    RegistrationConfig, SurfaceSamples, distinct_poses, flip_transforms, observed_segment, register, registration_starts, sample_surface,
+)
+from pose_node.refinement.verification import (
+    VerificationConfig, VerificationScores, combined_score, compare, downsampled, gray, render_pairs, scaled_crop_intrinsics,
+    segment_masks,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +72,7 @@ class RefinementConfig:
     Attributes:
         crops: crop cameras, features and points.
         alignment: the LM solver.
-        max_starts: start poses per candidate (the associated pose and alternatives).
+        max_starts: hypotheses per candidate aligned (module docstring, 3).
         rounds: render + align rounds of the winning start (>= 1).
         rerender_dt_m, rerender_drot_deg: another round only if the last one moved more.
         min_view_inlier_share: after the first round, views whose points agree less are dropped.
@@ -62,6 +80,13 @@ class RefinementConfig:
         covariance_scale: mode (``rgb`` / ``rgbd``) -> calibrated factor (missing: 1).
         covariance_score_exponent: mode -> k: the factor is divided by ``score^k`` (missing: 0).
         use_depth: add the depth residual when views have depth.
+        flip_hypotheses: add the associated pose's 180-degree flips about the model's principal
+            axes as hypotheses (RGB and RGB-D).
+        registration: model-to-depth hypotheses (RGB-D; :mod:`pose_node.refinement.registration`).
+        verification: render-and-compare ranking and score (:mod:`pose_node.refinement.verification`).
+        duplicate_rotation_deg, duplicate_translation_diameters: a hypothesis this close to an
+            earlier one (after symmetry) is dropped.
+        mixture_min_weight: starts whose mixture weight is below this do not widen the covariance.
     """
 
     crops: CropConfig = field(default_factory=CropConfig)
@@ -75,6 +100,12 @@ class RefinementConfig:
     covariance_scale: Mapping[str, float] = field(default_factory=dict)
     covariance_score_exponent: Mapping[str, float] = field(default_factory=dict)
     use_depth: bool = True
+    flip_hypotheses: bool = True
+    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
+    verification: VerificationConfig = field(default_factory=VerificationConfig)
+    duplicate_rotation_deg: float = 10.0
+    duplicate_translation_diameters: float = 0.05
+    mixture_min_weight: float = 0.01
 
     def __post_init__(self) -> None:
         if self.max_starts < 1 or self.rounds < 1:
@@ -103,6 +134,12 @@ class MultiViewRefiner:
         self.models = {m.object_id: m for m in models}
         self.config = config
         self.builder = ProblemBuilder(self.models, renderer, backbone, config.crops)
+        self._surface: dict[int, SurfaceSamples] = {}
+        self._small_renderer = None
+        self._small_handles: dict[int, int] = {}
+        #: When a list, each refine call appends one dict per refined estimate with its score's terms
+        #: (for calibrating the score on validation data; None: nothing is recorded).
+        self.score_terms: list[dict] | None = None
 
     def refine(self, views: Sequence[View], candidates: Sequence[Candidate], with_depth: bool, *,
                max_starts: int | None = None, rounds: int | None = None) -> tuple[list[PoseEstimate], dict[str, float]]:
@@ -123,7 +160,8 @@ class MultiViewRefiner:
         rounds = cfg.rounds if rounds is None else int(rounds)
         if max_starts < 1 or rounds < 1:
             raise InvalidInputError(f"MultiViewRefiner.refine: need max_starts >= 1 and rounds >= 1, got {max_starts}, {rounds}")
-        timings = {"refinement_observe": 0.0, "refinement_render": 0.0, "refinement_align": 0.0}
+        timings = {"refinement_observe": 0.0, "refinement_render": 0.0, "refinement_align": 0.0, "refinement_register": 0.0,
+                   "refinement_verify": 0.0}
         if not candidates:
             return [], timings
         with_depth = with_depth and cfg.use_depth
@@ -132,19 +170,25 @@ class MultiViewRefiner:
         timings["refinement_observe"] += (time.perf_counter() - t0) * 1e3
         active = [c for c, s in enumerate(obs.slots) if s]
 
-        # Round 1 over every start of every candidate seen by at least one view.
-        start_owner, start_T = [], []
-        for c in active:
-            for T in self._starts(candidates[c], max_starts):
-                start_owner.append(c)
-                start_T.append(T)
+        # Hypotheses of every candidate seen by at least one view, ranked, the best few aligned.
+        hypotheses = self._hypotheses(obs, candidates, active, with_depth, timings)
+        start_owner, start_T = self._select(obs, candidates, hypotheses, max_starts, with_depth, timings)
         if not start_owner:  # no view sees any candidate: nothing to refine against
             return [c.to_estimate(i) for i, c in enumerate(candidates)], timings
         res = self._align(obs, start_owner, candidates, start_T, None, timings)
         costs = torch.where(res.valid, res.mean_cost, torch.full_like(res.mean_cost, math.inf))
+        agreement = torch.stack([res.view_inlier_share[b, :len(obs.slots[c])].mean() for b, c in enumerate(start_owner)])
+        verified = scores = None
+        if cfg.verification.enabled:
+            # Rank the aligned starts again: feature agreement x render-and-compare at the solutions.
+            t1 = time.perf_counter()
+            scores = self._verify(obs, start_owner, candidates, list(res.T_world_object.numpy()), with_depth)
+            verified = combined_score(agreement, scores, cfg.verification, with_depth).cpu()
+            timings["refinement_verify"] += (time.perf_counter() - t1) * 1e3
+        rank = torch.where(res.valid, -costs if verified is None else verified, torch.full_like(costs, -math.inf))
         winners: dict[int, int] = {}
         for b, c in enumerate(start_owner):
-            if c not in winners or costs[b] < costs[winners[c]]:
+            if c not in winners or rank[b] > rank[winners[c]]:
                 winners[c] = b
         refined = {c: b for c, b in winners.items() if bool(res.valid[b])}
 
@@ -179,20 +223,173 @@ class MultiViewRefiner:
             if c not in final:
                 out.append(cand.to_estimate(len(out)))
                 continue
-            out.append(self._estimate(c, cand, final[c], res, start_owner, costs, obs.slots[c], with_depth, len(out)))
+            score = float(agreement[winners[c]]) if verified is None else float(verified[winners[c]])
+            out.append(self._estimate(c, cand, final[c], res, start_owner, costs, winners[c], score, obs.slots[c], len(out),
+                                      with_depth))
+            if self.score_terms is not None:
+                b = winners[c]
+                terms = {"score": out[-1].score, "feature": float(agreement[b]), "views": len(obs.slots[c]),
+                         "starts": start_owner.count(c), "hypotheses": len(hypotheses[c]), "object_id": cand.object_id}
+                if scores is not None:
+                    terms.update({k: float(getattr(scores, k)[b]) for k in ("depth", "silhouette", "appearance", "visible")})
+                self.score_terms.append(terms)
         return out, timings
 
-    def _starts(self, cand: Candidate, max_starts: int) -> list[np.ndarray]:
-        """The associated pose and distinct alternatives (by rotation, after symmetry), at most ``max_starts``."""
-        model = self.models[cand.object_id]
-        starts = [np.asarray(cand.T_world_object, dtype=np.float64)]
-        for alt in sorted(cand.alternatives, key=lambda e: -e.score):
-            if len(starts) >= max_starts:
-                break
-            T = closest_equivalent(alt.T_world_object, starts[0], model.symmetries)
-            if all(rotation_angle_deg(T, s) > 10.0 for s in starts):
+    def verify(self, views: Sequence[View], candidate: Candidate, poses: Sequence[np.ndarray], with_depth: bool) -> VerificationScores:
+        """Render-and-compare scores of ``poses`` (B, each (4, 4)) of one candidate against the views
+        that see it (framed at the candidate's pose), as the refinement ranks its hypotheses.
+
+        Raises:
+            InvalidInputError: ``with_depth`` and a view without depth.
+        """
+        with_depth = with_depth and self.config.use_depth
+        obs = self.builder.observe(views, [candidate.object_id], [candidate.T_world_object], with_depth)
+        return self._verify(obs, [0] * len(poses), [candidate], [np.asarray(T, dtype=np.float64) for T in poses], with_depth)
+
+    def _samples(self, object_id: int) -> SurfaceSamples:
+        if object_id not in self._surface:
+            self._surface[object_id] = sample_surface(self.models[object_id], self.config.registration.model_points)
+        return self._surface[object_id]
+
+    def _centre(self, cand: Candidate) -> np.ndarray:
+        T = np.asarray(cand.T_world_object, dtype=np.float64)
+        return T[:3, :3] @ self._samples(cand.object_id).centroid + T[:3, 3]
+
+    def _hypotheses(self, obs, candidates: Sequence[Candidate], active: list[int], with_depth: bool, timings) -> dict[int, list[np.ndarray]]:
+        """Per active candidate, distinct hypotheses in order: the associated pose, the registered
+        poses (RGB-D, best fit first), the single-view alternatives (best score first), the flips."""
+        cfg = self.config
+        registered: dict[int, list[np.ndarray]] = {}
+        if with_depth and cfg.registration.enabled and obs.depth is not None:
+            t0 = time.perf_counter()
+            registered = self._register(obs, candidates, active)
+            timings["refinement_register"] += (time.perf_counter() - t0) * 1e3
+        out = {}
+        for c in active:
+            cand = candidates[c]
+            model = self.models[cand.object_id]
+            T0 = np.asarray(cand.T_world_object, dtype=np.float64)
+            poses = [T0] + registered.get(c, [])
+            poses += [np.asarray(a.T_world_object, dtype=np.float64) for a in sorted(cand.alternatives, key=lambda e: -e.score)]
+            if cfg.flip_hypotheses:
+                poses += [T0 @ F for F in flip_transforms(self._samples(cand.object_id))]
+            out[c] = distinct_poses(poses, model.symmetries, cfg.duplicate_rotation_deg,
+                                    cfg.duplicate_translation_diameters * model.diameter_m)
+        return out
+
+    def _register(self, obs, candidates: Sequence[Candidate], active: list[int]) -> dict[int, list[np.ndarray]]:
+        """Registered poses per candidate (valid ones, best fit first), all starts batched."""
+        rc = self.config.registration
+        owners, starts, clouds = [], [], {}
+        for c in active:
+            cand = candidates[c]
+            model = self.models[cand.object_id]
+            o, n = obs.slot_offset[c], len(obs.slots[c])
+            pts = observed_segment(obs.depth[o:o + n], obs.K_crop[o:o + n], obs.T_crop_world[o:o + n], self._centre(cand),
+                                   rc.segment_radius_diameters * model.diameter_m, rc.max_observed_points)
+            if len(pts) < rc.min_points:
+                continue
+            clouds[c] = pts
+            for T in registration_starts(cand.T_world_object, self._samples(cand.object_id), model.symmetries, rc.all_cube_rotations):
+                owners.append(c)
                 starts.append(T)
-        return starts
+        if not owners:
+            return {}
+        dev = obs.depth.device
+        N = max(len(p) for p in clouds.values())
+        B = len(owners)
+        q = torch.zeros(B, N, 3, dtype=torch.float64, device=dev)
+        qv = torch.zeros(B, N, dtype=torch.bool, device=dev)
+        for b, c in enumerate(owners):
+            q[b, :len(clouds[c])] = clouds[c]
+            qv[b, :len(clouds[c])] = True
+        samples = [self._samples(candidates[c].object_id) for c in owners]
+        pm = torch.from_numpy(np.stack([s.points for s in samples])).to(dev)
+        nm = torch.from_numpy(np.stack([s.normals for s in samples])).to(dev)
+        dia = torch.tensor([self.models[candidates[c].object_id].diameter_m for c in owners], dtype=torch.float64, device=dev)
+        res = register(q, qv, pm, nm, torch.from_numpy(np.stack(starts)).to(dev), dia, rc)
+        out: dict[int, list[tuple[float, np.ndarray]]] = {}
+        for b, c in enumerate(owners):
+            if bool(res.valid[b]):
+                out.setdefault(c, []).append((float(res.fitness[b]), res.T_world_object[b].cpu().numpy()))
+        return {c: [T for _, T in sorted(v, key=lambda x: -x[0])][:rc.max_results] for c, v in out.items()}
+
+    def _select(self, obs, candidates: Sequence[Candidate], hypotheses: dict[int, list[np.ndarray]], max_starts: int,
+                with_depth: bool, timings) -> tuple[list[int], list[np.ndarray]]:
+        """At most ``max_starts`` hypotheses per candidate: the best by render-and-compare (verification
+        enabled; in RGB the associated pose always stays, appearance alone being weak evidence), else the first."""
+        owners, poses = [], []
+        for c, hs in hypotheses.items():
+            owners += [c] * len(hs)
+            poses += hs
+        if not self.config.verification.enabled or all(len(h) <= max_starts for h in hypotheses.values()):
+            keep = [b for b, c in enumerate(owners) if b - owners.index(c) < max_starts]
+            return [owners[b] for b in keep], [poses[b] for b in keep]
+        t0 = time.perf_counter()
+        prior = self._verify(obs, owners, candidates, poses, with_depth).prior.cpu()
+        timings["refinement_verify"] += (time.perf_counter() - t0) * 1e3
+        sel_owner, sel_T = [], []
+        for c in hypotheses:
+            mine = [b for b, o in enumerate(owners) if o == c]
+            order = sorted(mine, key=lambda b: (-float(prior[b]), b))
+            best = float(prior[order[0]])
+            order = [b for b in order if float(prior[b]) >= self.config.verification.keep_within * best]
+            if not with_depth:
+                order = [mine[0]] + [b for b in order if b != mine[0]]
+            for b in sorted(order[:max_starts]):
+                sel_owner.append(c)
+                sel_T.append(poses[b])
+        return sel_owner, sel_T
+
+    def _verify(self, obs, owners: list[int], candidates: Sequence[Candidate], poses: Sequence[np.ndarray],
+                with_depth: bool) -> VerificationScores:
+        """Render-and-compare scores of hypotheses (``owners[b]``: the candidate of ``poses[b]``)."""
+        vc = self.config.verification
+        S = self.config.crops.size_px
+        renderer = self._verification_renderer()
+        factor = S // renderer.width
+        ids = [candidates[c].object_id for c in owners]
+        pairs = [(b, obs.slot_offset[c] + k) for b, c in enumerate(owners) for k in range(len(obs.slots[c]))]
+        depth_r, rgb_r = render_pairs(renderer, self._verification_handle, obs, pairs, ids, poses, S)
+        dev = self.builder.device
+        slots = torch.tensor([m for _, m in pairs], dtype=torch.long)
+        owner = torch.tensor([b for b, _ in pairs], dtype=torch.long, device=dev)
+        diameters = torch.tensor([self.models[ids[b]].diameter_m for b, _ in pairs], dtype=torch.float64)
+        tolerance = torch.clamp(vc.depth_tolerance_diameters * diameters, min=vc.depth_tolerance_m)
+        observed_gray = downsampled(gray(obs.rgb[slots.numpy()]), factor, "mean")
+        observed_depth = segment = None
+        if with_depth and obs.depth is not None:
+            observed_depth = downsampled(obs.depth[slots.to(obs.depth.device)], factor, "nearest")
+            centres = torch.from_numpy(np.stack([self._centre(candidates[owners[b]]) for b, _ in pairs])) if pairs else \
+                torch.zeros(0, 3, dtype=torch.float64)
+            K_small = torch.from_numpy(scaled_crop_intrinsics(obs.K_crop[slots].numpy(), S, renderer.width))
+            segment = segment_masks(observed_depth, K_small, obs.T_crop_world[slots], centres,
+                                    vc.segment_radius_diameters * diameters).to(dev)
+            observed_depth = observed_depth.to(dev)
+        return compare(torch.from_numpy(depth_r).to(dev), gray(rgb_r).to(dev), observed_depth, observed_gray.to(dev),
+                       segment, owner, len(owners), tolerance.to(dev), vc.appearance_floor)
+
+    def _verification_renderer(self):
+        """A renderer of ``verification.render_size_px`` (created on first use, in the refining thread,
+        with the refinement renderer's settings); the refinement's own when the sizes agree."""
+        size = self.config.verification.render_size_px
+        main = self.builder.renderer
+        if size == main.width:
+            return main
+        if self._small_renderer is None:
+            if self.config.crops.size_px % size:
+                raise InvalidInputError(f"VerificationConfig.render_size_px {size} must divide CropConfig.size_px "
+                                        f"{self.config.crops.size_px}")
+            self._small_renderer = type(main)(size, size, main.settings)
+        return self._small_renderer
+
+    def _verification_handle(self, object_id: int) -> int:
+        renderer = self._verification_renderer()
+        if renderer is self.builder.renderer:
+            return self.builder.handle(object_id)
+        if object_id not in self._small_handles:
+            self._small_handles[object_id] = renderer.add_object(self.models[object_id])
+        return self._small_handles[object_id]
 
     def _align(self, obs, owners: list[int], candidates: Sequence[Candidate], T: list[np.ndarray], masks, timings):
         t0 = time.perf_counter()
@@ -207,8 +404,8 @@ class MultiViewRefiner:
         timings["refinement_align"] += (time.perf_counter() - t1) * 1e3
         return res
 
-    def _estimate(self, c: int, cand: Candidate, final, first, owners: list[int], costs: torch.Tensor, slots: list[int],
-                  with_depth: bool, instance_id: int) -> PoseEstimate:
+    def _estimate(self, c: int, cand: Candidate, final, first, owners: list[int], costs: torch.Tensor, winner: int,
+                  agreement: float, slots: list[int], instance_id: int, with_depth: bool) -> PoseEstimate:
         cfg = self.config
         model = self.models[cand.object_id]
         res, b, used = final
@@ -216,10 +413,11 @@ class MultiViewRefiner:
         mine = [k for k, o in enumerate(owners) if o == c]
         own_cost = costs[mine]
         weights = torch.softmax(-cfg.hypothesis_sharpness * (own_cost - own_cost.min()), 0)
-        winner_weight = float(weights[int(own_cost.argmin())])
-        # Agreement averaged over the views that should see the object: a candidate that only one
-        # view supports while the others see something else there scores low.
-        agreement = float(first.view_inlier_share[mine[int(own_cost.argmin())], :len(slots)].mean())
+        win = mine.index(winner)
+        winner_weight = float(weights[win])
+        # ``agreement``: averaged over the views that should see the object (a candidate that only one
+        # view supports while the others see something else there scores low), times the
+        # render-and-compare terms when verification is on.
         score = float(np.clip(agreement * winner_weight, 0.0, 1.0))
         mode = "rgbd" if with_depth else "rgb"
         # A pose the views agree with less is wrong by more than its Hessian says (appearance the
@@ -228,11 +426,17 @@ class MultiViewRefiner:
             cfg.covariance_score_exponent.get(mode, 0.0))
         cov = res.covariance[b].numpy() * scale
         # Mixture over this candidate's starts (their first-round solutions) about the final pose.
-        mix = winner_weight * cov
+        # Components below ``mixture_min_weight`` are left out (and the rest renormalized): the many
+        # flip hypotheses that plainly lose would otherwise each add weight x (a half turn)^2.
+        kept = [(w, k) for w, k in zip(weights.tolist(), mine)
+                if k == winner or (w >= cfg.mixture_min_weight and math.isfinite(float(costs[k])))]
+        total = sum(w for w, _ in kept)
+        mix = winner_weight / total * cov
         ref = Pose.from_matrix(torch.from_numpy(T))
-        for w, k in zip(weights.tolist(), mine):
-            if k == mine[int(own_cost.argmin())] or not math.isfinite(float(costs[k])):
+        for w, k in kept:
+            if k == winner:
                 continue
+            w = w / total
             Tk = closest_equivalent(first.T_world_object[k].numpy(), T, model.symmetries)
             d = pose_difference(Pose.from_matrix(torch.from_numpy(Tk)), ref).numpy()
             mix = mix + w * (first.covariance[k].numpy() * scale + np.outer(d, d))

@@ -25,3 +25,21 @@ def test_auroc():
     assert auroc([0.1, 0.8], [True, False]) == 0.0
     assert auroc([0.5, 0.5], [True, False]) == 0.5
     assert auroc([0.5], [True]) is None
+
+
+def test_ablation_rows_switch_off_what_they_name():
+    import pytest
+
+    from pose_node.benchmark.refinement import ABLATIONS, variant_config
+    from pose_node.refinement.fusion import FusionConfig
+
+    base = FusionConfig()
+    assert variant_config(base, "refinement") == base
+    assert variant_config(base, "association").method == "association"
+    r = [variant_config(base, name).refinement for name in ABLATIONS]
+    assert not r[0].registration.enabled and r[0].verification.enabled and r[0].flip_hypotheses
+    assert r[1].registration.enabled and not r[1].verification.enabled
+    assert not r[2].registration.enabled and not r[2].verification.enabled and not r[2].flip_hypotheses
+    assert all(variant_config(base, name).method == "refinement" for name in ABLATIONS)
+    with pytest.raises(ValueError, match="calibration"):
+        variant_config(base, "refinement -calibration")

@@ -26,9 +26,10 @@ class Scene:
 
 
 def make_scene(renderer, seed: int = 7, num_views: int = 4, pixel_noise: float = 0.0, depth_noise_m: float = 0.0,
-               noise_seed: int = 0) -> Scene:
-    """Render the object from ``num_views`` cameras on a ring (``renderer``: WIDTH x HEIGHT)."""
-    model = make_procedural_objects(1, seed=seed)[0]
+               noise_seed: int = 0, model: ObjectModel | None = None) -> Scene:
+    """Render the object (default: procedural, from ``seed``) from ``num_views`` cameras on a ring
+    (``renderer``: WIDTH x HEIGHT)."""
+    model = make_procedural_objects(1, seed=seed)[0] if model is None else model
     rng = np.random.default_rng(seed)
     T_wo = np.eye(4)
     T_wo[:3, :3] = so3_exp(torch.from_numpy(rng.normal(size=3))).numpy()
