@@ -185,7 +185,14 @@ class MultiViewRefiner:
             scores = self._verify(obs, start_owner, candidates, list(res.T_world_object.numpy()), with_depth)
             verified = combined_score(agreement, scores, cfg.verification, with_depth).cpu()
             timings["refinement_verify"] += (time.perf_counter() - t1) * 1e3
-        rank = torch.where(res.valid, -costs if verified is None else verified, torch.full_like(costs, -math.inf))
+        if verified is None:
+            rank = -costs
+        else:
+            # The associated pose carries the single-view stage's agreement between views, which the
+            # render-and-compare terms do not see: another hypothesis must beat it by a margin.
+            associated = torch.tensor([start_T[b] is hypotheses[c][0] for b, c in enumerate(start_owner)])
+            rank = verified * torch.where(associated, 1.0 + cfg.verification.associated_margin, 1.0)
+        rank = torch.where(res.valid, rank, torch.full_like(costs, -math.inf))
         winners: dict[int, int] = {}
         for b, c in enumerate(start_owner):
             if c not in winners or rank[b] > rank[winners[c]]:

@@ -52,6 +52,8 @@ class VerificationConfig:
         keep_within: only hypotheses whose prior is at least this share of the candidate's best
             are aligned (at most ``max_starts`` of them): a flip the views plainly reject is not
             worth a render of features and an alignment.
+        associated_margin: after alignment, the associated pose's combined score counts ``1 + margin``
+            times when the winner is chosen (it carries the views' single-view agreement).
         render_size_px: hypotheses are rendered and compared on this grid (the crops' side divided
             by a whole number): a quarter of the pixels of the 128-pixel crops costs a quarter of
             the render and readback, and silhouettes and depth need no finer grid.
@@ -71,8 +73,11 @@ class VerificationConfig:
     appearance_exponent: float = 1.0
     render_size_px: int = 64
     keep_within: float = 0.5
+    associated_margin: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.associated_margin < 0:
+            raise InvalidInputError(f"VerificationConfig.associated_margin: expected >= 0, got {self.associated_margin}")
         if not 0 <= self.keep_within <= 1:
             raise InvalidInputError(f"VerificationConfig.keep_within: expected [0, 1], got {self.keep_within}")
         if self.render_size_px < 16:
