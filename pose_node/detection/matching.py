@@ -367,7 +367,8 @@ def match(descriptors: torch.Tensor, bank: TemplateBank, top_k: int = 5, object_
         descriptors: (P, D) unit-norm proposal descriptors on ``bank.device``.
         bank: the templates.
         top_k: templates averaged per object (clamped to the template count).
-        object_mask: (O,) bool, objects that may be matched (None: all).
+        object_mask: (O,) bool, objects that may be matched (None: all), or (P, O) bool per
+            proposal (a proposal with no object left gets score -inf).
     Returns:
         :class:`MatchResult` on ``bank.device``.
     Raises:
@@ -377,15 +378,18 @@ def match(descriptors: torch.Tensor, bank: TemplateBank, top_k: int = 5, object_
     D = bank.descriptors.shape[1]
     if descriptors.ndim != 2 or descriptors.shape[1] != D:
         raise InvalidInputError(f"descriptors: expected shape (P, {D}), got {tuple(descriptors.shape)}")
-    if object_mask is not None and (object_mask.shape != (O,) or not bool(object_mask.any())):
-        raise InvalidInputError(f"object_mask: expected ({O},) bool with at least one True, got {tuple(object_mask.shape)}")
     k = min(top_k, T)
     P = descriptors.shape[0]
+    if object_mask is not None and not (
+            (object_mask.shape == (O,) and bool(object_mask.any())) or object_mask.shape == (P, O)):
+        raise InvalidInputError(f"object_mask: expected ({O},) bool with at least one True or ({P}, {O}) bool, "
+                                f"got {tuple(object_mask.shape)}")
     similarity = (descriptors.float() @ bank.descriptors.T).view(P, O, T)
     top_sim, top_idx = similarity.topk(k, dim=2)  # (P, O, k), sorted best first
     object_scores = top_sim.mean(dim=2)
     if object_mask is not None:
-        object_scores = object_scores.masked_fill(~object_mask.to(object_scores.device)[None], float("-inf"))
+        allowed = object_mask.to(device=object_scores.device, dtype=torch.bool)
+        object_scores = object_scores.masked_fill(~(allowed if allowed.ndim == 2 else allowed[None]), float("-inf"))
     if P == 0:
         empty = torch.zeros(0, dtype=torch.int64, device=bank.device)
         return MatchResult(empty, torch.zeros(0, device=bank.device), torch.zeros(0, k, dtype=torch.int64, device=bank.device),

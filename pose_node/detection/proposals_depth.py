@@ -829,6 +829,7 @@ def _build_proposals(depth: np.ndarray, valid_full: np.ndarray, plane: SupportPl
         height = d * (n[0] * ray_x[None, x0:x1] + n[1] * ray_y[y0:y1, None] + n[2]) + np.float32(plane.offset_m)
         keep &= height >= config.min_height_above_plane_m
     full = np.where(keep, up_labels, 0)
+    plane_cam = None if plane is None else np.r_[plane.normal, plane.offset_m]
     valid_window = valid_full[y0:y1, x0:x1]
     proposals = []
     for i, nodes in enumerate(kept, start=1):
@@ -849,6 +850,7 @@ def _build_proposals(depth: np.ndarray, valid_full: np.ndarray, plane: SupportPl
         box = np.array([ox + mask_cols[0], oy + mask_rows[0], ox + mask_cols[-1] + 1, oy + mask_rows[-1] + 1])
         coverage = np.count_nonzero(valid_window[by0:by1, bx0:bx1] & crop_mask) / area
         score = _solidity(crop_mask) * coverage
-        proposals.append(Proposal(mask=mask, box_xyxy=box, score=score, source="depth", points_cam=grid.points[nodes]))
+        proposals.append(Proposal(mask=mask, box_xyxy=box, score=score, source="depth", points_cam=grid.points[nodes],
+                                  support_plane_cam=plane_cam))
     proposals.sort(key=lambda p: -p.score)
     return proposals[: config.max_proposals]
