@@ -358,7 +358,7 @@ class Detector:
         for batch in range(1, self.config.warmup_max_batch + 1):
             crops = torch.zeros(batch, 3, S, S, device=self.bank.device)
             masks = torch.ones(batch, S, S, device=self.bank.device)
-            match(self.bank.embed(describe_crops(self.backbone, crops, masks, self.config.matching)), self.bank,
+            match(self.bank.embed(describe_crops(self.backbone, crops, masks, self.config.matching, query=True)), self.bank,
                   self.config.matching.top_k)
 
     @property
@@ -434,7 +434,8 @@ class Detector:
             geometries = [proposal_geometry(p, view.depth, view.camera.K, verify) for p in proposals]
             feasible = torch.from_numpy(feasible_objects(geometries, self._sizes, verify)).to(self.bank.device)
             allowed = feasible if object_mask is None else feasible & object_mask[None]
-        result = match(self.bank.embed(describe_crops(self.backbone, crops, crop_masks, cfg)), self.bank, cfg.top_k, allowed)
+        result = match(self.bank.embed(describe_crops(self.backbone, crops, crop_masks, cfg, query=True)), self.bank, cfg.top_k,
+                       allowed)
         accepted = result.score >= self._thresholds[result.object_index]
         return _Matched(result.score.cpu().numpy(), result.object_index.cpu().numpy(), result.top_templates.cpu().numpy(),
                         R_camera_crop, focal, accepted.cpu().numpy())

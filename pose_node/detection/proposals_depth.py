@@ -129,6 +129,8 @@ class DepthProposalConfig:
         mask_closing_px: diameter of the elliptic closing kernel, pixels (0: none).
         max_hole_fill_fraction: enclosed holes up to this fraction of the mask area are filled.
         max_proposals: best-scoring proposals returned.
+        hole_fill_px: sensor holes up to about twice this many pixels wide are filled with the
+            farthest valid depth around them before clustering (:func:`fill_depth_holes`; 0: off).
         seed: seed of the RANSAC sampling (results are deterministic).
     """
 
@@ -162,6 +164,7 @@ class DepthProposalConfig:
     mask_closing_px: int = 5
     max_hole_fill_fraction: float = 0.2
     max_proposals: int = 50
+    hole_fill_px: int = 4
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -195,7 +198,7 @@ class DepthProposalConfig:
             ("split_threshold_scale", 0 < self.split_threshold_scale < 1),
             ("mask_closing_px", self.mask_closing_px >= 0),
             ("max_hole_fill_fraction", 0 <= self.max_hole_fill_fraction <= 1),
-            ("max_proposals", self.max_proposals >= 1),
+            ("max_proposals", self.max_proposals >= 1), ("hole_fill_px", self.hole_fill_px >= 0),
         ]
         check_fields(self, checks)
 
@@ -743,6 +746,9 @@ def depth_proposals(
     with np.errstate(invalid="ignore"):
         valid_full = (depth >= config.min_depth_m) & (depth <= config.max_depth_m)  # False for NaN
     depth = np.where(valid_full, depth, np.float32(0))
+    measured = valid_full
+    if config.hole_fill_px > 0:
+        depth, valid_full = fill_depth_holes(depth, valid_full, config.hole_fill_px)
     s = config.stride_px
     z = np.ascontiguousarray(depth[::s, ::s])
     valid = valid_full[::s, ::s]
@@ -781,7 +787,8 @@ def depth_proposals(
 
     kept = _gate_and_split(grid, labels, s, config)
     t_gate = time.perf_counter()
-    proposals = _build_proposals(depth, valid_full, plane, (ray_x, ray_y), grid, (r0, c0), kept, s, rel_per_px, config)
+    proposals = _build_proposals(depth, valid_full, measured, plane, (ray_x, ray_y), grid, (r0, c0), kept, s, rel_per_px,
+                                 config)
     logger.debug("depth_proposals: %d proposals in %.1f ms (plane %.1f, cluster %.1f, gate %.1f, masks %.1f)",
                  len(proposals), 1e3 * (time.perf_counter() - started), 1e3 * (t_plane - started),
                  1e3 * (t_cluster - t_plane), 1e3 * (t_gate - t_cluster), 1e3 * (time.perf_counter() - t_gate))
@@ -799,7 +806,38 @@ def _support_plane(points: np.ndarray, config: DepthProposalConfig,
     return fit_support_plane(points, config, refine_points=refine_points)
 
 
-def _build_proposals(depth: np.ndarray, valid_full: np.ndarray, plane: SupportPlane | None,
+def fill_depth_holes(depth_m: np.ndarray, valid: np.ndarray, max_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """Small sensor holes filled with the farthest valid depth around them.
+
+    Dark and glossy surfaces return no depth in blobs, which would cut an object into pieces (its
+    cores cannot link across a hole). Each of ``max_px`` passes gives every invalid pixel with a
+    valid 8-neighbour the largest (farthest) neighbouring depth, so holes up to about ``2 *
+    max_px`` pixels wide close. The farthest value, not a mean: a hole beside an occluding edge
+    (the sensor's shadow) takes the background's depth instead of bridging the two surfaces, and
+    a hole inside an object takes a depth of that object's own surface.
+
+    Args:
+        depth_m: (H, W) float32 metres, 0 where invalid. valid: (H, W) bool.
+        max_px: passes (0: nothing filled).
+    Returns:
+        (filled depth (H, W) float32, its validity (H, W) bool).
+    """
+    depth = depth_m.copy()
+    valid = valid.copy()
+    kernel = np.ones((3, 3), np.uint8)
+    for _ in range(max_px):
+        if valid.all():
+            break
+        grown = cv2.dilate(depth, kernel)  # invalid pixels are 0, so the max is over valid neighbours
+        fill = ~valid & (grown > 0)
+        if not fill.any():
+            break
+        depth[fill] = grown[fill]
+        valid = valid | fill
+    return depth, valid
+
+
+def _build_proposals(depth: np.ndarray, valid_full: np.ndarray, measured: np.ndarray, plane: SupportPlane | None,
                      rays: tuple[np.ndarray, np.ndarray], grid: _Grid, origin: tuple[int, int], kept: list[np.ndarray],
                      stride: int, rel_per_px: float, config: DepthProposalConfig) -> list[Proposal]:
     """Full-resolution masks, boxes and scores of the kept clusters (node masks on the grid crop)."""
@@ -830,7 +868,8 @@ def _build_proposals(depth: np.ndarray, valid_full: np.ndarray, plane: SupportPl
         keep &= height >= config.min_height_above_plane_m
     full = np.where(keep, up_labels, 0)
     plane_cam = None if plane is None else np.r_[plane.normal, plane.offset_m]
-    valid_window = valid_full[y0:y1, x0:x1]
+    valid_window = measured[y0:y1, x0:x1]  # the score's depth coverage counts measured pixels only
+    taken = np.zeros(full.shape, bool)
     proposals = []
     for i, nodes in enumerate(kept, start=1):
         ys, xs = np.nonzero(nodes)
@@ -840,6 +879,9 @@ def _build_proposals(depth: np.ndarray, valid_full: np.ndarray, plane: SupportPl
         by1 = min((int(ys.max()) + r0) * stride + pad - y0 + 1, y1 - y0)
         bx1 = min((int(xs.max()) + c0) * stride + pad - x0 + 1, x1 - x0)
         crop_mask = _clean_mask(full[by0:by1, bx0:bx1], i, config)
+        # The closings of two clusters can reach the same unlabelled pixel: the first keeps it.
+        crop_mask &= ~taken[by0:by1, bx0:bx1]
+        taken[by0:by1, bx0:bx1] |= crop_mask
         area = int(np.count_nonzero(crop_mask))
         if area < config.min_area_px:
             continue

@@ -20,8 +20,12 @@ objects it cannot be are ruled out (:func:`feasible_objects`, used by the detect
   extents (whatever the view, the visible surface spans about the object's second-largest side
   along some direction, and its smallest side along another), and its top stands at least
   ``min_top_height_scale`` times the smallest side above the table (an object resting on the
-  table is at least that high wherever it is seen from). An occluded or truncated proposal
-  shows only part of its object, so it is never rejected for being small.
+  table is at least that high wherever it is seen from); an object whose top is at most
+  ``lying_top_height_scale`` times its smallest side high lies on its largest face, so seen from
+  above (the cameras look down on the table) its visible surface spans at least
+  ``lying_min_extent_scale`` times its first and second box extents along its first and second
+  axes (a 5 cm cube is neither a lying marker nor a flat box). An occluded or truncated proposal shows only part of its object, so it
+  is never rejected for being small.
 
 Occlusion: pixels of a ring around the mask (``ring_inner_px`` .. ``ring_outer_px`` from it, so
 flying pixels at the silhouette do not count) are *free* when their depth shows the table (lower
@@ -61,6 +65,7 @@ class VerificationConfig:
             second / third box extent (minus tolerance).
         min_top_height_scale: an unoccluded proposal's top is at least this times the object's
             smallest box extent above the support plane (minus tolerance).
+        lying_top_height_scale, lying_min_extent_scale: see the module docstring (lying objects).
         tolerance_m: slack of every bound for depth noise and the extents' percentiles, metres.
         extent_percentile: extents ignore this share (percent) of points at either end of each
             axis (flying pixels).
@@ -77,6 +82,8 @@ class VerificationConfig:
     max_box_extent_scale: float = 1.45
     min_extent_scale: float = 0.7
     min_top_height_scale: float = 0.75
+    lying_top_height_scale: float = 1.3
+    lying_min_extent_scale: float = 0.4
     tolerance_m: float = 0.004
     extent_percentile: float = 2.0
     ring_inner_px: int = 2
@@ -88,7 +95,8 @@ class VerificationConfig:
     def __post_init__(self) -> None:
         checks = [
             ("max_diameter_scale", self.max_diameter_scale > 0), ("max_box_extent_scale", self.max_box_extent_scale > 0), ("min_extent_scale", self.min_extent_scale >= 0),
-            ("min_top_height_scale", self.min_top_height_scale >= 0), ("tolerance_m", self.tolerance_m >= 0),
+            ("min_top_height_scale", self.min_top_height_scale >= 0),
+            ("lying_top_height_scale", self.lying_top_height_scale >= 0), ("lying_min_extent_scale", self.lying_min_extent_scale >= 0), ("tolerance_m", self.tolerance_m >= 0),
             ("extent_percentile", 0 <= self.extent_percentile < 50), ("ring_inner_px", self.ring_inner_px >= 0),
             ("ring_outer_px", self.ring_outer_px > self.ring_inner_px), ("free_height_m", self.free_height_m >= 0),
             ("depth_margin_m", self.depth_margin_m >= 0), ("min_free_fraction", 0 <= self.min_free_fraction <= 1),
@@ -230,5 +238,8 @@ def feasible_objects(geometries: Sequence[ProposalGeometry | None], sizes: Seque
             ok &= g.extents_m[1] >= config.min_extent_scale * box[:, 2] - tol
             if np.isfinite(g.top_height_m):
                 ok &= g.top_height_m >= config.min_top_height_scale * box[:, 2] - tol
+                lying = g.top_height_m <= config.lying_top_height_scale * box[:, 2] + tol
+                ok &= ~lying | ((g.extents_m[0] >= config.lying_min_extent_scale * box[:, 0] - tol)
+                                & (g.extents_m[1] >= config.lying_min_extent_scale * box[:, 1] - tol))
         out[p] = ok
     return out
