@@ -18,6 +18,7 @@ from pose_node.detection.proposals_depth import (
     DepthProposalConfig,
     depth_proposals,
     fit_support_plane,
+    fit_table_surface,
     world_support_plane,
 )
 from pose_node.scene.appearance import AppearanceConfig, add_depth_noise
@@ -108,15 +109,18 @@ def test_proposals_are_consistent_and_deterministic(workcell: Workcell) -> None:
     assert [p.score for p in proposals] == sorted((p.score for p in proposals), reverse=True)
     plane = fit_support_plane(_grid_points(depth, frame.K), workcell.config)
     assert plane is not None
+    table = fit_table_surface(_grid_points(depth, frame.K), plane, workcell.config)
+    assert table is not None
     for p, q in zip(proposals, again, strict=True):
         assert np.array_equal(p.mask, q.mask) and p.score == q.score
         assert p.source == "depth" and p.mask.shape == depth.shape and 0.0 <= p.score <= 1.0
         assert np.array_equal(p.box_xyxy, box_from_mask(p.mask))
         assert p.area_px >= workcell.config.min_area_px
         assert p.points_cam.shape[1] == 3 and np.all(np.isfinite(p.points_cam)) and np.all(p.points_cam[:, 2] > 0)
-        # The samples stand on the table: above it, and no farther from it than the largest object.
-        height = plane.height_m(p.points_cam.astype(np.float64))
-        assert height.min() >= workcell.config.min_height_above_plane_m - 1e-6
+        # The samples stand on the table: above it (flat objects need only the low-relief
+        # height), and no farther from it than the largest object.
+        height = table.height_m(p.points_cam.astype(np.float64))
+        assert height.min() >= workcell.config.low_relief_min_height_m - 1e-6
         assert height.max() <= workcell.config.max_object_diameter_m
     # Proposals do not overlap.
     overlap = np.sum([p.mask for p in proposals], axis=0)
