@@ -49,6 +49,7 @@ from pose_node.detection.matching import (
     match,
     nms_masks,
     priors_for_matches,
+    texture_levels,
     template_parts,
 )
 from pose_node.detection.proposal_types import Proposal, box_from_mask
@@ -208,8 +209,8 @@ def _principal_extent_m(points: np.ndarray, percentile: float = 2.0) -> float:
 
 
 #: Bump when the meaning of the cached template parts changes.
-PARTS_CACHE_VERSION = 2
-_PARTS_ARRAYS = ("global_", "colour", "R_template_crop", "crop_focal_px")
+PARTS_CACHE_VERSION = 3
+_PARTS_ARRAYS = ("global_", "colour", "R_template_crop", "crop_focal_px", "texture")
 
 
 def parts_cache_path(cache_dir: Path, model: ObjectModel, backbone: Backbone, template_config: TemplateConfig,
@@ -433,7 +434,14 @@ class Detector:
             verify = self.config.verification
             geometries = [proposal_geometry(p, view.depth, view.camera.K, verify) for p in proposals]
             feasible = torch.from_numpy(feasible_objects(geometries, self._sizes, verify)).to(self.bank.device)
-            allowed = feasible if object_mask is None else feasible & object_mask[None]
+            if cfg.min_texture_ratio > 0:
+                # An unoccluded proposal far less textured than an object's templates is not that
+                # object (MatchingConfig.min_texture_ratio); a partly hidden one may show a plain side.
+                whole = torch.tensor([g is not None and g.unoccluded for g in geometries], device=self.bank.device)
+                texture = texture_levels(crops, crop_masks)
+                plain = texture[:, None] < cfg.min_texture_ratio * torch.from_numpy(self.bank.object_texture).to(texture.device)[None]
+                feasible &= ~(plain & whole[:, None])
+            allowed = feasible if allowed is None else feasible & allowed  # (O,) object masks broadcast
         result = match(self.bank.embed(describe_crops(self.backbone, crops, crop_masks, cfg, query=True)), self.bank, cfg.top_k,
                        allowed)
         accepted = result.score >= self._thresholds[result.object_index]

@@ -69,12 +69,12 @@ class MatchingConfig:
             crops blurrier) and rejects every proposal of an object left out of the bank on the
             procedural data, but only 38 % of them on the YCB data (whose objects look alike to
             this descriptor; 0.5 rejects 85 % there but loses 9 % of the procedural objects).
-            The white-balance search (``colour_search_gain``) raises every colour similarity a
-            little; with it on, 0.45 was chosen on the out-of-domain validation split
-            (``pose_ood_set --split validation``, path-traced, 32 views; together with the
-            metric-size verification of :mod:`pose_node.detection.verification`): recall 0.71 /
-            precision 0.61 there (0.4: 0.74 / 0.54, 0.5: 0.64 / 0.62), and recall 0.98 /
-            precision 1.00 on the generated procedural bench (seed 2026), as at 0.4.
+            With the white-balance search (``colour_search_gain``), the texture check
+            (``min_texture_ratio``) and the metric-size verification of
+            :mod:`pose_node.detection.verification`, 0.4 is still the choice on the
+            out-of-domain validation split (``pose_ood_set --split validation``, path-traced, 32
+            views): recall 0.76 / precision 0.69 there (0.35: 0.78 / 0.66, 0.45: 0.71 / 0.69),
+            and recall 0.98 / precision 0.99 on the generated procedural bench (seed 2026).
         nms_iou: class-agnostic NMS: a detection whose mask IoU with a better one exceeds this
             is dropped (CNOS: 0.25).
         max_detections: best detections kept per view after NMS.
@@ -94,12 +94,20 @@ class MatchingConfig:
             with another white balance still matches its own colours (1: off; the global
             part does not change with it). Templates are rendered under white light and are
             never varied.
+        min_texture_ratio: an RGB-D proposal whose silhouette is not occluded (see
+            :mod:`pose_node.detection.verification`) cannot be an object whose templates are
+            textured (:func:`texture_levels`, median over the object's templates) more than
+            ``1 / ratio`` times the proposal: an untextured primitive is no printed box, whatever
+            its colours (the converse is allowed: sensor noise and clutter add texture; a partly
+            hidden object may show a plain side). 0.5 keeps 98 % of the proposals of the
+            out-of-domain validation split's objects and rules out most of its distractors for
+            its well-textured objects (0: off).
         centre_descriptors: subtract the mean template descriptor (each part) before the cosine.
         descriptor_batch_size: crops per backbone call.
     """
 
     top_k: int = 5
-    score_threshold: float = 0.45
+    score_threshold: float = 0.4
     nms_iou: float = 0.25
     max_detections: int = 50
     num_pose_priors: int = 5
@@ -108,6 +116,7 @@ class MatchingConfig:
     colour_bins: int = 8
     colour_min_brightness: float = 0.05
     colour_search_gain: float = 1.3
+    min_texture_ratio: float = 0.5
     centre_descriptors: bool = True
     descriptor_batch_size: int = 32
 
@@ -118,7 +127,7 @@ class MatchingConfig:
             ("num_pose_priors", self.num_pose_priors >= 0), ("framing", self.framing in FRAMINGS),
             ("descriptor_batch_size", self.descriptor_batch_size >= 1), ("colour_weight", self.colour_weight >= 0.0),
             ("colour_bins", 2 <= self.colour_bins <= 64), ("colour_min_brightness", 0.0 <= self.colour_min_brightness < 1.0),
-            ("colour_search_gain", self.colour_search_gain >= 1.0)
+            ("colour_search_gain", self.colour_search_gain >= 1.0), ("min_texture_ratio", self.min_texture_ratio >= 0.0),
         ]
         check_fields(self, checks)
 
@@ -203,12 +212,14 @@ class TemplateParts:
         colour: (T, C) float32 colour histograms of the template crops.
         R_template_crop: (T, 3, 3) float64 crop camera orientations in the template cameras.
         crop_focal_px: (T,) float64 crop camera focal lengths, pixels.
+        texture: (T,) float32 :func:`texture_levels` of the template crops.
     """
 
     global_: np.ndarray
     colour: np.ndarray
     R_template_crop: np.ndarray
     crop_focal_px: np.ndarray
+    texture: np.ndarray
 
 
 def template_parts(templates: ObjectTemplates, backbone: Backbone, config: MatchingConfig) -> TemplateParts:
@@ -232,7 +243,7 @@ def template_parts(templates: ObjectTemplates, backbone: Backbone, config: Match
         outlines = [mask_outline(m) if m.any() else box_outline((0, 0, S, S)) for m in templates.mask]
         R, focal = crop_cameras(K_t, outlines, S, templates.config.crop_margin_fraction)
     K = torch.from_numpy(K_t)
-    globals_, colours = [], []
+    globals_, colours, textures = [], [], []
     for start in range(0, T, config.descriptor_batch_size):
         stop = min(start + config.descriptor_batch_size, T)
         rgb = torch.from_numpy(templates.rgb[start:stop]).to(device).permute(0, 3, 1, 2).float().div_(255.0)
@@ -246,7 +257,34 @@ def template_parts(templates: ObjectTemplates, backbone: Backbone, config: Match
             parts = describe_crops(backbone, crops, crop_masks, config)
         globals_.append(parts.global_.cpu())
         colours.append(parts.colour.cpu())
-    return TemplateParts(torch.cat(globals_).numpy().astype(np.float32), torch.cat(colours).numpy().astype(np.float32), R, focal)
+        textures.append(texture_levels(crops, crop_masks).cpu())
+    return TemplateParts(torch.cat(globals_).numpy().astype(np.float32), torch.cat(colours).numpy().astype(np.float32), R, focal,
+                         torch.cat(textures).numpy().astype(np.float32))
+
+
+def texture_levels(crops: torch.Tensor, masks: torch.Tensor, size_px: int = 24, erosion_px: int = 1) -> torch.Tensor:
+    """How textured the object pixels of crops are: (B,) float32.
+
+    The crops are first area-averaged to ``size_px`` (a small or distant object's crop is an
+    upsampled, blurred image; at this coarse scale it is as sharp as a template); then the mean
+    absolute difference of horizontally and vertically adjacent grey values inside the mask
+    eroded by ``erosion_px`` (so the silhouette's edge does not count), over the mean grey value
+    there (so exposure does not change it). Untextured surfaces (the distractor primitives of a
+    workcell, a white box) score a few hundredths, printed packaging a tenth or more.
+
+    Args:
+        crops: (B, 3, S, S) float RGB in [0, 1]. masks: (B, S, S) float weights in [0, 1].
+    """
+    grey = F.adaptive_avg_pool2d(crops.float().mean(1, keepdim=True), size_px)
+    small_mask = (F.adaptive_avg_pool2d(masks.float()[:, None], size_px) > 0.5).float()
+    k = 2 * erosion_px + 1
+    inner = (F.avg_pool2d(small_mask, k, stride=1, padding=erosion_px, count_include_pad=True) > 1.0 - 0.5 / (k * k)).float()
+    gradient = torch.zeros_like(grey)
+    gradient[..., :, 1:] += (grey[..., :, 1:] - grey[..., :, :-1]).abs()
+    gradient[..., 1:, :] += (grey[..., 1:, :] - grey[..., :-1, :]).abs()
+    count = inner.sum((1, 2, 3)).clamp_min(1.0)
+    mean_grey = (grey * inner).sum((1, 2, 3)) / count
+    return (gradient * inner).sum((1, 2, 3)) / count / mean_grey.clamp_min(1e-3)
 
 
 def describe_colour(crops: torch.Tensor, crop_masks: torch.Tensor, config: MatchingConfig, *, query: bool = False) -> torch.Tensor:
@@ -268,6 +306,7 @@ class TemplateBank:
             backbone's device.
         object_ids: (O,) the objects' ids, in bank order.
         templates_per_object: T.
+        object_texture: (O,) float32 median :func:`texture_levels` of each object's templates.
         mean_global, mean_colour: (D,), (C,) means over the templates of the raw parts,
             subtracted by :meth:`embed` when ``config.centre_descriptors``.
         T_template_object: (O, T, 4, 4) float64 ``T_camera_object`` of the template cameras, metres.
@@ -287,6 +326,7 @@ class TemplateBank:
     templates_per_object: int
     mean_global: torch.Tensor
     mean_colour: torch.Tensor
+    object_texture: np.ndarray
     T_template_object: np.ndarray
     K_template: np.ndarray
     sphere_center_obj_m: np.ndarray
@@ -345,7 +385,7 @@ class TemplateBank:
                     f"TemplateBank.build: object {t.object_id} templates differ in template_size_px / crop_margin_fraction / "
                     "background_rgb / template count from the first object's; onboard all objects with one TemplateConfig"
                 )
-            if len(p.global_) != c.num_templates or len(p.colour) != c.num_templates:
+            if len(p.global_) != c.num_templates or len(p.colour) != c.num_templates or len(p.texture) != c.num_templates:
                 raise InvalidInputError(f"TemplateBank.build: object {t.object_id}: parts of {len(p.global_)} templates, expected {c.num_templates}")
         device = torch.device(device)
         global_ = torch.from_numpy(np.concatenate([p.global_ for p in parts])).to(device)
@@ -354,6 +394,7 @@ class TemplateBank:
         return cls(
             descriptors=_embed(global_, colour, mean_global, mean_colour, config), object_ids=tuple(int(i) for i in ids),
             templates_per_object=first.num_templates, mean_global=mean_global, mean_colour=mean_colour,
+            object_texture=np.array([np.median(p.texture) for p in parts], np.float32),
             T_template_object=np.stack([t.T_camera_object for t in templates]),
             K_template=np.stack([t.K_template for t in templates]),
             sphere_center_obj_m=np.stack([t.sphere_center_obj_m for t in templates]),

@@ -30,6 +30,7 @@ from pose_node.detection.matching import (
     nms_masks,
     priors_for_matches,
     template_parts,
+    texture_levels,
     white_balance_gains,
 )
 from pose_node.detection.proposal_types import Proposal, box_from_mask
@@ -280,6 +281,21 @@ def test_white_balance_search_matches_an_object_under_a_tinted_light():
     best = (variants[0] @ templates.T).amax(0)
     assert float(best[0]) > 0.99 and int(best.argmax()) == 0
     assert white_balance_gains(1.0).shape == (1, 3)
+
+
+def test_texture_levels_separate_plain_from_printed_surfaces_at_any_size_and_exposure():
+    rng = np.random.default_rng(0)
+    S = 96
+    checker = ((np.indices((S, S)) // 8).sum(0) % 2).astype(np.float32)  # 8 px squares
+    printed = torch.from_numpy(0.3 + 0.4 * checker)[None, None].expand(1, 3, S, S).clone()
+    plain = torch.full((1, 3, S, S), 0.6) + torch.from_numpy(rng.normal(0, 0.01, (1, 3, S, S)).astype(np.float32))
+    masks = torch.zeros(1, S, S)
+    masks[:, 8:-8, 8:-8] = 1.0
+    levels = texture_levels(torch.cat([printed, plain]), masks.expand(2, S, S))
+    assert float(levels[0]) > 10 * float(levels[1])
+    # The same print seen half as large (its crop upsampled from 48 px) and half as bright.
+    small = torch.nn.functional.interpolate(printed[..., ::2, ::2], size=(S, S), mode="bilinear", align_corners=False)
+    assert float(texture_levels(0.5 * small, masks)[0]) == pytest.approx(float(levels[0]), rel=0.35)
 
 
 def test_match_with_descriptor_variants_takes_each_templates_best_variant(onboarded):
