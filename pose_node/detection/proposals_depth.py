@@ -77,6 +77,7 @@ logger = logging.getLogger(__name__)
 
 PLANE_SOURCES: tuple[str, ...] = ("ransac", "world", "auto")
 _REFINE_MAX_POINTS = 20000  # least-squares plane refits use at most about this many points
+_TABLE_FIT_MAX_POINTS = 5000  # the table surface's fits (6 coefficients) use at most about this many
 
 
 @dataclass(frozen=True)
@@ -884,7 +885,7 @@ def fit_table_surface(points_cam: np.ndarray, plane: SupportPlane, config: Depth
     Returns:
         The surface, or None when fewer than 50 points lie near the plane.
     """
-    step = max(1, len(points_cam) // _REFINE_MAX_POINTS)
+    step = max(1, len(points_cam) // _TABLE_FIT_MAX_POINTS)
     points = np.asarray(points_cam[::step], np.float64)
     normal = plane.normal
     helper = np.array([1.0, 0.0, 0.0]) if abs(normal[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
@@ -904,7 +905,9 @@ def fit_table_surface(points_cam: np.ndarray, plane: SupportPlane, config: Depth
     for _ in range(3):
         if np.count_nonzero(inliers) < 50:
             break
-        coefficients = np.linalg.lstsq(design[inliers], height[inliers], rcond=None)[0]
+        # Normal equations by einsum (6 x 6): multi-threaded BLAS spins on these thin products.
+        a = design[inliers]
+        coefficients = np.linalg.solve(np.einsum("ni,nj->ij", a, a) + 1e-12 * np.eye(6), np.einsum("ni,n->i", a, height[inliers]))
         inliers = np.abs(height - design @ coefficients) < config.plane_inlier_threshold_m
     return TableSurface(plane, axes, centre, coefficients, config.table_fit_band_m)
 
@@ -953,8 +956,8 @@ def fill_depth_holes(depth_m: np.ndarray, valid: np.ndarray, max_px: int) -> tup
         fill = ~valid & (grown > 0)
         if not fill.any():
             break
-        depth[fill] = grown[fill]
-        valid = valid | fill
+        np.copyto(depth, grown, where=fill)
+        valid |= fill
     return depth, valid
 
 
