@@ -93,7 +93,7 @@ class MatchingConfig:
             the variant most like it, so an object under a coloured light or seen by a camera
             with another white balance still matches its own colours (1: off; the global
             part does not change with it). Templates are rendered under white light and are
-            never varied.
+            never varied. The detector searches in RGB-D mode only (see there).
         min_texture_ratio: an RGB-D proposal whose silhouette is not occluded (see
             :mod:`pose_node.detection.verification`) cannot be an object whose templates are
             textured (:func:`texture_levels`, median over the object's templates) more than
