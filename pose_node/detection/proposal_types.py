@@ -48,6 +48,10 @@ class Proposal:
         source: which proposal stage made it, one of :data:`PROPOSAL_SOURCES`.
         points_cam: (N, 3) float32 metres, camera optical frame (x right, y down, z forward):
             back-projected depth samples of the instance, or None (RGB-only proposals).
+        support_plane_cam: (4,) float64 ``(n_x, n_y, n_z, offset_m)``, camera frame: the support
+            surface the instance stands on, ``n . p + offset_m`` the height (metres) of a point
+            ``p`` above it (``n`` unit, toward the camera), or None (unknown). Depth proposals
+            carry it so that verification can measure heights above the table.
     """
 
     mask: np.ndarray
@@ -55,6 +59,7 @@ class Proposal:
     score: float
     source: str
     points_cam: np.ndarray | None = None
+    support_plane_cam: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         mask = np.array(self.mask, dtype=bool, copy=True)
@@ -79,12 +84,19 @@ class Proposal:
             if points.ndim != 2 or points.shape[1] != 3:
                 raise InvalidInputError(f"Proposal.points_cam: expected (N, 3), got shape {points.shape}")
             points.setflags(write=False)
+        plane = None
+        if self.support_plane_cam is not None:
+            plane = np.array(self.support_plane_cam, dtype=np.float64, copy=True)
+            if plane.shape != (4,) or not np.all(np.isfinite(plane)) or abs(float(np.linalg.norm(plane[:3])) - 1.0) > 1e-3:
+                raise InvalidInputError(f"Proposal.support_plane_cam: expected finite (4,) with a unit normal, got {self.support_plane_cam!r}")
+            plane.setflags(write=False)
         mask.setflags(write=False)
         box.setflags(write=False)
         object.__setattr__(self, "mask", mask)
         object.__setattr__(self, "box_xyxy", box)
         object.__setattr__(self, "score", score)
         object.__setattr__(self, "points_cam", points)
+        object.__setattr__(self, "support_plane_cam", plane)
 
     @property
     def area_px(self) -> int:

@@ -77,6 +77,7 @@ logger = logging.getLogger(__name__)
 
 PLANE_SOURCES: tuple[str, ...] = ("ransac", "world", "auto")
 _REFINE_MAX_POINTS = 20000  # least-squares plane refits use at most about this many points
+_TABLE_FIT_MAX_POINTS = 5000  # the table surface's fits (6 coefficients) use at most about this many
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,15 @@ class DepthProposalConfig:
         mask_closing_px: diameter of the elliptic closing kernel, pixels (0: none).
         max_hole_fill_fraction: enclosed holes up to this fraction of the mask area are filled.
         max_proposals: best-scoring proposals returned.
+        table_curvature: model the table top as a quadratic surface over the plane (tables
+            sag, depth sensors bend planes slightly): :class:`TableSurface`, fitted to the points
+            within ``table_fit_band_m`` of the plane; heights are measured from it.
+        table_fit_band_m: see ``table_curvature``; the correction is clipped to this, metres.
+        low_relief_min_height_m: objects too flat for ``min_height_above_plane_m`` (a card, a
+            spatula a few millimetres proud of the table) are proposed when the 3x3-averaged
+            height of connected nodes off the foreground is at least this, metres (0: off).
+        hole_fill_px: sensor holes up to about twice this many pixels wide are filled with the
+            farthest valid depth around them before clustering (:func:`fill_depth_holes`; 0: off).
         seed: seed of the RANSAC sampling (results are deterministic).
     """
 
@@ -162,6 +172,10 @@ class DepthProposalConfig:
     mask_closing_px: int = 5
     max_hole_fill_fraction: float = 0.2
     max_proposals: int = 50
+    hole_fill_px: int = 4
+    table_curvature: bool = True
+    table_fit_band_m: float = 0.025
+    low_relief_min_height_m: float = 0.003
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -195,7 +209,8 @@ class DepthProposalConfig:
             ("split_threshold_scale", 0 < self.split_threshold_scale < 1),
             ("mask_closing_px", self.mask_closing_px >= 0),
             ("max_hole_fill_fraction", 0 <= self.max_hole_fill_fraction <= 1),
-            ("max_proposals", self.max_proposals >= 1),
+            ("max_proposals", self.max_proposals >= 1), ("hole_fill_px", self.hole_fill_px >= 0),
+            ("table_fit_band_m", self.table_fit_band_m > 0), ("low_relief_min_height_m", self.low_relief_min_height_m >= 0),
         ]
         check_fields(self, checks)
 
@@ -743,6 +758,9 @@ def depth_proposals(
     with np.errstate(invalid="ignore"):
         valid_full = (depth >= config.min_depth_m) & (depth <= config.max_depth_m)  # False for NaN
     depth = np.where(valid_full, depth, np.float32(0))
+    measured = valid_full
+    if config.hole_fill_px > 0:
+        depth, valid_full = fill_depth_holes(depth, valid_full, config.hole_fill_px)
     s = config.stride_px
     z = np.ascontiguousarray(depth[::s, ::s])
     valid = valid_full[::s, ::s]
@@ -757,17 +775,24 @@ def depth_proposals(
 
     plane = _support_plane(points[valid], config, T_world_camera)
     t_plane = time.perf_counter()
+    surface = None
+    low = np.zeros_like(valid)
     if plane is None:
         logger.warning("depth_proposals: no support plane found (best < %.0f%% of %d points); "
                        "clustering every valid point", 100 * config.plane_min_inlier_fraction, int(valid.sum()))
         foreground = valid
     else:
-        foreground = valid & (plane.height_m(points) >= config.min_height_above_plane_m)
-    if not foreground.any():
+        if config.table_curvature:
+            surface = fit_table_surface(points[valid], plane, config)
+        height = surface.height_m(points) if surface is not None else plane.height_m(points)
+        foreground = valid & (height >= config.min_height_above_plane_m)
+        if config.low_relief_min_height_m > 0:
+            low = _low_relief_nodes(height, valid, foreground, config)
+    if not (foreground | low).any():
         return []
     # Work on the bounding box of the foreground (plus the reach of the normal window).
     margin = config.normal_window_cells + config.concave_baseline_cells + 1
-    rows, cols = np.flatnonzero(foreground.any(1)), np.flatnonzero(foreground.any(0))
+    rows, cols = np.flatnonzero((foreground | low).any(1)), np.flatnonzero((foreground | low).any(0))
     r0, r1 = max(rows[0] - margin, 0), min(rows[-1] + margin + 1, z.shape[0])
     c0, c1 = max(cols[0] - margin, 0), min(cols[-1] + margin + 1, z.shape[1])
     crop = (slice(r0, r1), slice(c0, c1))
@@ -780,8 +805,12 @@ def depth_proposals(
     t_cluster = time.perf_counter()
 
     kept = _gate_and_split(grid, labels, s, config)
+    num_raised = len(kept)
+    if low.any():
+        kept += _gate_and_split(grid, _label_links(low[crop], grid.jump_x < 1, grid.jump_y < 1), s, config)
     t_gate = time.perf_counter()
-    proposals = _build_proposals(depth, valid_full, plane, (ray_x, ray_y), grid, (r0, c0), kept, s, rel_per_px, config)
+    proposals = _build_proposals(depth, valid_full, measured, plane, surface, (ray_x, ray_y), grid, (r0, c0), kept,
+                                 num_raised, s, rel_per_px, config)
     logger.debug("depth_proposals: %d proposals in %.1f ms (plane %.1f, cluster %.1f, gate %.1f, masks %.1f)",
                  len(proposals), 1e3 * (time.perf_counter() - started), 1e3 * (t_plane - started),
                  1e3 * (t_cluster - t_plane), 1e3 * (t_gate - t_cluster), 1e3 * (time.perf_counter() - t_gate))
@@ -799,10 +828,147 @@ def _support_plane(points: np.ndarray, config: DepthProposalConfig,
     return fit_support_plane(points, config, refine_points=refine_points)
 
 
-def _build_proposals(depth: np.ndarray, valid_full: np.ndarray, plane: SupportPlane | None,
-                     rays: tuple[np.ndarray, np.ndarray], grid: _Grid, origin: tuple[int, int], kept: list[np.ndarray],
-                     stride: int, rel_per_px: float, config: DepthProposalConfig) -> list[Proposal]:
-    """Full-resolution masks, boxes and scores of the kept clusters (node masks on the grid crop)."""
+@dataclass(frozen=True)
+class TableSurface:
+    """The table top as a quadratic surface over a support plane.
+
+    ``height(p) = plane.height(p) - q(u, v)`` with ``(u, v)`` the coordinates of ``p`` along two
+    axes in the plane (metres, centred on ``centre_uv``) and ``q`` a quadratic polynomial whose
+    value is clipped to ``[-clip_m, clip_m]`` (far from the table, e.g. on the floor, the
+    polynomial extrapolates).
+
+    Attributes:
+        plane: the support plane. axes: (2, 3) in-plane unit axes, camera frame.
+        centre_uv: (2,) metres. coefficients: (6,) of ``1, u, v, u^2, uv, v^2``. clip_m: metres.
+    """
+
+    plane: SupportPlane
+    axes: np.ndarray
+    centre_uv: np.ndarray
+    coefficients: np.ndarray
+    clip_m: float
+
+    def height_from_depth(self, depth_m: np.ndarray, ray_x: np.ndarray, ray_y: np.ndarray) -> np.ndarray:
+        """Heights (h, w) metres of the pixels of depth (h, w) metres whose rays are
+        ``(ray_x[j], ray_y[i], 1)`` (ray_x (w,), ray_y (h,)); same as :meth:`height_m`."""
+        def along(a: np.ndarray) -> np.ndarray:
+            a = a.astype(np.float32)
+            return depth_m * (a[0] * ray_x[None, :] + a[1] * ray_y[:, None] + a[2])
+        uv = np.stack([along(self.axes[0]), along(self.axes[1])], axis=-1) - self.centre_uv.astype(np.float32)
+        n = self.plane.normal
+        plane_height = along(n) + np.float32(self.plane.offset_m)
+        return plane_height - np.clip(_quadratic(uv, self.coefficients), -self.clip_m, self.clip_m)
+
+    def height_m(self, points_cam: np.ndarray) -> np.ndarray:
+        """Heights (...,) metres above the table of points_cam (..., 3) metres."""
+        uv = np.einsum("...c,kc->...k", points_cam, self.axes.astype(points_cam.dtype)) - self.centre_uv.astype(points_cam.dtype)
+        return self.plane.height_m(points_cam) - np.clip(_quadratic(uv, self.coefficients), -self.clip_m, self.clip_m)
+
+
+def _quadratic(uv: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+    u, v = uv[..., 0], uv[..., 1]
+    c = coefficients.astype(uv.dtype)
+    return c[0] + c[1] * u + c[2] * v + c[3] * u * u + c[4] * u * v + c[5] * v * v
+
+
+def fit_table_surface(points_cam: np.ndarray, plane: SupportPlane, config: DepthProposalConfig) -> TableSurface | None:
+    """Quadratic table surface (:class:`TableSurface`) fitted to the points near ``plane``.
+
+    Least squares on the points within ``table_fit_band_m`` of the plane, then twice on those
+    within ``plane_inlier_threshold_m`` of the fit (so objects standing on the table, even flat
+    ones, hardly pull it). A curved table or a sensor that bends planes would otherwise rise
+    above ``min_height_above_plane_m`` away from where the plane fits best and come out as
+    table-sized clusters.
+
+    Args:
+        points_cam: (N, 3) metres, camera frame (valid points).
+    Returns:
+        The surface, or None when fewer than 50 points lie near the plane.
+    """
+    step = max(1, len(points_cam) // _TABLE_FIT_MAX_POINTS)
+    points = np.asarray(points_cam[::step], np.float64)
+    normal = plane.normal
+    helper = np.array([1.0, 0.0, 0.0]) if abs(normal[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    e1 = np.cross(normal, helper)
+    e1 /= norm(e1)
+    axes = np.stack([e1, np.cross(normal, e1)])
+    height = plane.height_m(points)
+    inliers = np.abs(height) < config.table_fit_band_m
+    if np.count_nonzero(inliers) < 50:
+        return None
+    uv_all = points @ axes.T
+    centre = uv_all[inliers].mean(0)
+    uv_all -= centre
+    design = np.stack([np.ones(len(points)), uv_all[:, 0], uv_all[:, 1], uv_all[:, 0] ** 2, uv_all[:, 0] * uv_all[:, 1],
+                       uv_all[:, 1] ** 2], axis=1)
+    coefficients = np.zeros(6)
+    for _ in range(3):
+        if np.count_nonzero(inliers) < 50:
+            break
+        # Normal equations by einsum (6 x 6): multi-threaded BLAS spins on these thin products.
+        a = design[inliers]
+        coefficients = np.linalg.solve(np.einsum("ni,nj->ij", a, a) + 1e-12 * np.eye(6), np.einsum("ni,n->i", a, height[inliers]))
+        inliers = np.abs(height - design @ coefficients) < config.plane_inlier_threshold_m
+    return TableSurface(plane, axes, centre, coefficients, config.table_fit_band_m)
+
+
+def _low_relief_nodes(height: np.ndarray, valid: np.ndarray, foreground: np.ndarray, config: DepthProposalConfig) -> np.ndarray:
+    """(h, w) bool grid nodes of flat objects: off the (dilated) foreground, 3x3-averaged height
+    at least ``low_relief_min_height_m`` (the average divides the sensor noise by about 3)."""
+    h = np.where(valid, height, 0).astype(np.float32)
+    total = cv2.boxFilter(h, -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    count = cv2.boxFilter(valid.astype(np.float32), -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    mean = total / np.maximum(count, 1.0)
+    near_raised = cv2.dilate(foreground.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    low = valid & ~near_raised & (count >= 5) & (mean >= config.low_relief_min_height_m) & (height < config.min_height_above_plane_m)
+    if not low.any():
+        return low
+    # Sensor noise makes specks; only pieces that could hold an object's mask go on (and widen the crop).
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(low.astype(np.uint8), connectivity=8)
+    min_nodes = max(1, int(math.ceil(config.min_area_px / config.stride_px**2)))
+    large = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= min_nodes)
+    return low & np.isin(labels, large[large > 0])
+
+
+def fill_depth_holes(depth_m: np.ndarray, valid: np.ndarray, max_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """Small sensor holes filled with the farthest valid depth around them.
+
+    Dark and glossy surfaces return no depth in blobs, which would cut an object into pieces (its
+    cores cannot link across a hole). Each of ``max_px`` passes gives every invalid pixel with a
+    valid 8-neighbour the largest (farthest) neighbouring depth, so holes up to about ``2 *
+    max_px`` pixels wide close. The farthest value, not a mean: a hole beside an occluding edge
+    (the sensor's shadow) takes the background's depth instead of bridging the two surfaces, and
+    a hole inside an object takes a depth of that object's own surface.
+
+    Args:
+        depth_m: (H, W) float32 metres, 0 where invalid. valid: (H, W) bool.
+        max_px: passes (0: nothing filled).
+    Returns:
+        (filled depth (H, W) float32, its validity (H, W) bool).
+    """
+    depth = depth_m.copy()
+    valid = valid.copy()
+    kernel = np.ones((3, 3), np.uint8)
+    for _ in range(max_px):
+        if valid.all():
+            break
+        grown = cv2.dilate(depth, kernel)  # invalid pixels are 0, so the max is over valid neighbours
+        fill = ~valid & (grown > 0)
+        if not fill.any():
+            break
+        np.copyto(depth, grown, where=fill)
+        valid |= fill
+    return depth, valid
+
+
+def _build_proposals(depth: np.ndarray, valid_full: np.ndarray, measured: np.ndarray, plane: SupportPlane | None,
+                     surface: TableSurface | None, rays: tuple[np.ndarray, np.ndarray], grid: _Grid, origin: tuple[int, int],
+                     kept: list[np.ndarray], num_raised: int, stride: int, rel_per_px: float,
+                     config: DepthProposalConfig) -> list[Proposal]:
+    """Full-resolution masks, boxes and scores of the kept clusters (node masks on the grid crop;
+    the first ``num_raised`` stand above ``min_height_above_plane_m``, the rest are low-relief
+    clusters, whose pixels need only ``low_relief_min_height_m``); heights are measured from
+    ``surface`` when there is one, else from ``plane``."""
     if not kept:
         return []
     H, W = depth.shape
@@ -825,11 +991,18 @@ def _build_proposals(depth: np.ndarray, valid_full: np.ndarray, plane: SupportPl
     keep &= np.abs(d - up_z) < _link_threshold(up_z, stride, rel_per_px, config)
     if plane is not None:
         ray_x, ray_y = rays
-        n = plane.normal.astype(np.float32)
-        height = d * (n[0] * ray_x[None, x0:x1] + n[1] * ray_y[y0:y1, None] + n[2]) + np.float32(plane.offset_m)
-        keep &= height >= config.min_height_above_plane_m
+        if surface is not None:
+            height = surface.height_from_depth(d, ray_x[x0:x1], ray_y[y0:y1])
+        else:
+            n = plane.normal.astype(np.float32)
+            height = d * (n[0] * ray_x[None, x0:x1] + n[1] * ray_y[y0:y1, None] + n[2]) + np.float32(plane.offset_m)
+        min_height = np.full(len(kept) + 1, np.float32(config.min_height_above_plane_m))
+        min_height[num_raised + 1:] = config.low_relief_min_height_m
+        keep &= height >= min_height[up_labels]
     full = np.where(keep, up_labels, 0)
-    valid_window = valid_full[y0:y1, x0:x1]
+    plane_cam = None if plane is None else np.r_[plane.normal, plane.offset_m]
+    valid_window = measured[y0:y1, x0:x1]  # the score's depth coverage counts measured pixels only
+    taken = np.zeros(full.shape, bool)
     proposals = []
     for i, nodes in enumerate(kept, start=1):
         ys, xs = np.nonzero(nodes)
@@ -839,6 +1012,9 @@ def _build_proposals(depth: np.ndarray, valid_full: np.ndarray, plane: SupportPl
         by1 = min((int(ys.max()) + r0) * stride + pad - y0 + 1, y1 - y0)
         bx1 = min((int(xs.max()) + c0) * stride + pad - x0 + 1, x1 - x0)
         crop_mask = _clean_mask(full[by0:by1, bx0:bx1], i, config)
+        # The closings of two clusters can reach the same unlabelled pixel: the first keeps it.
+        crop_mask &= ~taken[by0:by1, bx0:bx1]
+        taken[by0:by1, bx0:bx1] |= crop_mask
         area = int(np.count_nonzero(crop_mask))
         if area < config.min_area_px:
             continue
@@ -849,6 +1025,7 @@ def _build_proposals(depth: np.ndarray, valid_full: np.ndarray, plane: SupportPl
         box = np.array([ox + mask_cols[0], oy + mask_rows[0], ox + mask_cols[-1] + 1, oy + mask_rows[-1] + 1])
         coverage = np.count_nonzero(valid_window[by0:by1, bx0:bx1] & crop_mask) / area
         score = _solidity(crop_mask) * coverage
-        proposals.append(Proposal(mask=mask, box_xyxy=box, score=score, source="depth", points_cam=grid.points[nodes]))
+        proposals.append(Proposal(mask=mask, box_xyxy=box, score=score, source="depth", points_cam=grid.points[nodes],
+                                  support_plane_cam=plane_cam))
     proposals.sort(key=lambda p: -p.score)
     return proposals[: config.max_proposals]

@@ -288,3 +288,20 @@ def test_a_cap_that_cuts_nothing_changes_nothing(detector, images):
     for a, b in zip(capped, uncapped):
         assert (a.object_id, a.score) == (b.object_id, b.score)
         assert np.array_equal(a.mask, b.mask) and np.array_equal(a.template_poses, b.template_poses)
+
+
+def test_a_proposal_no_known_object_fits_by_size_is_not_detected(detector, images, monkeypatch):
+    # The detector's own proposals of a view that it detects, then the same proposals with their
+    # depth samples blown up 4x about their centre (a distractor of the same look but 4x the
+    # size of the object): metric-size verification leaves no object for them.
+    im = images[0]
+    proposals = detector.proposals(im.view)
+    detections = detector.match_proposals(im.view, proposals)
+    assert detections
+    grown = []
+    for p in proposals:
+        centre = p.points_cam.mean(0)
+        grown.append(replace(p, points_cam=centre + 4.0 * (p.points_cam - centre)))
+    assert detector.match_proposals(im.view, grown) == []
+    monkeypatch.setattr(detector, "_sizes", [])  # verification off: they look like the objects
+    assert len(detector.match_proposals(im.view, grown)) == len(detections)

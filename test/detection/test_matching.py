@@ -15,11 +15,14 @@ from pose_node.core.errors import InvalidInputError
 from pose_node.detection.matching import (
     MatchingConfig,
     TemplateBank,
+    colour_histograms,
     describe_crops,
     match,
     nms_masks,
     priors_for_matches,
     template_parts,
+    texture_levels,
+    white_balance_gains,
 )
 from pose_node.detection.proposal_types import Proposal, box_from_mask
 from pose_node.features import BackboneConfig, create_backbone
@@ -141,6 +144,56 @@ def test_match_respects_the_object_mask_and_validates(onboarded):
         match(descriptors, bank, object_mask=torch.zeros(3, dtype=torch.bool))
     empty = match(descriptors[:0], bank)
     assert empty.object_index.shape == (0,)
+    # Per-proposal masks (metric-size verification): each row keeps its own objects.
+    rows = match(descriptors, bank, 5, object_mask=torch.tensor([[False, True, True], [False, False, False]]))
+    assert rows.object_index[0] == 1 and torch.isinf(rows.score[1]) and rows.score[1] < 0
+
+
+def test_white_balance_search_matches_an_object_under_a_tinted_light():
+    # Uniform patches of three colours; the query is the first one under a reddish light
+    # (red gain 1.3, blue 1 / 1.3 relative to green), where its chromaticity falls in another bin.
+    colours = torch.tensor([[0.5, 0.4, 0.3], [0.6, 0.3, 0.3], [0.3, 0.5, 0.4]])
+    crops = colours[:, :, None, None].expand(3, 3, 8, 8).clone()
+    masks = torch.ones(3, 8, 8)
+    templates = colour_histograms(crops, masks, bins=8, min_brightness=0.05)
+    tint = torch.tensor([1.3, 1.0, 1.0 / 1.3])
+    query = (crops[:1] * tint[None, :, None, None]).clamp(0, 1)
+    plain = colour_histograms(query, masks[:1], bins=8, min_brightness=0.05)
+    assert float(plain[0] @ templates[0]) < 0.5
+    gains = white_balance_gains(1.3)
+    assert gains.shape == (9, 3) and torch.equal(gains[0], torch.ones(3))  # the crop as it is comes first
+    variants = colour_histograms(query, masks[:1], bins=8, min_brightness=0.05, gains=gains)
+    assert variants.shape == (1, 9, 64) and torch.allclose(variants[0, 0], plain[0])
+    best = (variants[0] @ templates.T).amax(0)
+    assert float(best[0]) > 0.99 and int(best.argmax()) == 0
+    assert white_balance_gains(1.0).shape == (1, 3)
+
+
+def test_texture_levels_separate_plain_from_printed_surfaces_at_any_size_and_exposure():
+    rng = np.random.default_rng(0)
+    S = 96
+    checker = ((np.indices((S, S)) // 8).sum(0) % 2).astype(np.float32)  # 8 px squares
+    printed = torch.from_numpy(0.3 + 0.4 * checker)[None, None].expand(1, 3, S, S).clone()
+    plain = torch.full((1, 3, S, S), 0.6) + torch.from_numpy(rng.normal(0, 0.01, (1, 3, S, S)).astype(np.float32))
+    masks = torch.zeros(1, S, S)
+    masks[:, 8:-8, 8:-8] = 1.0
+    levels = texture_levels(torch.cat([printed, plain]), masks.expand(2, S, S))
+    assert float(levels[0]) > 10 * float(levels[1])
+    # The same print seen half as large (its crop upsampled from 48 px) and half as bright.
+    small = torch.nn.functional.interpolate(printed[..., ::2, ::2], size=(S, S), mode="bilinear", align_corners=False)
+    assert float(texture_levels(0.5 * small, masks)[0]) == pytest.approx(float(levels[0]), rel=0.35)
+
+
+def test_match_with_descriptor_variants_takes_each_templates_best_variant(onboarded):
+    _, bank = onboarded
+    T = bank.templates_per_object
+    # Two variants of one query: a template of object 0 and one of object 2.
+    variants = bank.descriptors[[0, 2 * T]][None]
+    result = match(variants, bank, 1)
+    singles = [match(variants[:, g], bank, 1) for g in range(2)]
+    assert torch.allclose(result.object_scores, torch.maximum(singles[0].object_scores, singles[1].object_scores))
+    with pytest.raises(InvalidInputError):
+        match(variants[..., :10], bank)
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import cv2
 import numpy as np
 import pytest
 
@@ -17,12 +18,16 @@ from pose_node.detection.proposal_types import Proposal, box_from_mask, mask_iou
 from pose_node.detection.proposals_depth import (
     DepthProposalConfig,
     depth_proposals,
+    fill_depth_holes,
     fit_support_plane,
+    fit_table_surface,
     world_support_plane,
 )
 from pose_node.scene.appearance import AppearanceConfig, add_depth_noise
 from pose_node.scene.generator import WorkcellConfig, read_scene_world
 from pose_node.scene.layout import LayoutConfig
+from pose_node.scene.sensor_model import DepthSensorConfig, simulate_depth_sensor
+from helpers.scene import look_at, raycast_table_scene
 
 WIDTH, HEIGHT = 320, 240
 MIN_VISIB_FRACT = 0.3
@@ -108,15 +113,18 @@ def test_proposals_are_consistent_and_deterministic(workcell: Workcell) -> None:
     assert [p.score for p in proposals] == sorted((p.score for p in proposals), reverse=True)
     plane = fit_support_plane(_grid_points(depth, frame.K), workcell.config)
     assert plane is not None
+    table = fit_table_surface(_grid_points(depth, frame.K), plane, workcell.config)
+    assert table is not None
     for p, q in zip(proposals, again, strict=True):
         assert np.array_equal(p.mask, q.mask) and p.score == q.score
         assert p.source == "depth" and p.mask.shape == depth.shape and 0.0 <= p.score <= 1.0
         assert np.array_equal(p.box_xyxy, box_from_mask(p.mask))
         assert p.area_px >= workcell.config.min_area_px
         assert p.points_cam.shape[1] == 3 and np.all(np.isfinite(p.points_cam)) and np.all(p.points_cam[:, 2] > 0)
-        # The samples stand on the table: above it, and no farther from it than the largest object.
-        height = plane.height_m(p.points_cam.astype(np.float64))
-        assert height.min() >= workcell.config.min_height_above_plane_m - 1e-6
+        # The samples stand on the table: above it (flat objects need only the low-relief
+        # height), and no farther from it than the largest object.
+        height = table.height_m(p.points_cam.astype(np.float64))
+        assert height.min() >= workcell.config.low_relief_min_height_m - 1e-6
         assert height.max() <= workcell.config.max_object_diameter_m
     # Proposals do not overlap.
     overlap = np.sum([p.mask for p in proposals], axis=0)
@@ -289,3 +297,101 @@ def test_proposal_validation_and_helpers() -> None:
     other[2:5, 6:12] = True
     assert mask_iou(p.mask, other) == pytest.approx(9 / 27)
     assert mask_iou(np.zeros((3, 3)), np.zeros((3, 3))) == 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# Ray-cast tables seen obliquely through a sensor model (z^2 noise, flying pixels at depth
+# edges, edge shadows; optional hole blobs): the cases real depth brings.
+# --------------------------------------------------------------------------------------------
+
+OBLIQUE_K = np.array([[600.0, 0.0, 319.5], [0.0, 600.0, 239.5], [0.0, 0.0, 1.0]])
+OBLIQUE_SIZE = (640, 480)
+OBLIQUE_GATE = DepthProposalConfig(min_object_diameter_m=0.05, max_object_diameter_m=0.3)
+
+
+def _table_scene(boxes, *, sag_m_per_m2: float = 0.0, seed: int | None = 0, hole_fraction: float = 0.0):
+    """Depth (sensor-like unless ``seed`` is None) and labels of boxes on a table seen at 45
+    degrees from 0.85 m (``raycast_table_scene``)."""
+    width, height = OBLIQUE_SIZE
+    depth, labels = raycast_table_scene(OBLIQUE_K, look_at((0.0, -0.6, 0.6)), width, height, boxes,
+                                        table_sag_m_per_m2=sag_m_per_m2)
+    if seed is None:
+        return depth, labels
+    rng = np.random.default_rng(seed)
+    depth = simulate_depth_sensor(depth, labels, np.zeros(len(boxes) + 1, bool), np.full(depth.shape, 0.5),
+                                  np.ones(depth.shape), rng, DepthSensorConfig())
+    if hole_fraction > 0:  # sensor dropouts in blobs of a few pixels
+        field = cv2.resize(rng.uniform(0, 1, (height // 6, width // 6)).astype(np.float32), (width, height))
+        depth[field < hole_fraction] = 0.0
+    return depth, labels
+
+
+def _best_ious(proposals: list[Proposal], labels: np.ndarray, count: int) -> list[float]:
+    return [max((mask_iou(p.mask, labels == k) for p in proposals), default=0.0) for k in range(1, count + 1)]
+
+
+def test_objects_touching_in_the_image_at_different_depths_are_split() -> None:
+    # A low box in front of a taller one 3 cm behind it: in the image the front box covers the
+    # lower part of the back box's face, so their silhouettes touch along a whole edge.
+    boxes = [(-0.05, 0.05, -0.06, 0.0, 0.08), (-0.04, 0.06, 0.03, 0.09, 0.16)]
+    for seed in (None, 1, 2):
+        depth, labels = _table_scene(boxes, seed=seed)
+        assert np.count_nonzero(labels == 2) > 3000  # both well visible
+        proposals = depth_proposals(depth, OBLIQUE_K, OBLIQUE_GATE)
+        assert len(proposals) == 2
+        assert min(_best_ious(proposals, labels, 2)) > 0.85
+
+
+def test_a_flat_object_a_few_millimetres_proud_of_the_table_is_found() -> None:
+    # A 10 x 6 cm card 4 mm high (half of min_height_above_plane_m) next to a box, noisy depth.
+    card = (-0.05, 0.05, -0.2, -0.14, 0.004)
+    boxes = [(0.05, 0.12, -0.02, 0.05, 0.06), card]
+    for seed in (0, 1, 2):
+        depth, labels = _table_scene(boxes, seed=seed)
+        proposals = depth_proposals(depth, OBLIQUE_K, OBLIQUE_GATE)
+        assert len(proposals) == 2  # the box and the card; no specks of table noise
+        assert min(_best_ious(proposals, labels, 2)) > 0.75
+    # Without the low-relief pass the card is lost with the table.
+    depth, labels = _table_scene(boxes, seed=0)
+    flat_off = replace(OBLIQUE_GATE, low_relief_min_height_m=0.0)
+    assert _best_ious(depth_proposals(depth, OBLIQUE_K, flat_off), labels, 2)[1] < 0.1
+
+
+def test_real_sensor_depth_on_a_curved_table_keeps_the_support_surface() -> None:
+    # A table whose top rises 1.25 cm at 50 cm from its centre (more than min_height_above_plane_m),
+    # pixels lost in blobs (about 5 %), flying pixels and shadows at every depth edge.
+    boxes = [(-0.15, -0.07, -0.05, 0.03, 0.10), (0.05, 0.12, -0.02, 0.05, 0.06), (-0.04, 0.04, 0.12, 0.20, 0.15)]
+    sag = 0.05
+    exact, labels = _table_scene(boxes, sag_m_per_m2=sag, seed=None)
+    points = _grid_points(exact, OBLIQUE_K)
+    plane = fit_support_plane(points, OBLIQUE_GATE)
+    assert plane is not None
+    table_points = _grid_points(np.where(labels == 0, exact, 0.0).astype(np.float32), OBLIQUE_K)
+    # The best plane leaves parts of this table higher than an object must stand ...
+    assert np.abs(plane.height_m(table_points)).max() > OBLIQUE_GATE.min_height_above_plane_m
+    # ... the quadratic surface follows it to a millimetre.
+    surface = fit_table_surface(points, plane, OBLIQUE_GATE)
+    assert surface is not None and np.abs(surface.height_m(table_points)).max() < 1e-3
+    for seed in (0, 1):
+        depth, labels = _table_scene(boxes, sag_m_per_m2=sag, seed=seed, hole_fraction=0.2)
+        assert np.mean(depth[labels > 0] == 0) > 0.03  # the objects lost depth too
+        proposals = depth_proposals(depth, OBLIQUE_K, OBLIQUE_GATE)
+        assert len(proposals) == 3  # no pieces of table, no object cut by holes
+        assert min(_best_ious(proposals, labels, 3)) > 0.8
+    # Without the surface model the raised parts of the table come out as clusters.
+    flat_table = replace(OBLIQUE_GATE, table_curvature=False)
+    assert len(depth_proposals(depth, OBLIQUE_K, flat_table)) > 3
+
+
+def test_depth_holes_are_filled_from_the_far_side() -> None:
+    depth = np.full((40, 40), 1.0, np.float32)
+    depth[10:30, 10:30] = 0.8  # a near square
+    depth[18:22, 18:22] = 0.0  # a hole inside it
+    depth[15:25, 30:33] = 0.0  # a hole at its right edge (a sensor shadow)
+    filled, valid = fill_depth_holes(depth, depth > 0, 3)
+    assert valid.all()
+    assert np.all(filled[18:22, 18:22] == np.float32(0.8))  # inside: the object's own depth
+    # Beside the edge (a sensor shadow) each side grows its own depth: no depth in between.
+    assert set(np.unique(filled[15:25, 30:33]).tolist()) == {np.float32(0.8), np.float32(1.0)}
+    assert np.all(filled[15:25, 32] == np.float32(1.0))
+    assert np.array_equal(fill_depth_holes(depth, depth > 0, 0)[0], depth)
