@@ -61,6 +61,7 @@ from pose_node.evaluation.calibration import (
 from pose_node.evaluation.runner import EvalConfig, run
 from pose_node.refinement.fusion import FusionConfig, MultiViewFusion, default_calibration_path
 from pose_node.refinement.refiner import MIN_SCORE_FOR_SCALE
+from pose_node.ros.node_config import default_publish_pose_score
 
 logger = logging.getLogger(__name__)
 
@@ -165,20 +166,12 @@ def row(name: str, dataset: str, mode: str, r: dict, stage: "FusedStage | None")
 
 
 def evaluate_dataset(path: Path, name: str, mode: str, fusion_config: FusionConfig, max_targets: int | None,
-                     methods: list[str], sensitivity: list[tuple[float, float]], single_view_scale: float | None = None
-                     ) -> tuple[list[dict], dict]:
-    """All rows of one dataset and mode; also returns the raw results of the single view and each method.
-
-    ``single_view_scale``: the single-view covariance factor (None: the weights' metadata).
-    """
-    from pose_node.correspondence.estimator import CorrespondenceConfig
+                     methods: list[str], sensitivity: list[tuple[float, float]]) -> tuple[list[dict], dict]:
+    """All rows of one dataset and mode; also returns the raw results of the single view and each method."""
     from pose_node.datasets.bop import BopDataset
     from pose_node.evaluation.stages.correspondence import correspondence_factory
-    from pose_node.pipeline.estimate import CorrespondenceStageConfig
 
-    stage = None if single_view_scale is None else CorrespondenceStageConfig(
-        estimator=CorrespondenceConfig(covariance_scale=single_view_scale))
-    config = EvalConfig(mode=mode, stages=STAGES, max_targets=max_targets, correspondence=stage)
+    config = EvalConfig(mode=mode, stages=STAGES, max_targets=max_targets)
     models = BopDataset(path).models(config.models_subdir)
     single = CachedSingleView(correspondence_factory(STAGES[:2], config, models))
     rows, raw = [], {}
@@ -270,14 +263,21 @@ def correct_estimates(matched: dict) -> tuple[list[float], list[bool]]:
     return scores, correct + [False] * len(matched.get("unmatched_scores", []))
 
 
-def coverage_report(raw: dict) -> dict:
-    """Coverage of the 68 / 95 / 99.7 % regions overall and per bin (views that see the object,
-    visible fraction), and the median NLL, of one run's matched estimates."""
+def coverage_report(raw: dict, threshold: float | None = None) -> dict:
+    """Coverage of the 68 / 95 / 99.7 % regions overall, of the poses ``threshold`` publishes
+    (score >= it; None: no such row) and per bin (views that see the object, visible fraction), and
+    the median NLL, of one run's matched estimates."""
     m = raw["matched_estimates"]
     d2 = np.asarray(raw["covariance_d2"], dtype=np.float64)
+    published = None
+    if threshold is not None:
+        kept = np.asarray(m["score"], dtype=np.float64) >= threshold
+        published = {"n": int(kept.sum()), "threshold": float(threshold), **coverage_from_mahalanobis(d2[kept])}
     views = np.asarray(m.get("views_visible", []), dtype=np.int64)
     visib = np.asarray(m.get("visib_fract", []), dtype=np.float64)
     out = {"all": {"n": int(len(d2)), **coverage_from_mahalanobis(d2)}, "nll_median": _median_finite(m.get("nll", []))}
+    if published is not None:
+        out["published"] = published
     if len(views) == len(d2) and len(d2):
         view_keys = [next((name for name, lo, hi in VIEW_BINS if lo <= v <= hi), "0 views") for v in views]
         out["views"] = coverage_by_bin(d2, view_keys)
@@ -292,7 +292,8 @@ class Calibration:
 
     Attributes:
         scales, exponents: the refined covariance's scale s and score exponent k.
-        single_view_scales: the single-view covariance factors (the correspondence weights' metadata).
+        single_view_scales: the single-view covariance factors the single-view 95.45 % coverage would
+            need on the validation sets (reported, not applied: :func:`calibrate`).
         pose_score_thresholds: the lowest refined score whose published poses are correct at least
             :data:`PUBLISH_PRECISION` of the time, with that precision and the recall of correct poses kept.
         datasets: name -> path of the validation sets used.
@@ -305,14 +306,31 @@ class Calibration:
     datasets: dict[str, str] = field(default_factory=dict)
 
 
+def _score_terciles(d2: np.ndarray, scores: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``d2`` and ``scores`` split into three groups by score (one group under 9 estimates)."""
+    if len(d2) < 9:
+        return [d2], [scores]
+    order = np.argsort(scores, kind="stable")
+    parts = np.array_split(order, 3)
+    return [d2[p] for p in parts], [scores[p] for p in parts]
+
+
 def calibrate(vals: dict[str, Path], modes: list[str], fusion_config: FusionConfig, max_targets: int | None,
               single_view_scales: dict[str, float]) -> Calibration:
-    """Covariance scales, score exponents and publishing thresholds per mode, fitted on the validation sets.
+    """Publishing thresholds, covariance scales and score exponents per mode, fitted on the validation sets.
+
+    Per mode: (1) the threshold (:data:`PUBLISH_PRECISION`, :func:`score_threshold_for_precision`
+    over every refined estimate, the unmatched ones counting as wrong); (2) s and k
+    (:func:`fit_covariance`) on the poses that threshold publishes, split into score terciles so
+    that k evens out their coverages: the covariance must be honest for what the robot receives,
+    and a wrong pose below the threshold is never published. The single-view factor that would
+    make the single-view 95.45 % coverage exact is reported (``single_view_scales``), not applied:
+    the association's covariance gate reads those covariances, and flips out of the domain would
+    inflate them until every hypothesis links.
 
     Args:
         vals: name -> validation dataset (never test-split objects: checked).
-        single_view_scales: the single-view covariance factors the runs use (the weights' metadata);
-            the fitted ones make the pooled single-view 95.45 % coverage exact.
+        single_view_scales: the single-view covariance factors the runs use (the weights' metadata).
     """
     from scipy.stats import chi2
 
@@ -329,22 +347,27 @@ def calibrate(vals: dict[str, Path], modes: list[str], fusion_config: FusionConf
         d2, scores, single_d2, all_scores, all_correct = [], [], [], [], []
         for val in vals.values():
             raw = evaluate_dataset(val, "val", mode, unscaled, max_targets, ["refinement"], [])[1]
-            d2.append(np.asarray(raw["refinement"]["covariance_d2"]))
-            scores.append(np.asarray(raw["refinement"]["matched_estimates"]["score"]))
-            single_d2.append(np.asarray(raw["single view"]["covariance_d2"]))
+            d2.append(np.asarray(raw["refinement"]["covariance_d2"], dtype=np.float64))
+            scores.append(np.asarray(raw["refinement"]["matched_estimates"]["score"], dtype=np.float64))
+            single_d2.append(np.asarray(raw["single view"]["covariance_d2"], dtype=np.float64))
             s, c = correct_estimates(raw["refinement"]["matched_estimates"])
             all_scores += s
             all_correct += c
-        out.scales[mode], out.exponents[mode], coverages = fit_covariance(d2, scores)
-        pooled = np.concatenate(single_d2)
-        factor = float(np.quantile(pooled, COVERAGE_LEVELS["95"]) / bound) if len(pooled) else 1.0
-        out.single_view_scales[mode] = float(single_view_scales.get(mode, 1.0)) * factor
         threshold, precision, recall = score_threshold_for_precision(all_scores, all_correct, PUBLISH_PRECISION)
         out.pose_score_thresholds[mode] = {"threshold": threshold, "precision": precision, "recall_of_correct": recall,
                                            "n_estimates": len(all_scores)}
-        logger.info("calibration %s: %d estimates, scale %.3g, score exponent %g, validation coverages %s; single view x%.3g; "
-                    "pose_score threshold %.3f (precision %.3f, keeps %.2f of correct poses)", mode, sum(len(x) for x in d2),
-                    out.scales[mode], out.exponents[mode], coverages, factor, threshold, precision, recall)
+        d2_all, scores_all = np.concatenate(d2), np.concatenate(scores)
+        published = scores_all >= threshold
+        if published.sum() < 3:  # too few published poses to fit on: fit on all matched estimates
+            published[:] = True
+        out.scales[mode], out.exponents[mode], coverages = fit_covariance(*_score_terciles(d2_all[published],
+                                                                                           scores_all[published]))
+        pooled = np.concatenate(single_d2)
+        factor = float(np.quantile(pooled, COVERAGE_LEVELS["95"]) / bound) if len(pooled) else 1.0
+        out.single_view_scales[mode] = float(single_view_scales.get(mode, 1.0)) * factor
+        logger.info("calibration %s: pose_score threshold %.3f (precision %.3f, keeps %.2f of correct poses); %d published "
+                    "poses: scale %.3g, score exponent %g, tercile coverages %s; single view would need x%.3g", mode, threshold,
+                    precision, recall, int(published.sum()), out.scales[mode], out.exponents[mode], coverages, factor)
     return out
 
 
@@ -355,7 +378,8 @@ def format_coverage(rows: list[dict]) -> str:
         report = r.get("coverage_report")
         if not report:
             continue
-        bins = {"all": report["all"], **report.get("views", {}), **report.get("visibility", {})}
+        bins = {"all": report["all"], **({"published": report["published"]} if "published" in report else {}),
+                **report.get("views", {}), **report.get("visibility", {})}
         for name, b in bins.items():
             cells = [f"{b[k]:.2f}" if b[k] is not None else "-" for k in COVERAGE_LEVELS]
             lines.append(" | ".join([r["dataset"], r["mode"], r["method"], name, str(b["n"]), *cells]))
@@ -418,7 +442,6 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     scales = exponents = None
     calibration = None
-    single_view_scales: dict[str, float] = {}
     if args.calibrate or args.calibrate_dataset:
         vals = {}
         for spec in args.calibrate_dataset:
@@ -437,7 +460,6 @@ def main(argv: list[str] | None = None) -> int:
         from pose_node.pipeline.estimate import covariance_scales, default_weights_path
 
         calibration = calibrate(vals, args.modes, fusion_config, args.max_targets, covariance_scales(default_weights_path()))
-        single_view_scales = calibration.single_view_scales
         fusion_config = replace(fusion_config, refinement=replace(fusion_config.refinement, covariance_scale=calibration.scales,
                                                                   covariance_score_exponent=calibration.exponents))
         print(f"calibration: {json.dumps(asdict(calibration))}")
@@ -447,11 +469,12 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes:
             sens = [(mm / 1e3, deg) for mm, deg in sensitivity] if name == "procedural" else []
             methods = ["association", "refinement"] + (list(ABLATIONS) if args.ablation else [])
-            new_rows, raw = evaluate_dataset(path, name, mode, fusion_config, args.max_targets, methods, sens,
-                                             single_view_scales.get(mode))
+            new_rows, raw = evaluate_dataset(path, name, mode, fusion_config, args.max_targets, methods, sens)
+            threshold = (calibration.pose_score_thresholds[mode]["threshold"] if calibration is not None
+                         else default_publish_pose_score(mode))
             for r in new_rows:  # the coverage report of each single-view and multi-view row
                 if r["method"] in raw:
-                    r["coverage_report"] = coverage_report(raw[r["method"]])
+                    r["coverage_report"] = coverage_report(raw[r["method"]], None if r["method"] == "single view" else threshold)
             rows += new_rows
     table = format_table(rows)
     print(table)
@@ -470,16 +493,12 @@ def main(argv: list[str] | None = None) -> int:
             meta["pose_score_threshold"] = calibration.pose_score_thresholds
             meta["covariance_calibration"] = {
                 "datasets": calibration.datasets,
-                "rule": ("covariance = scale * score^-exponent * Hessian covariance; exponent: the one whose per-set 95.45 % "
-                         "coverages stray least from 95.45 %; scale: the pooled 95.45 % chi-square(6) region covers 95.45 %; "
-                         f"pose_score_threshold: the lowest score whose published poses are correct >= {PUBLISH_PRECISION:.0%}"),
+                "rule": (f"pose_score_threshold: the lowest score whose published poses are correct >= {PUBLISH_PRECISION:.0%}; "
+                         "covariance = scale * score^-exponent * Hessian covariance, fitted on the published poses: exponent: "
+                         "the one whose score-tercile 95.45 % coverages stray least from 95.45 %; scale: the pooled 95.45 % "
+                         "chi-square(6) region covers 95.45 %"),
+                "single_view_scale_needed": calibration.single_view_scales,
             }
-            weights_meta = default_weights_path().with_suffix(".json")
-            single = json.loads(weights_meta.read_text()) if weights_meta.is_file() else {}
-            single["covariance_scale"] = calibration.single_view_scales
-            single["covariance_calibration"] = {"datasets": calibration.datasets,
-                                                "rule": "the 95.45 % chi-square(6) region covers 95.45 % of validation estimates"}
-            weights_meta.write_text(json.dumps(single, indent=2) + "\n")
         meta["evaluation"] = {"command": result["command"], "rows": rows}
         path.write_text(json.dumps(meta, indent=2) + "\n")
     return 0
