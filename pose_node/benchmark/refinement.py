@@ -272,7 +272,11 @@ def coverage_report(raw: dict, threshold: float | None = None) -> dict:
     published = None
     if threshold is not None:
         kept = np.asarray(m["score"], dtype=np.float64) >= threshold
-        published = {"n": int(kept.sum()), "threshold": float(threshold), **coverage_from_mahalanobis(d2[kept])}
+        scores, correct = correct_estimates(m)
+        published_correct = [c for sc, c in zip(scores, correct) if sc >= threshold]
+        published = {"n": int(kept.sum()), "threshold": float(threshold),
+                     "precision": float(np.mean(published_correct)) if published_correct else None,
+                     **coverage_from_mahalanobis(d2[kept])}
     views = np.asarray(m.get("views_visible", []), dtype=np.int64)
     visib = np.asarray(m.get("visib_fract", []), dtype=np.float64)
     out = {"all": {"n": int(len(d2)), **coverage_from_mahalanobis(d2)}, "nll_median": _median_finite(m.get("nll", []))}
@@ -373,7 +377,7 @@ def calibrate(vals: dict[str, Path], modes: list[str], fusion_config: FusionConf
 
 def format_coverage(rows: list[dict]) -> str:
     """Coverage of the 68 / 95 / 99.7 % regions per row and bin (rows with a coverage report)."""
-    lines = ["dataset | mode | method | bin | n | 68 % | 95 % | 99.7 %"]
+    lines = ["dataset | mode | method | bin | n | 68 % | 95 % | 99.7 % | precision (published)"]
     for r in rows:
         report = r.get("coverage_report")
         if not report:
@@ -382,7 +386,8 @@ def format_coverage(rows: list[dict]) -> str:
                 **report.get("views", {}), **report.get("visibility", {})}
         for name, b in bins.items():
             cells = [f"{b[k]:.2f}" if b[k] is not None else "-" for k in COVERAGE_LEVELS]
-            lines.append(" | ".join([r["dataset"], r["mode"], r["method"], name, str(b["n"]), *cells]))
+            precision = "-" if b.get("precision") is None else f"{b['precision']:.2f}"
+            lines.append(" | ".join([r["dataset"], r["mode"], r["method"], name, str(b["n"]), *cells, precision]))
     return "\n".join(lines)
 
 

@@ -35,7 +35,7 @@ class EvalResults:
             covariance_coverage_n: matched estimates; covariance_d2: their squared Mahalanobis distances.
         matched_estimates: per matched estimate: score, MSSD (metres), diameter (metres),
             ``views_visible`` (images where its GT is at least ``multiview_visib_min`` visible),
-            ``visib_fract`` (the GT's largest visible fraction; nan where unknown) and ``nll``
+            ``visib_fract`` (the GT's mean visible fraction over the images; nan where unknown) and ``nll``
             (Gaussian negative log-likelihood of its error, metres and radians); and
             ``unmatched_scores``: the scores of the estimates no GT was left for (wrong by definition).
         pose_errors: rotation (degrees) and translation (metres) error stats of the matched estimates.

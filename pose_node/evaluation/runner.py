@@ -332,7 +332,7 @@ class _WorldMatches:
     mssd_m: list[float] = field(default_factory=list)  # symmetry-aware max vertex displacement
     diameter_m: list[float] = field(default_factory=list)
     views_visible: list[int] = field(default_factory=list)  # images where the GT is at least multiview_visib_min visible
-    visib_fract: list[float] = field(default_factory=list)  # the GT's largest visible fraction over the images (nan: unknown)
+    visib_fract: list[float] = field(default_factory=list)  # the GT's mean visible fraction over the images (nan: unknown)
     unmatched_score: list[float] = field(default_factory=list)  # estimates left without a GT of their object (wrong)
 
 
@@ -364,7 +364,7 @@ def _assign_world(estimates: Sequence[PoseEstimate], gts: list[tuple[int, np.nda
             out.diameter_m.append(float(info.diameter_m) if info.diameter_m else float("nan"))
             visib = gts[best[0]][2]
             out.views_visible.append(sum(v >= visib_min for v in visib))
-            out.visib_fract.append(max(visib) if visib else float("nan"))
+            out.visib_fract.append(float(np.mean(visib)) if visib else float("nan"))
 
 
 class _DetectionTally:

@@ -43,3 +43,24 @@ def test_ablation_rows_switch_off_what_they_name():
     assert all(variant_config(base, name).method == "refinement" for name in ABLATIONS)
     with pytest.raises(ValueError, match="calibration"):
         variant_config(base, "refinement -calibration")
+
+
+def test_coverage_report_bins_and_the_published_poses():
+    from scipy.stats import chi2
+
+    from pose_node.benchmark.refinement import coverage_report
+
+    inside, outside = 0.5 * chi2.ppf(0.6827, 6), 2.0 * chi2.ppf(0.9973, 6)
+    raw = {"covariance_d2": [inside, outside, inside, outside],
+           "matched_estimates": {"score": [0.9, 0.2, 0.8, 0.6], "mssd_m": [0.001, 0.05, 0.002, 0.03],
+                                 "diameter_m": [0.1] * 4, "views_visible": [4, 1, 2, 4],
+                                 "visib_fract": [0.9, 0.3, 0.6, 0.95], "nll": [1.0, 2.0, 3.0, float("inf")],
+                                 "unmatched_scores": [0.7]}}
+    report = coverage_report(raw, threshold=0.5)
+    assert report["all"]["n"] == 4 and report["all"]["95"] == 0.5
+    # Published: scores 0.9, 0.8, 0.6 matched (two right, one 0.3 d off) and 0.7 unmatched (wrong).
+    assert report["published"]["n"] == 3 and report["published"]["precision"] == 0.5
+    assert report["published"]["95"] == 2 / 3
+    assert report["views"]["1 view"] == {"n": 1, "68": 0.0, "95": 0.0, "99.7": 0.0}
+    assert report["views"]["3+ views"]["n"] == 2 and report["visibility"]["visib >= 0.8"]["n"] == 2
+    assert report["nll_median"] == 2.0
