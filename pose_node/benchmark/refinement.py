@@ -17,10 +17,10 @@ covariance becomes ``s score^-k`` times the Hessian's (:func:`fit_covariance`: k
 list so that both workcells' 95.45 % coverages come closest to 95.45 %, s so that the pooled one
 is exact); s and k go to ``models/refinement_effl0.json`` with ``--record`` (with the table).
 ``--calibrate-dataset NAME=DIR`` calibrates on out-of-domain validation sets instead
-(``pose_ood_set --split validation``; a set with a test-split object is refused), and also fits
-the single-view covariance factor per mode (to ``models/correspondence_effl0.json``) and the
-publishing threshold: the lowest refined score whose poses are correct (MSSD < 0.1 diameter) at
-least 95 % of the time (``pose_score_threshold``, the node's default ``pose_score``).
+(``pose_ood_set --split validation``; a set with a test-split object is refused). Either way the
+publishing threshold comes first (the lowest refined score whose poses are correct, MSSD < 0.1
+diameter, at least 95 % of the time: ``pose_score_threshold``, the node's default ``pose_score``),
+then s and k on the poses it publishes (:func:`calibrate`).
 Every single-view and multi-view row gets a coverage report: 68 / 95 / 99.7 % coverage overall
 and per bin (views that see the object, visible fraction) and the median NLL.
 
@@ -248,7 +248,7 @@ def fit_covariance(d2_unscaled: list[np.ndarray], scores: list[np.ndarray]) -> t
     return best[1], best[2], best[3]
 
 
-#: Bins of the coverage report: views that see the object, its best visible fraction.
+#: Bins of the coverage report: views that see the object, its mean visible fraction.
 VIEW_BINS: tuple[tuple[str, int, int], ...] = (("1 view", 1, 1), ("2 views", 2, 2), ("3+ views", 3, 99))
 VISIB_BINS: tuple[tuple[str, float, float], ...] = (("visib < 0.5", 0.0, 0.5), ("visib 0.5-0.8", 0.5, 0.8),
                                                     ("visib >= 0.8", 0.8, 1.01))
