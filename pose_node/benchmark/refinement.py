@@ -16,8 +16,8 @@ objects that are not held out: real meshes, never in a test row), per mode, the 
 covariance becomes ``s score^-k`` times the Hessian's (:func:`fit_covariance`: k from a short
 list so that both workcells' 95.45 % coverages come closest to 95.45 %, s so that the pooled one
 is exact); s and k go to ``models/refinement_effl0.json`` with ``--record`` (with the table).
-``--calibrate-dataset NAME=DIR`` calibrates on out-of-domain validation sets instead
-(``pose_ood_set --split validation``; a set with a test-split object is refused). Either way the
+``--calibrate-dataset NAME=DIR`` adds out-of-domain validation sets (``pose_ood_set --split
+validation``; a set with a test-split object is refused); without ``--calibrate`` they are used alone. Either way the
 publishing threshold comes first (the lowest refined score whose poses are correct, MSSD < 0.1
 diameter, at least 95 % of the time: ``pose_score_threshold``, the node's default ``pose_score``),
 then s and k on the poses it publishes (:func:`calibrate`).
@@ -310,6 +310,30 @@ class Calibration:
     datasets: dict[str, str] = field(default_factory=dict)
 
 
+def check_calibration_set(name: str, path: Path) -> None:
+    """Refuse a calibration set that holds test-split objects.
+
+    A ``pose_ood_set`` output says its split and objects in ``ood_set.json``: a test split or a
+    test-split object is refused. Any other BOP dataset is checked by the obj_ids of its
+    ``models_info.json`` (:func:`pose_node.datasets.splits.split_of_object_id`).
+
+    Raises:
+        InvalidInputError: the set holds test-split objects, or is not a BOP dataset.
+    """
+    meta = Path(path) / "ood_set.json"
+    if meta.is_file():
+        info = json.loads(meta.read_text())
+        if info.get("split") == "test":
+            raise InvalidInputError(f"cannot calibrate on {name}: {meta} says it is the test split")
+        ids = [int(o["obj_id"]) for o in info.get("objects", [])]
+    else:
+        models_info = Path(path) / "models" / "models_info.json"
+        if not models_info.is_file():
+            raise InvalidInputError(f"calibrate on {name}: {models_info} not found (not a BOP dataset)")
+        ids = [int(k) for k in json.loads(models_info.read_text())]
+    check_no_test_objects(ids, f"calibrate on {name}")
+
+
 def _score_terciles(d2: np.ndarray, scores: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """``d2`` and ``scores`` split into three groups by score (one group under 9 estimates)."""
     if len(d2) < 9:
@@ -325,24 +349,19 @@ def calibrate(vals: dict[str, Path], modes: list[str], fusion_config: FusionConf
 
     Per mode: (1) the threshold (:data:`PUBLISH_PRECISION`, :func:`score_threshold_for_precision`
     over every refined estimate, the unmatched ones counting as wrong); (2) s and k
-    (:func:`fit_covariance`) on the poses that threshold publishes, split into score terciles so
-    that k evens out their coverages: the covariance must be honest for what the robot receives,
+    (:func:`fit_covariance`) on the poses that threshold publishes, per set (one set: split into
+    score terciles) so that k evens out their coverages: the covariance must be honest for what the robot receives,
     and a wrong pose below the threshold is never published. The single-view factor that would
     make the single-view 95.45 % coverage exact is reported (``single_view_scales``), not applied:
     the association's covariance gate reads those covariances, and flips out of the domain would
     inflate them until every hypothesis links.
 
     Args:
-        vals: name -> validation dataset (never test-split objects: checked).
+        vals: name -> validation dataset (never test-split objects: :func:`check_calibration_set`).
         single_view_scales: the single-view covariance factors the runs use (the weights' metadata).
     """
     from scipy.stats import chi2
 
-    for name, path in vals.items():
-        info = Path(path) / "models" / "models_info.json"
-        if not info.is_file():
-            raise InvalidInputError(f"calibrate on {name}: {info} not found (not a BOP dataset)")
-        check_no_test_objects([int(k) for k in json.loads(info.read_text())], f"calibrate on {name}")
     unscaled = replace(fusion_config, refinement=replace(fusion_config.refinement, covariance_scale={"rgb": 1.0, "rgbd": 1.0},
                                                          covariance_score_exponent={}))
     out = Calibration(datasets={k: str(v) for k, v in vals.items()})
@@ -360,18 +379,20 @@ def calibrate(vals: dict[str, Path], modes: list[str], fusion_config: FusionConf
         threshold, precision, recall = score_threshold_for_precision(all_scores, all_correct, PUBLISH_PRECISION)
         out.pose_score_thresholds[mode] = {"threshold": threshold, "precision": precision, "recall_of_correct": recall,
                                            "n_estimates": len(all_scores)}
-        d2_all, scores_all = np.concatenate(d2), np.concatenate(scores)
-        published = scores_all >= threshold
-        if published.sum() < 3:  # too few published poses to fit on: fit on all matched estimates
-            published[:] = True
-        out.scales[mode], out.exponents[mode], coverages = fit_covariance(*_score_terciles(d2_all[published],
-                                                                                           scores_all[published]))
+        published = [sc >= threshold for sc in scores]
+        if sum(int(p.sum()) for p in published) < 3:  # too few published poses to fit on: all matched estimates
+            published = [np.ones_like(p) for p in published]
+        if len(vals) > 1:  # k evens out the sets' coverages
+            groups = ([d[p] for d, p in zip(d2, published)], [sc[p] for sc, p in zip(scores, published)])
+        else:  # one set: k evens out its score terciles' coverages
+            groups = _score_terciles(d2[0][published[0]], scores[0][published[0]])
+        out.scales[mode], out.exponents[mode], coverages = fit_covariance(*groups)
         pooled = np.concatenate(single_d2)
         factor = float(np.quantile(pooled, COVERAGE_LEVELS["95"]) / bound) if len(pooled) else 1.0
         out.single_view_scales[mode] = float(single_view_scales.get(mode, 1.0)) * factor
         logger.info("calibration %s: pose_score threshold %.3f (precision %.3f, keeps %.2f of correct poses); %d published "
                     "poses: scale %.3g, score exponent %g, tercile coverages %s; single view would need x%.3g", mode, threshold,
-                    precision, recall, int(published.sum()), out.scales[mode], out.exponents[mode], coverages, factor)
+                    precision, recall, sum(int(p.sum()) for p in published), out.scales[mode], out.exponents[mode], coverages, factor)
     return out
 
 
@@ -411,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-targets", type=int, default=None)
     parser.add_argument("--calibrate", action="store_true", help="fit the covariance scale on val_proc first")
     parser.add_argument("--calibrate-dataset", nargs="*", default=[], metavar="NAME=DIR",
-                        help="calibrate on these validation-split sets instead (pose_ood_set --split validation); implies --calibrate")
+                        help="calibrate on these validation-split sets (pose_ood_set --split validation); with --calibrate "
+                             "also on the in-domain validation workcells, else on these alone")
     parser.add_argument("--record", action="store_true", help=f"write scales and table to models/{default_calibration_path().name}")
     parser.add_argument("--sensitivity", nargs="*", default=[], metavar="MM/DEG",
                         help="extrinsic errors to test, e.g. 2/0.2 5/0.5 (procedural, refinement)")
@@ -453,12 +475,13 @@ def main(argv: list[str] | None = None) -> int:
             name, sep, path = spec.partition("=")
             if not sep or not (Path(path) / TARGETS).is_file():
                 parser.error(f"--calibrate-dataset {spec!r}: expected NAME=DIR with DIR/{TARGETS}")
+            check_calibration_set(name, Path(path))
             vals[name] = Path(path)
-        if not vals:
+        if args.calibrate or not vals:  # the in-domain validation workcells: validation seeds, training-split YCB objects
             vals["val_proc"] = ensure_workcell(out / "val_proc", "procedural", 4, VALIDATION_SEED, scenes)
             if args.ycb_models is not None:
                 # Real meshes too, but never test-split objects: the training-split ones of --ycb-models (ycb_dev has
-                # no validation-split objects; the out-of-domain calibration is --calibrate-dataset).
+                # no validation-split objects; the out-of-domain sets come with --calibrate-dataset).
                 train_ids = ycb_ids_in(args.ycb_models, "train").object_ids
                 models = holdout_models_dir(args.ycb_models, out, train_ids, folder="ycb_validation_models")
                 vals["val_ycb"] = ensure_workcell(out / "val_ycb", str(models), 4, VALIDATION_SEED_YCB, scenes)

@@ -75,15 +75,25 @@ def test_every_object_id_has_its_split():
 
 
 def test_out_of_domain_calibration_refuses_test_split_objects(tmp_path):
-    """pose_refinement_bench --calibrate-dataset stops before any evaluation when a set holds test-split objects."""
-    from pose_node.benchmark.refinement import calibrate
+    """pose_refinement_bench --calibrate-dataset refuses a set with test-split objects before any evaluation."""
+    from pose_node.benchmark.refinement import check_calibration_set
     from pose_node.datasets.splits import check_no_test_objects
-    from pose_node.refinement.fusion import FusionConfig
 
     check_no_test_objects([1, 14, PROCEDURAL_FIRST_IDS["validation"]], "calibrate")  # train + validation: fine
     with pytest.raises(InvalidInputError, match=r"test-split objects \[2, 3000\]"):
         check_no_test_objects([1, 2, PROCEDURAL_FIRST_IDS["test"]], "calibrate")
-    dataset = tmp_path / "ood_set"
+    dataset = tmp_path / "bop_set"
     _fake_ycb_dir(dataset / "models", [14, 15])  # 15 (fork) is a test object
     with pytest.raises(InvalidInputError, match=r"calibrate on ood_val.*\[15\]"):
-        calibrate({"ood_val": dataset}, ["rgbd"], FusionConfig(), None, {})
+        check_calibration_set("ood_val", dataset)
+    # A pose_ood_set output is judged by its ood_set.json: split and objects.
+    ood = tmp_path / "ood"
+    ood.mkdir()
+    (ood / "ood_set.json").write_text(json.dumps({"split": "validation", "objects": [{"obj_id": 14}, {"obj_id": 2000}]}))
+    check_calibration_set("ood_val", ood)
+    (ood / "ood_set.json").write_text(json.dumps({"split": "validation", "objects": [{"obj_id": 3001}]}))
+    with pytest.raises(InvalidInputError, match=r"\[3001\]"):
+        check_calibration_set("ood_val", ood)
+    (ood / "ood_set.json").write_text(json.dumps({"split": "test", "objects": []}))
+    with pytest.raises(InvalidInputError, match="test split"):
+        check_calibration_set("ood_test", ood)
