@@ -400,7 +400,7 @@ def calibrate(vals: dict[str, Path], modes: list[str], fusion_config: FusionConf
         factor = float(np.quantile(pooled, COVERAGE_LEVELS["95"]) / bound) if len(pooled) else 1.0
         out.single_view_scales[mode] = float(single_view_scales.get(mode, 1.0)) * factor
         logger.info("calibration %s: pose_score threshold %.3f (precision %.3f, keeps %.2f of correct poses); %d published "
-                    "poses: scale %.3g, score exponent %g, tercile coverages %s; single view would need x%.3g", mode, threshold,
+                    "poses: scale %.3g, score exponent %g, coverages per set (one set: per score tercile) %s; single view would need x%.3g", mode, threshold,
                     precision, recall, sum(int(p.sum()) for p in published), out.scales[mode], out.exponents[mode], coverages, factor)
     return out
 
