@@ -6,6 +6,11 @@ import sys
 from pathlib import Path
 
 
+#: The refinement's calibration (covariance scales, score exponents, publishing thresholds per mode),
+#: read by the fusion and, for the default ``pose_score``, by the node's configuration.
+REFINEMENT_CALIBRATION_FILE = "refinement_effl0.json"
+
+
 def shipped_file_candidates(file_name: str, folder: str = "models") -> list[Path]:
     """Where a shipped file is looked for, in order.
 

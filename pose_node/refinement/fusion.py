@@ -23,14 +23,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pose_node.core.errors import InvalidInputError
-from pose_node.core.resources import shipped_file
+from pose_node.core.resources import REFINEMENT_CALIBRATION_FILE, shipped_file
 from pose_node.core.types import ObjectModel, PoseEstimate, View
 from pose_node.refinement.association import AssociationConfig, associate
 from pose_node.refinement.refiner import MultiViewRefiner, RefinementConfig
 
 logger = logging.getLogger(__name__)
 
-CALIBRATION_FILE_NAME = "refinement_effl0.json"
+CALIBRATION_FILE_NAME = REFINEMENT_CALIBRATION_FILE
 METHODS = ("association", "refinement")
 
 

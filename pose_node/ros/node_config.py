@@ -370,9 +370,9 @@ DEFAULT_PUBLISH_POSE_SCORE = 0.3
 
 def default_publish_pose_score(mode: str, calibration: Path | None = None) -> float:
     """The node's default ``pose_score`` for ``mode`` (comment above); ``calibration``: the json (None: the shipped one)."""
-    from pose_node.core.resources import shipped_file
+    from pose_node.core.resources import REFINEMENT_CALIBRATION_FILE, shipped_file
 
-    path = calibration if calibration is not None else shipped_file("refinement_effl0.json")
+    path = calibration if calibration is not None else shipped_file(REFINEMENT_CALIBRATION_FILE)
     try:
         entry = json.loads(path.read_text()).get("pose_score_threshold", {}).get(mode, {})
         return float(entry["threshold"]) if 0.0 <= float(entry.get("threshold", -1.0)) <= 1.0 else DEFAULT_PUBLISH_POSE_SCORE
