@@ -156,6 +156,29 @@ def test_folded_batch_norms_compute_the_same_features(backbone):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
 
 
+@pytest.mark.parametrize("hw", [(96, 128), (97, 131)])
+def test_fast_layers_compute_the_reference_network(backbone, hw):
+    """Folded batch norms, symmetric padding in the convolution, in-place ReLU6 and channels_last
+    give the package's network's maps and descriptor at every stride, odd image sizes included."""
+    images = torch.rand(2, 3, *hw, generator=torch.Generator().manual_seed(5))
+    net = _unfolded_net()
+    reference = {}
+    with torch.no_grad():
+        x = net._swish(net._bn0(net._conv_stem((images - backbone._mean) / backbone._std)))
+        stride = 2
+        for block in net._blocks:
+            x = block(x)
+            stride *= block._depthwise_conv.stride[0]
+            reference[f"stride{stride}"] = x
+        descriptor = torch.nn.functional.normalize(net._swish(net._bn1(net._conv_head(x))).mean(dim=(2, 3)), dim=-1)
+    features = backbone(images)
+    for key, fast in features.feature_maps.items():
+        assert fast.is_contiguous()
+        torch.testing.assert_close(fast, reference[key], atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(features.global_descriptor, descriptor, atol=1e-5, rtol=1e-4)
+    assert not any(type(m).__name__ == "Conv2dDynamicSamePadding" and tuple(m.stride) == (1, 1) for m in backbone.modules())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_output_matches_cpu(backbone):
     gpu = create_backbone(BackboneConfig(device="cuda"))
