@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -79,6 +79,8 @@ class Observations:
         rgb: (M, S, S, 3) uint8 observed crops.
         features: (M, C, h, w) dense features of the observed crops.
         depth: (M, S, S) crop-frame depth, metres (NaN: none), or None in RGB mode.
+        derived: what later steps compute from these once per frame (the refiner's verification
+            grid), keyed by the step.
     """
 
     slots: list[list[int]]
@@ -89,6 +91,7 @@ class Observations:
     rgb: np.ndarray
     features: torch.Tensor
     depth: torch.Tensor | None
+    derived: dict = field(default_factory=dict)
 
 
 def dense_features(backbone: Backbone, images: torch.Tensor, strides: Sequence[int]) -> torch.Tensor:

@@ -354,7 +354,6 @@ class MultiViewRefiner:
         vc = self.config.verification
         S = self.config.crops.size_px
         renderer = self._verification_renderer()
-        factor = S // renderer.width
         ids = [candidates[c].object_id for c in owners]
         pairs = [(b, obs.slot_offset[c] + k) for b, c in enumerate(owners) for k in range(len(obs.slots[c]))]
         depth_r, rgb_r = render_pairs(renderer, self._verification_handle, obs, pairs, ids, poses, S)
@@ -363,18 +362,38 @@ class MultiViewRefiner:
         owner = torch.tensor([b for b, _ in pairs], dtype=torch.long, device=dev)
         diameters = torch.tensor([self.models[ids[b]].diameter_m for b, _ in pairs], dtype=torch.float64)
         tolerance = torch.clamp(vc.depth_tolerance_diameters * diameters, min=vc.depth_tolerance_m)
-        observed_gray = downsampled(gray(obs.rgb[slots.numpy()]), factor, "mean")
+        observed_gray, observed_depth, segment = self._observed_small(obs, candidates, with_depth)
+        if observed_depth is not None:
+            observed_depth, segment = observed_depth[slots.to(dev)], segment[slots.to(dev)]
+        return compare(torch.from_numpy(depth_r).to(dev), gray(rgb_r).to(dev), observed_depth, observed_gray[slots.to(dev)],
+                       segment, owner, len(owners), tolerance.to(dev), vc.appearance_floor)
+
+    def _observed_small(self, obs, candidates: Sequence[Candidate], with_depth: bool):
+        """Every observation slot on the verification grid, once per frame (many hypotheses share a
+        slot): grey values (M, s, s), and in RGB-D depth (M, s, s) and the candidate's segment (M, s, s)
+        (else None, None). Kept in ``obs.derived``."""
+        key = ("verification", self.config.verification.render_size_px, with_depth)
+        if key in obs.derived:
+            return obs.derived[key]
+        vc = self.config.verification
+        S = self.config.crops.size_px
+        size = self._verification_renderer().width
+        factor = S // size
+        dev = self.builder.device
+        observed_gray = downsampled(gray(obs.rgb), factor, "mean").to(dev)
         observed_depth = segment = None
         if with_depth and obs.depth is not None:
-            observed_depth = downsampled(obs.depth[slots.to(obs.depth.device)], factor, "nearest")
-            centres = torch.from_numpy(np.stack([self._centre(candidates[owners[b]]) for b, _ in pairs])) if pairs else \
+            observed_depth = downsampled(obs.depth, factor, "nearest")
+            owner_of_slot = [c for c, sl in enumerate(obs.slots) for _ in sl]
+            centres = torch.from_numpy(np.stack([self._centre(candidates[c]) for c in owner_of_slot])) if owner_of_slot else \
                 torch.zeros(0, 3, dtype=torch.float64)
-            K_small = torch.from_numpy(scaled_crop_intrinsics(obs.K_crop[slots].numpy(), S, renderer.width))
-            segment = segment_masks(observed_depth, K_small, obs.T_crop_world[slots], centres,
-                                    vc.segment_radius_diameters * diameters).to(dev)
+            radius = torch.tensor([vc.segment_radius_diameters * self.models[candidates[c].object_id].diameter_m
+                                   for c in owner_of_slot], dtype=torch.float64)
+            K_small = torch.from_numpy(scaled_crop_intrinsics(obs.K_crop.numpy(), S, size))
+            segment = segment_masks(observed_depth, K_small, obs.T_crop_world, centres, radius).to(dev)
             observed_depth = observed_depth.to(dev)
-        return compare(torch.from_numpy(depth_r).to(dev), gray(rgb_r).to(dev), observed_depth, observed_gray.to(dev),
-                       segment, owner, len(owners), tolerance.to(dev), vc.appearance_floor)
+        obs.derived[key] = (observed_gray, observed_depth, segment)
+        return obs.derived[key]
 
     def _verification_renderer(self):
         """A renderer of ``verification.render_size_px`` (created on first use, in the refining thread,
