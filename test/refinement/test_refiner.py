@@ -100,6 +100,23 @@ def test_a_time_budget_can_cut_starts_and_rounds(scene, make_renderer, backbone)
         refiner.refine(scene.views, candidates, True, rounds=0)
 
 
+def test_depth_aligns_at_most_max_starts_rgbd_starts(scene, make_renderer, backbone):
+    flip = np.diag([-1.0, 1.0, -1.0, 1.0])
+    good = perturbed(scene.T_world_object, 0.005, 3.0, 7)
+    candidates = [candidate(scene.model, good @ flip, (good,))]
+    # keep_within 0: every hypothesis passes the cheap check, so only the cap limits the starts.
+    config = RefinementConfig(max_starts=3, max_starts_rgbd=2, verification=VerificationConfig(keep_within=0.0))
+    refiner = refiner_for(scene.model, make_renderer, backbone, config)
+    for with_depth, expected in ((True, 2), (False, 3)):
+        refiner.score_terms = []
+        (est,), _ = refiner.refine(scene.views, candidates, with_depth, max_starts=3)
+        assert refiner.score_terms[0]["starts"] == expected
+        assert refiner.score_terms[0]["hypotheses"] > expected
+        assert errors(est.T_world_object, scene.T_world_object)[1] < 3.0
+    with pytest.raises(InvalidInputError, match="max_starts_rgbd"):
+        RefinementConfig(max_starts=2, max_starts_rgbd=3)
+
+
 def test_a_wrong_view_is_outvoted(scene, make_renderer, backbone):
     """One camera's image belongs to another scene (a wrong or stale view): the pose stays right."""
     other = make_scene(make_renderer(WIDTH, HEIGHT), seed=11)
