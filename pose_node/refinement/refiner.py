@@ -58,6 +58,7 @@ from pose_node.refinement.verification import (
     VerificationConfig, VerificationScores, combined_score, compare, downsampled, gray, render_pairs, scaled_crop_intrinsics,
     segment_masks,
 )
+from pose_node.render.simplify import simplified
 
 logger = logging.getLogger(__name__)
 
@@ -423,7 +424,8 @@ class MultiViewRefiner:
         if renderer is self.builder.renderer:
             return self.builder.handle(object_id)
         if object_id not in self._small_handles:
-            self._small_handles[object_id] = renderer.add_object(self.models[object_id])
+            model = simplified(self.models[object_id], self.config.verification.max_render_faces)
+            self._small_handles[object_id] = renderer.add_object(model)
         return self._small_handles[object_id]
 
     def _align(self, obs, owners: list[int], candidates: Sequence[Candidate], T: list[np.ndarray], masks, timings):

@@ -57,6 +57,9 @@ class VerificationConfig:
         render_size_px: hypotheses are rendered and compared on this grid (the crops' side divided
             by a whole number): a quarter of the pixels of the 128-pixel crops costs a quarter of
             the render and readback, and silhouettes and depth need no finer grid.
+        max_render_faces: meshes are simplified to about this many triangles for these renders
+            (:mod:`pose_node.render.simplify`; a CPU renderer pays per triangle, and a 64-pixel
+            comparison cannot show more; 0: the full mesh).
     """
 
     enabled: bool = True
@@ -72,6 +75,7 @@ class VerificationConfig:
     silhouette_exponent: float = 0.5
     appearance_exponent: float = 1.0
     render_size_px: int = 64
+    max_render_faces: int = 3000
     keep_within: float = 0.5
     associated_margin: float = 0.0
 
@@ -80,6 +84,8 @@ class VerificationConfig:
             raise InvalidInputError(f"VerificationConfig.associated_margin: expected >= 0, got {self.associated_margin}")
         if not 0 <= self.keep_within <= 1:
             raise InvalidInputError(f"VerificationConfig.keep_within: expected [0, 1], got {self.keep_within}")
+        if self.max_render_faces < 0:
+            raise InvalidInputError(f"VerificationConfig.max_render_faces: expected >= 0 (0: full mesh), got {self.max_render_faces}")
         if self.render_size_px < 16:
             raise InvalidInputError(f"VerificationConfig.render_size_px: expected >= 16, got {self.render_size_px}")
         if not (self.depth_tolerance_m > 0 and self.depth_tolerance_diameters >= 0 and self.segment_radius_diameters > 0):
