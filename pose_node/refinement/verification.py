@@ -59,7 +59,8 @@ class VerificationConfig:
             the render and readback, and silhouettes and depth need no finer grid.
         max_render_faces: meshes are simplified to about this many triangles for these renders
             (:mod:`pose_node.render.simplify`; a CPU renderer pays per triangle, and a 64-pixel
-            comparison cannot show more; 0: the full mesh).
+            comparison cannot show more; 0: the full mesh). Only when ``render_size_px`` is below
+            the crops' side (else the refinement's own renderer and meshes are used).
     """
 
     enabled: bool = True
