@@ -56,6 +56,7 @@ from pose_node.detection.proposals_rgb import (
 )
 from pose_node.datasets.splits import check_no_test_objects, default_ycb_models_dirs
 from pose_node.features.backbones import Backbone, BackboneConfig, stride_key
+from pose_node.scene.clutter import ClutterConfig
 from pose_node.training.rgb_proposal_dr import DomainRandomizationConfig, generate_dr_split
 
 logger = logging.getLogger(__name__)
@@ -141,6 +142,14 @@ TRAIN_SPLIT = SplitConfig("train", first_seed=100_000, num_workcells=100, scenes
 VAL_SPLIT = SplitConfig("val", first_seed=200_000, num_workcells=8, duplicate_every=0)
 TEST_SPLIT = SplitConfig("test", first_seed=300_000, num_workcells=12, duplicate_every=0)
 HELDOUT_SPLIT = SplitConfig("heldout", first_seed=400_000, num_workcells=12, duplicate_every=0)
+
+# --dr-ablate NAME: the DomainRandomizationConfig fields that leave one randomization out.
+DR_ABLATIONS: dict[str, dict] = {
+    "camera": {"camera": None, "light_pool_strength_range": (0.0, 0.0)},
+    "ycb": {"ycb_share": 0.0},
+    "room": {"room_probability": 0.0},
+    "distractors": {"clutter": ClutterConfig(num_distractors=(0, 0))},
+}
 
 # Post-processing grid searched on the validation split.
 THRESHOLD_GRID = {
@@ -567,6 +576,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         "distractors, strong lighting, colour camera model)")
     p.add_argument("--dr-workcells", type=int, default=DomainRandomizationConfig.num_workcells,
                    help="workcells of the domain-randomized set (--train-data dr)")
+    p.add_argument("--dr-ablate", choices=tuple(DR_ABLATIONS), action="append", default=[],
+                   help="leave one randomization out of --train-data dr (ablation runs; repeatable)")
     p.add_argument("--ycb-models-dirs", type=Path, nargs="*", default=None,
                    help="BOP models folders for --train-data dr (only training-split ids load; default: "
                         "pose_node.datasets.splits.default_ycb_models_dirs())")
@@ -611,6 +622,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not ycb_dirs:
             logger.warning("--train-data dr: no YCB models folder found; procedural training objects only")
         splits["train"] = DomainRandomizationConfig(num_workcells=args.dr_workcells, ycb_models_dirs=ycb_dirs)
+        for name in args.dr_ablate:
+            splits["train"] = replace(splits["train"], name=f"{splits['train'].name}-no_{name}", **DR_ABLATIONS[name])
     if args.heldout_bop_models is not None:
         if not (args.heldout_bop_models / "models_info.json").is_file():
             raise InvalidInputError(f"--heldout-bop-models: {args.heldout_bop_models} has no models_info.json")

@@ -196,3 +196,11 @@ def test_cli_options_for_eval_folders(tmp_path):
     for bad in (["--eval-bop", "val=" + str(tmp_path)], ["--eval-bop", str(tmp_path)], ["--select-on", "ood_val"]):
         with pytest.raises(SystemExit):
             trainer._parse(bad)
+
+
+@pytest.mark.parametrize("name", sorted(trainer.DR_ABLATIONS))
+def test_each_ablation_is_a_valid_config_that_differs(name):
+    assert trainer._parse(["--train-data", "dr", "--dr-ablate", name]).dr_ablate == [name]
+    full = dr.DomainRandomizationConfig()
+    ablated = replace(full, **trainer.DR_ABLATIONS[name])
+    assert ablated != full and ablated.key() != full.key()
