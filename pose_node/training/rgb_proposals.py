@@ -54,7 +54,10 @@ from pose_node.detection.proposals_rgb import (
     proposals_from_maps,
     save_checkpoint,
 )
+from pose_node.datasets.splits import check_no_test_objects, default_ycb_models_dirs
 from pose_node.features.backbones import Backbone, BackboneConfig, stride_key
+from pose_node.scene.clutter import ClutterConfig
+from pose_node.training.rgb_proposal_dr import DomainRandomizationConfig, generate_dr_split
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +143,14 @@ VAL_SPLIT = SplitConfig("val", first_seed=200_000, num_workcells=8, duplicate_ev
 TEST_SPLIT = SplitConfig("test", first_seed=300_000, num_workcells=12, duplicate_every=0)
 HELDOUT_SPLIT = SplitConfig("heldout", first_seed=400_000, num_workcells=12, duplicate_every=0)
 
+# --dr-ablate NAME: the DomainRandomizationConfig fields that leave one randomization out.
+DR_ABLATIONS: dict[str, dict] = {
+    "camera": {"camera": None, "light_pool_strength_range": (0.0, 0.0)},
+    "ycb": {"ycb_share": 0.0},
+    "room": {"room_probability": 0.0},
+    "distractors": {"clutter": ClutterConfig(num_distractors=(0, 0))},
+}
+
 # Post-processing grid searched on the validation split.
 THRESHOLD_GRID = {
     "foreground_threshold": (0.4, 0.5, 0.6),
@@ -199,22 +210,38 @@ class Sample:
     name: str
 
 
-def iter_split(root: Path) -> Iterator[Sample]:
-    """Every image of a generated split, in a fixed order."""
+def iter_bop_folder(root: Path, prefix: str = "") -> Iterator[Sample]:
+    """Every image of a BOP folder (``root/test``), in a fixed order, with its visible GT masks."""
     from pose_node.datasets.bop import BopDataset
 
+    dataset = BopDataset(root)
+    for scene_id in dataset.scene_ids():
+        for im_id in dataset.image_ids(scene_id):
+            infos = dataset.gt_infos(scene_id, im_id)
+            yield Sample(
+                rgb=dataset.rgb(scene_id, im_id),
+                masks_visib=[dataset.mask_visib(scene_id, im_id, g) for g in range(len(infos))],
+                visib_fracts=[info.visib_fract for info in infos],
+                name=f"{prefix}{scene_id}/{im_id}",
+            )
+
+
+def iter_split(root: Path) -> Iterator[Sample]:
+    """Every image of a generated split (workcells listed in its ``generation.json``), or of a
+    BOP folder (a folder with ``test/``, e.g. a ``pose_ood_set`` output), in a fixed order."""
+    from pose_node.training.rgb_proposal_dr import is_dr_split, iter_dr_split
+
+    if not (root / _DONE_FILE).is_file() and (root / "test").is_dir():
+        yield from iter_bop_folder(root)
+        return
+    if is_dr_split(root):
+        # Training data only: every visible instance counts (visib_fract is not recorded).
+        for rgb, masks, name in iter_dr_split(root):
+            yield Sample(rgb=rgb, masks_visib=masks, visib_fracts=[1.0] * len(masks), name=name)
+        return
     seeds = json.loads((root / _DONE_FILE).read_text())["workcell_seeds"]
     for seed in seeds:
-        dataset = BopDataset(root / f"wc{seed}")
-        for scene_id in dataset.scene_ids():
-            for im_id in dataset.image_ids(scene_id):
-                infos = dataset.gt_infos(scene_id, im_id)
-                yield Sample(
-                    rgb=dataset.rgb(scene_id, im_id),
-                    masks_visib=[dataset.mask_visib(scene_id, im_id, g) for g in range(len(infos))],
-                    visib_fracts=[info.visib_fract for info in infos],
-                    name=f"wc{seed}/{scene_id}/{im_id}",
-                )
+        yield from iter_bop_folder(root / f"wc{seed}", prefix=f"wc{seed}/")
 
 
 def stride_targets(masks_visib: Sequence[np.ndarray], height: int, width: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
@@ -520,6 +547,21 @@ def select_thresholds(images: Sequence[PredictedImage], base: RgbProposalConfig)
 # --------------------------------------------------------------------------------------------
 
 
+def check_selection_set(folder: Path) -> None:
+    """Refuse to pick thresholds on a BOP folder that is a test split or holds test-split objects.
+
+    Raises:
+        InvalidInputError: naming the folder and why.
+    """
+    meta = folder / "ood_set.json"
+    if meta.is_file() and json.loads(meta.read_text()).get("split") == "test":
+        raise InvalidInputError(f"cannot select thresholds on {folder}: {meta} says it is the test split")
+    info = folder / "models" / "models_info.json"
+    if not info.is_file():
+        raise InvalidInputError(f"cannot select thresholds on {folder}: no models/models_info.json")
+    check_no_test_objects([int(k) for k in json.loads(info.read_text())], f"select thresholds on {folder}")
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="pose_train_rgb_proposals", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -528,13 +570,38 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--heldout-bop-models", type=Path, default=None,
                    help="optional BOP models/ directory (never trained on) rendered into extra evaluation workcells")
     p.add_argument("--train-workcells", type=int, default=TRAIN_SPLIT.num_workcells)
+    p.add_argument("--train-data", choices=("plain", "dr"), default="plain",
+                   help="plain: the procedural raster split (the original head); dr: domain-randomized images "
+                        "(pose_node.training.rgb_proposal_dr: training-split YCB meshes and procedural shapes, room, "
+                        "distractors, strong lighting, colour camera model)")
+    p.add_argument("--dr-workcells", type=int, default=DomainRandomizationConfig.num_workcells,
+                   help="workcells of the domain-randomized set (--train-data dr)")
+    p.add_argument("--dr-ablate", choices=tuple(DR_ABLATIONS), action="append", default=[],
+                   help="leave one randomization out of --train-data dr (ablation runs; repeatable)")
+    p.add_argument("--ycb-models-dirs", type=Path, nargs="*", default=None,
+                   help="BOP models folders for --train-data dr (only training-split ids load; default: "
+                        "pose_node.datasets.splits.default_ycb_models_dirs())")
+    p.add_argument("--eval-bop", action="append", default=[], metavar="NAME=DIR",
+                   help="also evaluate on a BOP folder (e.g. ood_val=out/ood_val); repeatable; test-split objects refused "
+                        "when it is used to select thresholds")
+    p.add_argument("--select-on", default="val",
+                   help="set whose threshold grid search picks the post-processing thresholds: val or an --eval-bop NAME")
     p.add_argument("--steps", type=int, default=TrainConfig.steps)
     p.add_argument("--threads", type=int, default=TrainConfig.num_threads)
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--device", default="cpu", help="backbone device for feature extraction (training runs on the CPU)")
     args = p.parse_args(argv)
-    if args.train_workcells < 1 or args.steps < 1 or args.threads < 1:
-        p.error("--train-workcells, --steps and --threads must be >= 1")
+    if args.train_workcells < 1 or args.steps < 1 or args.threads < 1 or args.dr_workcells < 1:
+        p.error("--train-workcells, --dr-workcells, --steps and --threads must be >= 1")
+    extra = {}
+    for item in args.eval_bop:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or name in ("train", "val", "test", "heldout") or not (Path(folder) / "test").is_dir():
+            p.error(f"--eval-bop: expected NAME=DIR with a new NAME and a BOP folder (DIR/test), got {item!r}")
+        extra[name] = Path(folder)
+    args.eval_bop = extra
+    if args.select_on != "val" and args.select_on not in extra:
+        p.error(f"--select-on: {args.select_on!r} is neither val nor an --eval-bop name")
     return args
 
 
@@ -549,6 +616,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     head_config = RgbProposalHeadConfig()
     train_config = TrainConfig(steps=args.steps, seed=args.seed, num_threads=args.threads)
     splits = {"train": replace(TRAIN_SPLIT, num_workcells=args.train_workcells), "val": VAL_SPLIT, "test": TEST_SPLIT}
+    if args.train_data == "dr":
+        ycb_dirs = tuple(str(d.resolve()) for d in (args.ycb_models_dirs if args.ycb_models_dirs is not None
+                                                    else default_ycb_models_dirs()))
+        if not ycb_dirs:
+            logger.warning("--train-data dr: no YCB models folder found; procedural training objects only")
+        splits["train"] = DomainRandomizationConfig(num_workcells=args.dr_workcells, ycb_models_dirs=ycb_dirs)
+        for name in args.dr_ablate:
+            splits["train"] = replace(splits["train"], name=f"{splits['train'].name}-no_{name}", **DR_ABLATIONS[name])
     if args.heldout_bop_models is not None:
         if not (args.heldout_bop_models / "models_info.json").is_file():
             raise InvalidInputError(f"--heldout-bop-models: {args.heldout_bop_models} has no models_info.json")
@@ -556,7 +631,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     roots, generation_s = {}, {}
     for name, split in splits.items():
         t0 = time.perf_counter()
-        roots[name] = generate_split(split, args.cache_dir)
+        roots[name] = (generate_dr_split(split, args.cache_dir) if isinstance(split, DomainRandomizationConfig)
+                       else generate_split(split, args.cache_dir))
         generation_s[name] = json.loads((roots[name] / _DONE_FILE).read_text())["seconds"]
         logger.info("split %s ready at %s (%.0f s now)", name, roots[name], time.perf_counter() - t0)
     backbone = create_backbone(BackboneConfig(name=head_config.backbone, device=args.device))
@@ -567,14 +643,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_s = time.perf_counter() - t0
 
     model = model.to(backbone.device)
-    predicted = {"val": predict_split(roots["val"], model, backbone)}
-    config, grid = select_thresholds(predicted["val"][0], RgbProposalConfig())
-    logger.info("thresholds from val: %s", {k: getattr(config, k) for k in THRESHOLD_GRID})
+    for name, folder in args.eval_bop.items():
+        roots[name] = folder
+    if args.select_on != "val":
+        check_selection_set(args.eval_bop[args.select_on])
+    predicted = {args.select_on: predict_split(roots[args.select_on], model, backbone)}
+    config, grid = select_thresholds(predicted[args.select_on][0], RgbProposalConfig())
+    logger.info("thresholds from %s: %s", args.select_on, {k: getattr(config, k) for k in THRESHOLD_GRID})
     evaluation = {}
-    for name in [n for n in ("val", "test", "heldout") if n in roots]:
+    for name in [n for n in ("val", "test", "heldout", *args.eval_bop) if n in roots]:
         images, timing = predicted[name] if name in predicted else predict_split(roots[name], model, backbone)
         counts, post_ms = evaluate_predictions(images, config)
-        evaluation[name] = {**counts.summary(), "split": asdict(splits[name]), **{k: round(v, 1) for k, v in timing.items()},
+        evaluation[name] = {**counts.summary(), "split": asdict(splits[name]) if name in splits else str(roots[name]),
+                            **{k: round(v, 1) for k, v in timing.items()},
                             "postprocess_ms_median": round(post_ms, 1)}
         logger.info("%s: %s", name, evaluation[name])
 
@@ -592,7 +673,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "metric": f"recall: GT instances with visib_fract >= {MIN_VISIB_FRACT} matched by a proposal at mask IoU >= "
                   f"{MATCH_IOU}; precision: proposals with IoU >= {MATCH_IOU} to any GT instance",
         "evaluation": evaluation,
-        "threshold_grid_val": grid,
+        "threshold_grid_val" if args.select_on == "val" else f"threshold_grid_{args.select_on}": grid,
         "timing_note": "seconds when each step ran (generation and features are cached and reused by later runs); "
                        "per-image times are medians at 640 x 480 with torch_threads threads",
         "timing_s": {"generation": {k: round(v, 1) for k, v in generation_s.items()}, "features_train": round(features_s, 1),
