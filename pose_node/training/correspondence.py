@@ -269,15 +269,33 @@ def _describe_training_objects(checkpoint: dict) -> dict | str:
             "ycb_ids": ycb, "ids_by_split": by_split}
 
 
-def ship(checkpoint: Path, out: Path) -> None:
-    """Write the weights to ship: the checkpoint without optimizer state (a quarter of the size)."""
+#: Metadata that describes one particular set of weights (how it was trained and measured): moved
+#: under ``previous_weights`` when other weights are shipped over them, so it never describes the new ones.
+PER_WEIGHTS_METADATA: tuple[str, ...] = ("training_runs", "hardware", "evaluation", "covariance_calibration", "ood_val")
+
+
+def ship(checkpoint: Path, out: Path, notes: dict | None = None) -> None:
+    """Write the weights to ship: the checkpoint without optimizer state (a quarter of the size).
+
+    Args:
+        checkpoint: a ``pose_train`` checkpoint. out: the weights file (``.pt``); its ``.json``
+            metadata is updated.
+        notes: extra metadata (command lines, hardware, numbers) merged into the ``.json``.
+    """
     data = torch.load(checkpoint, map_location="cpu", weights_only=False)
     data.pop("optimizer", None)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(data, out)
     # What produced the weights, next to them (the benchmark adds calibration and numbers).
     meta_path = out.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if meta and meta.get("source_checkpoint") != str(checkpoint):
+        previous = {k: meta.pop(k) for k in PER_WEIGHTS_METADATA if k in meta}
+        previous.update({k: meta.get(k) for k in ("source_checkpoint", "steps", "train_wall_s", "covariance_scale") if k in meta})
+        meta["previous_weights"] = previous
+        if "covariance_scale" in meta:
+            meta["covariance_scale_note"] = ("inherited from the previous weights (previous_weights); recalibrate with "
+                                             "pose_correspondence_bench --calibrate --record")
+    torch.save(data, out)
     log = data.get("log", {})
     meta.update({
         "weights": out.name, "source_checkpoint": str(checkpoint), "steps": int(data.get("step", 0)),
@@ -286,6 +304,7 @@ def ship(checkpoint: Path, out: Path) -> None:
         "holdout_bop_ids": data.get("holdout_bop_ids"),
         "training_objects": _describe_training_objects(data),
     })
+    meta.update(notes or {})
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     logger.info("shipped %s (step %d) to %s, %.1f MB", checkpoint, data.get("step", -1), out, out.stat().st_size / 1e6)
 
@@ -296,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint")
     parser.add_argument("--ship", type=Path, default=None, metavar="CHECKPOINT",
                         help="do not train: write CHECKPOINT without its optimizer state to --out (the file to ship)")
+    parser.add_argument("--ship-notes", type=Path, default=None, metavar="JSON",
+                        help="with --ship: a JSON object merged into the shipped metadata (commands, hardware, numbers)")
     parser.add_argument("--bop-models", type=Path, nargs="*", default=default_ycb_models_dirs(),
                         help="BOP models dirs whose training-split objects are trained on (pose_node.datasets.splits); "
                              "default: ../shared/data/ycb_dev and ycb_train models where present; none: procedural only")
@@ -318,7 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.ship is not None:
-        ship(args.ship, args.out)
+        notes = json.loads(args.ship_notes.read_text()) if args.ship_notes is not None else None
+        if notes is not None and not isinstance(notes, dict):
+            parser.error(f"--ship-notes {args.ship_notes}: expected a JSON object")
+        ship(args.ship, args.out, notes)
         return 0
     if args.threads > 0:
         torch.set_num_threads(args.threads)

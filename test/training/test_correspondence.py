@@ -38,3 +38,23 @@ def test_pose_train_defaults_follow_the_split(monkeypatch, tmp_path):
     assert sample_config.domain_randomization is not None
     correspondence.main(["--out", str(tmp_path / "x.pt"), "--appearance", "shipped-effl0", "--bop-models"])
     assert captured["args"][3].domain_randomization is None and captured["args"][4] == []
+
+
+def test_ship_records_objects_by_split_and_moves_the_old_weights_metadata(tmp_path):
+    import torch
+
+    checkpoint = tmp_path / "run.pt"
+    torch.save({"state_dict": {}, "optimizer": {"x": 1}, "step": 7, "train_config": {"num_procedural": 2},
+                "log": {"wall_s": 12.0, "steps": [{"step": 7}], "training_object_ids": [1000, 1001, 1, 13, 50]}}, checkpoint)
+    out = tmp_path / "models" / "net.pt"
+    out.parent.mkdir()
+    out.with_suffix(".json").write_text(json.dumps({"source_checkpoint": "old.pt", "evaluation": {"rows": []},
+                                                    "hardware": "old cpu", "covariance_scale": {"rgb": 2.0}}))
+    correspondence.ship(checkpoint, out, {"hardware": "new cpu"})
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert "optimizer" not in torch.load(out, weights_only=False)
+    assert meta["training_objects"]["ids_by_split"] == {"train": [1000, 1001, 1, 13, 50]}
+    assert meta["training_objects"]["ycb_ids"] == [1, 13, 50]
+    assert meta["previous_weights"]["evaluation"] == {"rows": []} and meta["previous_weights"]["source_checkpoint"] == "old.pt"
+    assert "evaluation" not in meta and meta["hardware"] == "new cpu" and meta["steps"] == 7
+    assert meta["covariance_scale"] == {"rgb": 2.0} and "covariance_scale_note" in meta
