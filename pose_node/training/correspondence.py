@@ -219,9 +219,16 @@ def train(out: Path, config: TrainConfig, net_config: CorrespondenceNetConfig, s
             total = total + config.kl_weight * kl.to(device)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-        optimizer.step()
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
         step += 1
+        if not (bool(torch.isfinite(total)) and bool(torch.isfinite(grad_norm))):
+            # One non-finite gradient (e.g. the Monte Carlo KL of a degenerate sample: masking the
+            # loss does not mask a NaN in its backward pass) would turn every weight into NaN.
+            log["skipped_steps"] = int(log.get("skipped_steps", 0)) + 1
+            logger.warning("step %d: non-finite loss %.4g or gradient norm %.4g, update skipped (%d so far)", step,
+                           float(total.detach()), float(grad_norm), log["skipped_steps"])
+            continue
+        optimizer.step()
         logged = {k: float(v.detach()) for k, v in losses.items()}
         if "kl" in losses:
             logged["kl_valid_fraction"] = kl_valid_fraction
