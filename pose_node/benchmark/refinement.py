@@ -166,12 +166,18 @@ def row(name: str, dataset: str, mode: str, r: dict, stage: "FusedStage | None")
 
 
 def evaluate_dataset(path: Path, name: str, mode: str, fusion_config: FusionConfig, max_targets: int | None,
-                     methods: list[str], sensitivity: list[tuple[float, float]]) -> tuple[list[dict], dict]:
-    """All rows of one dataset and mode; also returns the raw results of the single view and each method."""
+                     methods: list[str], sensitivity: list[tuple[float, float]],
+                     weights_path: Path | None = None) -> tuple[list[dict], dict]:
+    """All rows of one dataset and mode; also returns the raw results of the single view and each method.
+
+    ``weights_path``: the correspondence network to run (None: the shipped one).
+    """
     from pose_node.datasets.bop import BopDataset
     from pose_node.evaluation.stages.correspondence import correspondence_factory
+    from pose_node.pipeline.estimate import CorrespondenceStageConfig
 
-    config = EvalConfig(mode=mode, stages=STAGES, max_targets=max_targets)
+    stage_config = CorrespondenceStageConfig(weights_path=None if weights_path is None else str(weights_path))
+    config = EvalConfig(mode=mode, stages=STAGES, max_targets=max_targets, correspondence=stage_config)
     models = BopDataset(path).models(config.models_subdir)
     single = CachedSingleView(correspondence_factory(STAGES[:2], config, models))
     rows, raw = [], {}
@@ -344,7 +350,7 @@ def _score_terciles(d2: np.ndarray, scores: np.ndarray) -> tuple[list[np.ndarray
 
 
 def calibrate(vals: dict[str, Path], modes: list[str], fusion_config: FusionConfig, max_targets: int | None,
-              single_view_scales: dict[str, float]) -> Calibration:
+              single_view_scales: dict[str, float], weights_path: Path | None = None) -> Calibration:
     """Publishing thresholds, covariance scales and score exponents per mode, fitted on the validation sets.
 
     Per mode: (1) the threshold: the highest of the sets' own (:data:`PUBLISH_PRECISION`,
@@ -360,6 +366,7 @@ def calibrate(vals: dict[str, Path], modes: list[str], fusion_config: FusionConf
     Args:
         vals: name -> validation dataset (never test-split objects: :func:`check_calibration_set`).
         single_view_scales: the single-view covariance factors the runs use (the weights' metadata).
+        weights_path: the correspondence network (None: the shipped one).
     """
     from scipy.stats import chi2
 
@@ -370,7 +377,7 @@ def calibrate(vals: dict[str, Path], modes: list[str], fusion_config: FusionConf
     for mode in modes:
         d2, scores, single_d2, per_set = [], [], [], {}
         for name, val in vals.items():
-            raw = evaluate_dataset(val, "val", mode, unscaled, max_targets, ["refinement"], [])[1]
+            raw = evaluate_dataset(val, "val", mode, unscaled, max_targets, ["refinement"], [], weights_path)[1]
             d2.append(np.asarray(raw["refinement"]["covariance_d2"], dtype=np.float64))
             scores.append(np.asarray(raw["refinement"]["matched_estimates"]["score"], dtype=np.float64))
             single_d2.append(np.asarray(raw["single view"]["covariance_d2"], dtype=np.float64))
@@ -449,10 +456,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crop-size", type=int, default=None, help="refinement crop side, pixels (default: CropConfig's)")
     parser.add_argument("--max-points", type=int, default=None, help="refinement points per view (default: CropConfig's)")
     parser.add_argument("--ablation", action="store_true", help="also the refinement without registration, verification, both")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="correspondence network checkpoint to evaluate (default: the shipped models/correspondence_effl0.pt)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=Path("out/bench_refinement.json"))
     args = parser.parse_args(argv)
+    if args.weights is not None and not args.weights.is_file():
+        parser.error(f"--weights {args.weights}: no such file")
+    if args.weights is not None and args.record:
+        parser.error("--record writes the shipped network's calibration: evaluate candidate --weights without it")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     scenes = 8
@@ -496,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
                 vals["val_ycb"] = ensure_workcell(out / "val_ycb", str(models), 4, VALIDATION_SEED_YCB, scenes)
         from pose_node.pipeline.estimate import covariance_scales, default_weights_path
 
-        calibration = calibrate(vals, args.modes, fusion_config, args.max_targets, covariance_scales(default_weights_path()))
+        calibration = calibrate(vals, args.modes, fusion_config, args.max_targets,
+                                covariance_scales(args.weights or default_weights_path()), args.weights)
         fusion_config = replace(fusion_config, refinement=replace(fusion_config.refinement, covariance_scale=calibration.scales,
                                                                   covariance_score_exponent=calibration.exponents))
         print(f"calibration: {json.dumps(asdict(calibration))}")
@@ -506,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes:
             sens = [(mm / 1e3, deg) for mm, deg in sensitivity] if name == "procedural" else []
             methods = ["association", "refinement"] + (list(ABLATIONS) if args.ablation else [])
-            new_rows, raw = evaluate_dataset(path, name, mode, fusion_config, args.max_targets, methods, sens)
+            new_rows, raw = evaluate_dataset(path, name, mode, fusion_config, args.max_targets, methods, sens, args.weights)
             threshold = (calibration.pose_score_thresholds[mode]["threshold"] if calibration is not None
                          else default_publish_pose_score(mode))
             for r in new_rows:  # the coverage report of each single-view and multi-view row
@@ -517,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(format_coverage(rows))
     result = {"rows": rows, "calibration": None if calibration is None else asdict(calibration),
+              "weights": str(args.weights) if args.weights is not None else "shipped",
               "seconds": time.perf_counter() - started, "threads": args.threads,
               "command": "pose_refinement_bench " + " ".join(sys.argv[1:] if argv is None else argv)}
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,14 @@
 """``pose_train``: train the correspondence network on samples rendered on the fly.
 
-Objects: procedural shapes (seeds from ``--procedural-seed``, disjoint from the seeds the
-workcell generator uses, ``seed * 1000 + i`` with ``seed < 10**4``) and, when a BOP models
-directory is given (e.g. ../shared/data/ycb_dev/models), its objects except the held-out ones
-(``--holdout``), so evaluation scenes can be made of objects the network never saw.
+Objects: procedural shapes of the training split (:data:`pose_node.datasets.splits.PROCEDURAL_SEEDS`)
+and the *training-split* objects of the BOP models directories (``--bop-models``; default: the
+YCB folders beside the repository, ``../shared/data/ycb_dev`` and ``ycb_train``, when present),
+chosen by :func:`pose_node.datasets.splits.ycb_ids_in` so that validation and test objects are
+never loaded; ``--holdout`` removes more ids.
+
+Appearance: ``--appearance randomized`` (default) relights every sample in linear light and passes
+it through a random colour camera (:mod:`pose_node.training.domain_randomization`);
+``--appearance shipped-effl0`` reproduces the weak augmentation of the first shipped network.
 
 Losses (weights in :class:`TrainConfig`): smooth-L1 on the normalized object coordinates of the
 visible cells, binary cross-entropy on the visible-object mask and, after
@@ -18,6 +23,7 @@ Examples::
 
     pose_train --out models/correspondence_effl0.pt --minutes 100 --threads 2
     pose_train --out out/train/b.pt --resume out/train/a.pt --kl-start-step 0 --minutes 60
+    pose_train --out out/train/dr.pt --resume models/correspondence_effl0.pt --minutes 58 --threads 1
     pose_train --ship out/train/b.pt --out models/correspondence_effl0.pt
 """
 from __future__ import annotations
@@ -36,13 +42,24 @@ import torch
 import torch.nn.functional as F
 
 from pose_node.correspondence.network import CorrespondenceNet, CorrespondenceNetConfig, cell_centres_px
-from pose_node.datasets.splits import PROCEDURAL_FIRST_IDS, PROCEDURAL_SEEDS, not_for_training
-from pose_node.training.correspondence_data import SampleConfig, TrainingBatch, TrainingSampler
+from pose_node.core.errors import InvalidInputError
+from pose_node.datasets.splits import (
+    PROCEDURAL_FIRST_IDS,
+    PROCEDURAL_SEEDS,
+    YcbSplitModels,
+    default_ycb_models_dirs,
+    not_for_training,
+    split_of_object_id,
+    ycb_ids_in,
+)
+from pose_node.training.correspondence_data import SHIPPED_EFFL0_SAMPLE_CONFIG, SampleConfig, TrainingBatch, TrainingSampler
 
 logger = logging.getLogger(__name__)
 
 # The split lives in pose_node.datasets.splits: never train on validation or test objects.
+# Extra ids to hold out on top of the split (the split alone already excludes these).
 DEFAULT_HOLDOUT_BOP_IDS: tuple[int, ...] = not_for_training()
+APPEARANCES: dict[str, SampleConfig] = {"randomized": SampleConfig(), "shipped-effl0": SHIPPED_EFFL0_SAMPLE_CONFIG}
 PROCEDURAL_TRAIN_SEED = PROCEDURAL_SEEDS["train"] * 1000
 
 
@@ -111,21 +128,48 @@ def pose_kl_loss(batch: TrainingBatch, xyz_norm: torch.Tensor, weights: torch.Te
     return (loss[ok].mean() if bool(ok.any()) else loss.new_zeros(())), float(ok.float().mean())
 
 
-def training_objects(num_procedural: int, bop_models_dir: Path | None, holdout: tuple[int, ...]):
-    """The procedural objects and the BOP objects not held out."""
+def training_bop_objects(bop_models_dirs, holdout: tuple[int, ...] = ()) -> list[YcbSplitModels]:
+    """The training-split objects of each BOP models directory, minus ``holdout``.
+
+    Args:
+        bop_models_dirs: BOP ``models`` directories (missing ones are skipped).
+        holdout: ids never to load, on top of the validation and test splits.
+    Returns:
+        one :class:`YcbSplitModels` per existing directory (possibly with no ids).
+    Raises:
+        InvalidInputError: a selected id is not in the training split (a guard against an edit
+            of this function or of the split that would leak evaluation objects).
+    """
+    selected = []
+    for models_dir in bop_models_dirs:
+        if not (Path(models_dir) / "models_info.json").is_file():
+            logger.warning("no BOP models in %s: skipped", models_dir)
+            continue
+        found = ycb_ids_in(models_dir, "train")
+        ids = tuple(i for i in found.object_ids if i not in holdout)
+        leaked = [i for i in ids if split_of_object_id(i) != "train"]
+        if leaked:
+            raise InvalidInputError(f"training objects {leaked} of {models_dir} are not in the training split")
+        selected.append(YcbSplitModels(found.models_dir, ids))
+    return selected
+
+
+def training_objects(num_procedural: int, bop_models_dirs, holdout: tuple[int, ...] = ()):
+    """The procedural training-split objects and :func:`training_bop_objects` (loaded)."""
     from pose_node.onboarding.mesh_loading import load_bop_models
     from pose_node.onboarding.procedural import make_procedural_objects
 
+    if isinstance(bop_models_dirs, (str, Path)):
+        bop_models_dirs = [bop_models_dirs]
     models = make_procedural_objects(num_procedural, PROCEDURAL_SEEDS["train"], first_id=PROCEDURAL_FIRST_IDS["train"])
-    if bop_models_dir is not None and Path(bop_models_dir).is_dir():
-        info = json.loads((Path(bop_models_dir) / "models_info.json").read_text())
-        ids = [int(k) for k in info if int(k) not in holdout]
-        models += load_bop_models(bop_models_dir, object_ids=ids)
+    for split_models in training_bop_objects(bop_models_dirs or [], holdout):
+        if split_models.object_ids:
+            models += load_bop_models(split_models.models_dir, object_ids=list(split_models.object_ids))
     return models
 
 
 def train(out: Path, config: TrainConfig, net_config: CorrespondenceNetConfig, sample_config: SampleConfig,
-          bop_models_dir: Path | None, holdout: tuple[int, ...], max_steps: int, max_minutes: float,
+          bop_models_dirs, holdout: tuple[int, ...], max_steps: int, max_minutes: float,
           resume: Path | None = None, device: str = "cpu") -> dict:
     """Train and save to ``out`` (every few minutes and at the end). Returns the log."""
     torch.manual_seed(config.seed)
@@ -146,8 +190,9 @@ def train(out: Path, config: TrainConfig, net_config: CorrespondenceNetConfig, s
     ], weight_decay=config.weight_decay)
     if resume is not None and "optimizer" in checkpoint:
         optimizer.load_state_dict(checkpoint["optimizer"])
-    models = training_objects(config.num_procedural, bop_models_dir, holdout)
-    logger.info("training on %d objects (%s)", len(models), ", ".join(m.name for m in models[-12:]))
+    models = training_objects(config.num_procedural, bop_models_dirs, holdout)
+    log["training_object_ids"] = [int(m.object_id) for m in models]
+    logger.info("training on %d objects (ids %s)", len(models), log["training_object_ids"])
     sampler = TrainingSampler(models, net_config, sample_config, seed=config.seed + step)
     net.train()
     start = time.monotonic()
@@ -174,9 +219,16 @@ def train(out: Path, config: TrainConfig, net_config: CorrespondenceNetConfig, s
             total = total + config.kl_weight * kl.to(device)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-        optimizer.step()
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
         step += 1
+        if not (bool(torch.isfinite(total)) and bool(torch.isfinite(grad_norm))):
+            # One non-finite gradient (e.g. the Monte Carlo KL of a degenerate sample: masking the
+            # loss does not mask a NaN in its backward pass) would turn every weight into NaN.
+            log["skipped_steps"] = int(log.get("skipped_steps", 0)) + 1
+            logger.warning("step %d: non-finite loss %.4g or gradient norm %.4g, update skipped (%d so far)", step,
+                           float(total.detach()), float(grad_norm), log["skipped_steps"])
+            continue
+        optimizer.step()
         logged = {k: float(v.detach()) for k, v in losses.items()}
         if "kl" in losses:
             logged["kl_valid_fraction"] = kl_valid_fraction
@@ -210,24 +262,56 @@ def _save(out: Path, net, optimizer, config, net_config, sample_config, log, ste
     tmp.replace(out)
 
 
-def ship(checkpoint: Path, out: Path) -> None:
-    """Write the weights to ship: the checkpoint without optimizer state (a quarter of the size)."""
+def _describe_training_objects(checkpoint: dict) -> dict | str:
+    """The training objects of a checkpoint by split (ids), or the old sentence for checkpoints without ids."""
+    num_procedural = checkpoint.get("train_config", {}).get("num_procedural")
+    ids = checkpoint.get("log", {}).get("training_object_ids")
+    if ids is None:
+        return f"{num_procedural} procedural (seeds {PROCEDURAL_TRAIN_SEED}+i) and the YCB dev objects minus holdout_bop_ids"
+    by_split: dict[str, list[int]] = {}
+    for object_id in ids:
+        by_split.setdefault(str(split_of_object_id(int(object_id))), []).append(int(object_id))
+    ycb = [i for i in ids if i < PROCEDURAL_FIRST_IDS["train"]]
+    return {"procedural": f"{num_procedural} (seeds {PROCEDURAL_TRAIN_SEED}+i, ids {PROCEDURAL_FIRST_IDS['train']}+i)",
+            "ycb_ids": ycb, "ids_by_split": by_split}
+
+
+#: Metadata that describes one particular set of weights (how it was trained and measured): moved
+#: under ``previous_weights`` when other weights are shipped over them, so it never describes the new ones.
+PER_WEIGHTS_METADATA: tuple[str, ...] = ("training_runs", "hardware", "evaluation", "covariance_calibration", "ood_val")
+
+
+def ship(checkpoint: Path, out: Path, notes: dict | None = None) -> None:
+    """Write the weights to ship: the checkpoint without optimizer state (a quarter of the size).
+
+    Args:
+        checkpoint: a ``pose_train`` checkpoint. out: the weights file (``.pt``); its ``.json``
+            metadata is updated.
+        notes: extra metadata (command lines, hardware, numbers) merged into the ``.json``.
+    """
     data = torch.load(checkpoint, map_location="cpu", weights_only=False)
     data.pop("optimizer", None)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(data, out)
     # What produced the weights, next to them (the benchmark adds calibration and numbers).
     meta_path = out.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if meta and meta.get("source_checkpoint") != str(checkpoint):
+        previous = {k: meta.pop(k) for k in PER_WEIGHTS_METADATA if k in meta}
+        previous.update({k: meta.get(k) for k in ("source_checkpoint", "steps", "train_wall_s", "covariance_scale") if k in meta})
+        meta["previous_weights"] = previous
+        if "covariance_scale" in meta:
+            meta["covariance_scale_note"] = ("inherited from the previous weights (previous_weights); recalibrate with "
+                                             "pose_correspondence_bench --calibrate --record")
+    torch.save(data, out)
     log = data.get("log", {})
     meta.update({
         "weights": out.name, "source_checkpoint": str(checkpoint), "steps": int(data.get("step", 0)),
         "train_wall_s": log.get("wall_s"), "last_losses": (log.get("steps") or [{}])[-1],
         "net_config": data.get("net_config"), "train_config": data.get("train_config"), "sample_config": data.get("sample_config"),
         "holdout_bop_ids": data.get("holdout_bop_ids"),
-        "training_objects": f"{data.get('train_config', {}).get('num_procedural')} procedural (seeds {PROCEDURAL_TRAIN_SEED}+i) "
-                            "and the YCB dev objects minus holdout_bop_ids",
+        "training_objects": _describe_training_objects(data),
     })
+    meta.update(notes or {})
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     logger.info("shipped %s (step %d) to %s, %.1f MB", checkpoint, data.get("step", -1), out, out.stat().st_size / 1e6)
 
@@ -238,11 +322,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint")
     parser.add_argument("--ship", type=Path, default=None, metavar="CHECKPOINT",
                         help="do not train: write CHECKPOINT without its optimizer state to --out (the file to ship)")
-    parser.add_argument("--bop-models", type=Path, default=None, help="BOP models dir to train on too (minus --holdout)")
-    parser.add_argument("--holdout", type=int, nargs="*", default=list(DEFAULT_HOLDOUT_BOP_IDS), help="BOP object ids never trained on")
+    parser.add_argument("--ship-notes", type=Path, default=None, metavar="JSON",
+                        help="with --ship: a JSON object merged into the shipped metadata (commands, hardware, numbers)")
+    parser.add_argument("--bop-models", type=Path, nargs="*", default=default_ycb_models_dirs(),
+                        help="BOP models dirs whose training-split objects are trained on (pose_node.datasets.splits); "
+                             "default: ../shared/data/ycb_dev and ycb_train models where present; none: procedural only")
+    parser.add_argument("--holdout", type=int, nargs="*", default=list(DEFAULT_HOLDOUT_BOP_IDS),
+                        help="BOP object ids never trained on, on top of the split's validation and test ids")
+    parser.add_argument("--appearance", choices=sorted(APPEARANCES), default="randomized",
+                        help="randomized: linear-light relighting and a random colour camera; shipped-effl0: the first net's weak augmentation")
     parser.add_argument("--steps", type=int, default=10**9, help="stop after this many steps (total, with --resume)")
     parser.add_argument("--minutes", type=float, default=120.0, help="stop after this much wall time (this run)")
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate, help="AdamW rate of the head")
+    parser.add_argument("--trunk-learning-rate", type=float, default=TrainConfig.trunk_learning_rate,
+                        help="AdamW rate of the fine-tuned trunk blocks")
     parser.add_argument("--kl-start-step", type=int, default=TrainConfig.kl_start_step)
     parser.add_argument("--kl-weight", type=float, default=TrainConfig.kl_weight)
     parser.add_argument("--num-procedural", type=int, default=TrainConfig.num_procedural)
@@ -252,14 +346,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.ship is not None:
-        ship(args.ship, args.out)
+        notes = json.loads(args.ship_notes.read_text()) if args.ship_notes is not None else None
+        if notes is not None and not isinstance(notes, dict):
+            parser.error(f"--ship-notes {args.ship_notes}: expected a JSON object")
+        ship(args.ship, args.out, notes)
         return 0
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    config = TrainConfig(batch_size=args.batch_size, kl_start_step=args.kl_start_step, kl_weight=args.kl_weight,
+    config = TrainConfig(batch_size=args.batch_size, learning_rate=args.learning_rate, trunk_learning_rate=args.trunk_learning_rate,
+                         kl_start_step=args.kl_start_step, kl_weight=args.kl_weight,
                          num_procedural=args.num_procedural, seed=args.seed)
     np.random.seed(args.seed)
-    train(args.out, config, CorrespondenceNetConfig(), SampleConfig(), args.bop_models, tuple(args.holdout), args.steps,
+    train(args.out, config, CorrespondenceNetConfig(), APPEARANCES[args.appearance], args.bop_models, tuple(args.holdout), args.steps,
           args.minutes, args.resume, args.device)
     return 0
 

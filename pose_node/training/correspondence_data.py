@@ -33,6 +33,7 @@ from pose_node.correspondence.network import CorrespondenceNetConfig, to_grid
 from pose_node.onboarding.templates import TemplateConfig, render_templates
 from pose_node.render.renderer import Renderer
 from pose_node.scene.appearance import procedural_texture
+from pose_node.training.domain_randomization import DomainRandomizationConfig, crop_footprint, randomize_appearance
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ class SampleConfig:
         in_plane_rotations: R, in-plane angles per template (the stage uses the same).
         templates: onboarding settings of the training templates (the detector's defaults).
         num_backgrounds: pre-generated background textures.
+        domain_randomization: strong appearance randomization (linear light, environment and
+            specular light, colour camera model); None: the weak lighting and colour jitter the
+            shipped ``correspondence_effl0`` was trained with (:data:`SHIPPED_EFFL0_SAMPLE_CONFIG`).
+            The scene geometry drawn from a seed is the same either way.
     """
 
     image_width_px: int = 640
@@ -68,6 +73,34 @@ class SampleConfig:
     in_plane_rotations: int = 8
     templates: TemplateConfig = TemplateConfig(template_size_px=96)
     num_backgrounds: int = 48
+    domain_randomization: DomainRandomizationConfig | None = DomainRandomizationConfig()
+
+
+#: The sampling the shipped ``models/correspondence_effl0.pt`` was trained with (weak augmentation only).
+SHIPPED_EFFL0_SAMPLE_CONFIG = SampleConfig(domain_randomization=None)
+
+
+@dataclass
+class _Scene:
+    """One rendered scene: the target (object index ``index``, label 1) and maybe an occluder.
+
+    Attributes:
+        index: the target's index in the sampler's models. K: (3, 3). T_cam_target: (4, 4).
+        rgb: (H, W, 3) uint8 (the albedo when the appearance is randomized later).
+        xyz: (H, W, 3) float32 target object coordinates. visible: (H, W) bool target pixels.
+        depth: (H, W) float32 metres and instance (H, W) int labels, only when randomizing.
+        untextured_labels: labels of meshes the rasterizer paints plain grey.
+    """
+
+    index: int
+    K: np.ndarray
+    T_cam_target: np.ndarray
+    rgb: np.ndarray
+    xyz: np.ndarray
+    visible: np.ndarray
+    depth: np.ndarray | None = None
+    instance: np.ndarray | None = None
+    untextured_labels: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -139,6 +172,9 @@ class TrainingSampler:
         self.net_config = net_config
         self.config = config
         self.rng = np.random.default_rng(seed)
+        # Appearance draws come from their own stream: a seed gives the same scenes and targets
+        # whether or not the appearance is randomized.
+        self.appearance_rng = np.random.default_rng([seed, 1])
         self.renderer = renderer or Renderer(config.image_width_px, config.image_height_px)
         template_renderer = Renderer(config.templates.template_size_px, config.templates.template_size_px)
         self.handles = [self.renderer.add_object(m) for m in self.models]
@@ -146,6 +182,8 @@ class TrainingSampler:
         self.angles = in_plane_angles(config.in_plane_rotations)
         H, W = config.image_height_px, config.image_width_px
         self.backgrounds = [procedural_texture(self.rng, H, W) for _ in range(config.num_backgrounds)]
+        # Meshes the rasterizer paints in one grey (no texture, no vertex colours): recoloured at random.
+        self.untextured = [(m.texture is None or m.uv is None) and m.vertex_colors is None for m in self.models]
 
     # -- one scene ------------------------------------------------------------------------------
 
@@ -195,18 +233,26 @@ class TrainingSampler:
             background = self.backgrounds[int(self.rng.integers(len(self.backgrounds)))]
             if self.rng.random() < 0.5:
                 background = background[::-1, ::-1]
+            # Drawn in both modes so that a seed gives the same scenes with either appearance.
             light = self.rng.normal(size=3) + np.array([0.0, 0.0, 1.5])
+            ambient, diffuse = self.rng.uniform(0.25, 0.6), self.rng.uniform(0.4, 0.8)
+            randomized = c.domain_randomization is not None
+            if randomized:
+                ambient, diffuse = 1.0, 0.0  # the albedo: lit later in linear light
             out = self.renderer.render(
-                K[None], np.stack(poses)[None], handles, outputs=("rgb", "xyz", "instance"),
-                light_dir_cam=light[None], ambient=np.array([self.rng.uniform(0.25, 0.6)]),
-                diffuse=np.array([self.rng.uniform(0.4, 0.8)]), background=np.ascontiguousarray(background)[None],
+                K[None], np.stack(poses)[None], handles, outputs=("rgb", "xyz", "instance") + (("depth",) if randomized else ()),
+                light_dir_cam=light[None], ambient=np.array([ambient]),
+                diffuse=np.array([diffuse]), background=np.ascontiguousarray(background)[None],
             )
             visible = out.instance[0] == 1
             alone = self.renderer.render(K[None], T_target[None, None], [self.handles[i]], outputs=("instance",)).instance[0] == 1 \
                 if len(handles) > 1 else visible
             count = int(visible.sum())
             if count >= c.min_visible_px and count >= c.min_visible_fraction * max(1, int(alone.sum())):
-                return i, K, T_target, out.rgb[0], out.xyz[0], visible
+                if not randomized:
+                    return _Scene(i, K, T_target, out.rgb[0], out.xyz[0], visible)
+                untextured = frozenset(label + 1 for label, h in enumerate(handles) if self.untextured[self.handles.index(h)])
+                return _Scene(i, K, T_target, out.rgb[0], out.xyz[0], visible, out.depth[0], out.instance[0], untextured)
         raise RuntimeError("TrainingSampler: could not place a visible object in 20 tries")
 
     def _jitter_mask(self, mask: np.ndarray) -> np.ndarray:
@@ -243,10 +289,15 @@ class TrainingSampler:
         crops, det_masks, gt_xyz, gt_vis, t_rgb, t_xyz, t_mask = [], [], [], [], [], [], []
         K_crops, T_gts, T_inits, centers, radii = [], [], [], [], []
         for _ in range(batch_size):
-            i, K, T_cam, rgb, xyz, visible = self._scene()
+            scene = self._scene()
+            i, K, T_cam, rgb, xyz, visible = scene.index, scene.K, scene.T_cam_target, scene.rgb, scene.xyz, scene.visible
             tc = self.crops[i]
             det = self._jitter_mask(visible)
             R_cc, focal = crop_cameras(K, [mask_outline(det)], S, cfg.templates.crop_margin_fraction)
+            if cfg.domain_randomization is not None:
+                dr = cfg.domain_randomization
+                region = crop_footprint(K, R_cc[0], float(focal[0]), S, rgb.shape[:2], dr.footprint_margin_px)
+                rgb = randomize_appearance(rgb, scene.depth, scene.instance, K, region, set(scene.untextured_labels), self.appearance_rng, dr)
             image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
             crop, det_grid = crop_detections(image, torch.from_numpy(det)[None].float(), K, R_cc, focal, S, g)
             Kt, Rt, ft = torch.from_numpy(K), torch.from_numpy(R_cc), torch.from_numpy(focal)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pose_node.benchmark.refinement import auroc, fit_covariance
 
@@ -64,3 +65,40 @@ def test_coverage_report_bins_and_the_published_poses():
     assert report["views"]["1 view"] == {"n": 1, "68": 0.0, "95": 0.0, "99.7": 0.0}
     assert report["views"]["3+ views"]["n"] == 2 and report["visibility"]["visib >= 0.8"]["n"] == 2
     assert report["nll_median"] == 2.0
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_weights_option_reaches_the_correspondence_stage(monkeypatch, tmp_path):
+    """``--weights`` picks the network the single-view stage runs (a candidate beside the shipped one)."""
+    import pose_node.datasets.bop as bop
+    import pose_node.evaluation.stages.correspondence as stage_module
+    from pose_node.benchmark import refinement
+
+    seen = {}
+
+    def factory(stages, config, models):
+        seen["weights_path"] = config.correspondence.weights_path
+        raise _Stop
+
+    monkeypatch.setattr(stage_module, "correspondence_factory", factory)
+    class NoDataset:
+        def __init__(self, path):
+            pass
+
+        def models(self, subdir):
+            return []
+
+    monkeypatch.setattr(bop, "BopDataset", NoDataset)
+    candidate = tmp_path / "candidate.pt"
+    candidate.write_bytes(b"")
+    for weights, expected in ((candidate, str(candidate)), (None, None)):
+        with pytest.raises(_Stop):
+            refinement.evaluate_dataset(tmp_path, "x", "rgbd", refinement.FusionConfig(), None, [], [], weights)
+        assert seen["weights_path"] == expected
+    with pytest.raises(SystemExit):
+        refinement.main(["--weights", str(tmp_path / "missing.pt"), "--datasets"])
+    with pytest.raises(SystemExit):
+        refinement.main(["--weights", str(candidate), "--record", "--datasets"])

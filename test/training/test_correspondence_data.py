@@ -73,3 +73,64 @@ def test_symmetric_twin_closest_to_the_hypotheses_is_chosen():
     assert angle_deg(T_hyp[best], chosen) <= angle_deg(T_hyp[best], other) + 1e-9
     plain, _ = closest_hypotheses(R_true, Crops, angles, None)
     assert angle_deg(T_hyp[best], chosen) <= angle_deg(T_hyp[plain[0]], R_true) + 1e-9
+
+
+# -- strong domain randomization (SampleConfig.domain_randomization) -----------------------------
+
+
+@pytest.fixture(scope="module")
+def randomized_models():
+    """Two textured procedural objects and one untextured (the rasterizer paints it grey)."""
+    import dataclasses
+
+    models = make_procedural_objects(3, seed=4242)
+    models[2] = dataclasses.replace(models[2], texture=None, uv=None, vertex_colors=None)
+    return models
+
+
+def _batch(models, renderer, sample_config, seed):
+    sampler = TrainingSampler(models, CONFIG, sample_config, seed=seed, renderer=renderer)
+    return sampler, sampler.sample_batch(4)
+
+
+def test_randomized_samples_are_seeded_and_keep_the_shipped_geometry(make_renderer, randomized_models):
+    from pose_node.training.correspondence_data import SHIPPED_EFFL0_SAMPLE_CONFIG
+
+    renderer = make_renderer(640, 480)
+    config = SampleConfig(num_backgrounds=4)
+    assert config.domain_randomization is not None and SHIPPED_EFFL0_SAMPLE_CONFIG.domain_randomization is None
+    _, a = _batch(randomized_models, renderer, config, seed=11)
+    _, b = _batch(randomized_models, renderer, config, seed=11)
+    _, c = _batch(randomized_models, renderer, config, seed=12)
+    old = _batch(randomized_models, renderer, dataclasses_replace(SHIPPED_EFFL0_SAMPLE_CONFIG, num_backgrounds=4), seed=11)[1]
+    B, S = 4, CONFIG.crop_size_px
+    assert a.crops.shape == (B, 3, S, S) and a.crops.dtype == old.crops.dtype
+    assert float(a.crops.min()) >= 0.0 and float(a.crops.max()) <= 1.0
+    assert np.array_equal(a.crops.numpy(), b.crops.numpy())
+    assert not np.array_equal(a.crops.numpy(), c.crops.numpy())
+    # Same seed, same scenes and targets: only the appearance differs.
+    np.testing.assert_array_equal(a.T_crop_object_gt, old.T_crop_object_gt)
+    np.testing.assert_array_equal(a.gt_xyz_norm.numpy(), old.gt_xyz_norm.numpy())
+    assert float((a.crops - old.crops).abs().mean()) > 0.03
+
+
+def test_randomized_untextured_objects_get_colours(make_renderer, randomized_models):
+    sampler = TrainingSampler(randomized_models[2:], CONFIG, SampleConfig(num_backgrounds=4, occluder_probability=0.0), seed=5,
+                              renderer=make_renderer(640, 480))
+    assert sampler.untextured == [True]
+    batch = sampler.sample_batch(6)
+    g, step = CONFIG.grid_size, CONFIG.crop_size_px // CONFIG.grid_size
+    chroma = []
+    for k in range(6):
+        crop = batch.crops[k].permute(1, 2, 0).numpy()
+        cells = batch.gt_visible[k].reshape(g, g).numpy() > 0
+        pixels = crop[np.kron(cells, np.ones((step, step))) > 0]
+        chroma.append(float(np.median(pixels.max(1) - pixels.min(1))))
+    # Grey would give ~0 (up to white-balance error and colour jitter); random hues give clearly more.
+    assert max(chroma) > 0.15
+
+
+def dataclasses_replace(config, **changes):
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
