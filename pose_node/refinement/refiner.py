@@ -74,10 +74,6 @@ class RefinementConfig:
         crops: crop cameras, features and points.
         alignment: the LM solver.
         max_starts: hypotheses per candidate aligned (module docstring, 3).
-        max_starts_rgbd: the same with depth (at most ``max_starts``): depth and silhouette rank
-            the hypotheses well enough that a third start seldom wins (out-of-domain validation
-            split: AR 0.501 with 3, 0.500 with 2, at a third less alignment; in RGB 3 -> 2 costs
-            0.009, so RGB keeps 3).
         rounds: render + align rounds of the winning start (>= 1).
         rerender_dt_m, rerender_drot_deg: another round only if the last one moved more.
         min_view_inlier_share: after the first round, views whose points agree less are dropped.
@@ -97,7 +93,6 @@ class RefinementConfig:
     crops: CropConfig = field(default_factory=CropConfig)
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
     max_starts: int = 3
-    max_starts_rgbd: int = 2
     rounds: int = 2
     rerender_dt_m: float = 0.002
     rerender_drot_deg: float = 1.0
@@ -114,9 +109,8 @@ class RefinementConfig:
     mixture_min_weight: float = 0.01
 
     def __post_init__(self) -> None:
-        if self.max_starts < 1 or self.rounds < 1 or not 1 <= self.max_starts_rgbd <= self.max_starts:
-            raise InvalidInputError("RefinementConfig: need max_starts >= 1, rounds >= 1 and 1 <= max_starts_rgbd <= max_starts, got "
-                                    f"{self.max_starts}, {self.rounds}, {self.max_starts_rgbd}")
+        if self.max_starts < 1 or self.rounds < 1:
+            raise InvalidInputError(f"RefinementConfig: need max_starts >= 1 and rounds >= 1, got {self.max_starts}, {self.rounds}")
         if not 0 <= self.min_view_inlier_share < 1 or self.hypothesis_sharpness < 0:
             raise InvalidInputError("RefinementConfig: need min_view_inlier_share in [0, 1) and hypothesis_sharpness >= 0")
 
@@ -157,8 +151,7 @@ class MultiViewRefiner:
             candidates: from :func:`pose_node.refinement.association.associate`.
             with_depth: use the depth residual (``config.use_depth`` must allow it).
             max_starts, rounds: override ``config.max_starts`` / ``config.rounds`` for this call
-                (None: the config's; a time budget passes fewer). With depth, at most
-                ``config.max_starts_rgbd`` starts either way.
+                (None: the config's; a time budget passes fewer).
         Returns:
             Estimates (candidates no view sees keep their associated pose) and milliseconds per
             step: ``refinement_observe``, ``refinement_render``, ``refinement_align``.
@@ -173,8 +166,6 @@ class MultiViewRefiner:
         if not candidates:
             return [], timings
         with_depth = with_depth and cfg.use_depth
-        if with_depth:
-            max_starts = min(max_starts, cfg.max_starts_rgbd)
         t0 = time.perf_counter()
         obs = self.builder.observe(views, [c.object_id for c in candidates], [c.T_world_object for c in candidates], with_depth)
         timings["refinement_observe"] += (time.perf_counter() - t0) * 1e3
