@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pose_node.core.errors import InvalidInputError
+from pose_node.core.errors import InvalidInputError, check_fields
 from pose_node.core.geometry import so3_exp, so3_log
 from pose_node.core.types import ObjectModel
 from pose_node.refinement.association import closest_equivalent, rotation_angle_deg
@@ -87,19 +87,15 @@ class RegistrationConfig:
     max_results: int = 4
 
     def __post_init__(self) -> None:
-        if not 0 < self.trim_fraction <= 1 or self.segment_radius_diameters <= 0:
-            raise InvalidInputError("RegistrationConfig: need trim_fraction in (0, 1] and segment_radius_diameters > 0, got "
-                                    f"{self.trim_fraction}, {self.segment_radius_diameters}")
-        if self.iterations < 1 or not 0 <= self.translation_only_iterations <= self.iterations:
-            raise InvalidInputError("RegistrationConfig: need iterations >= 1 and 0 <= translation_only_iterations <= iterations, got "
-                                    f"{self.iterations}, {self.translation_only_iterations}")
-        if self.max_observed_points < 6 or self.model_points < 6 or self.min_points < 6:
-            raise InvalidInputError("RegistrationConfig: max_observed_points, model_points and min_points must be >= 6")
-        if self.rotation_prior < 0:
-            raise InvalidInputError(f"RegistrationConfig.rotation_prior: expected >= 0, got {self.rotation_prior}")
-        for name in ("gate_start_diameters", "gate_end_diameters", "robust_scale_m", "inlier_distance_m"):
-            if not getattr(self, name) > 0:
-                raise InvalidInputError(f"RegistrationConfig.{name}: expected > 0, got {getattr(self, name)}")
+        check_fields(self, [
+            ("trim_fraction", 0 < self.trim_fraction <= 1), ("segment_radius_diameters", self.segment_radius_diameters > 0),
+            ("iterations", self.iterations >= 1),
+            ("translation_only_iterations", 0 <= self.translation_only_iterations <= self.iterations),
+            ("max_observed_points", self.max_observed_points >= 6), ("model_points", self.model_points >= 6),
+            ("min_points", self.min_points >= 6), ("rotation_prior", self.rotation_prior >= 0),
+            *[(name, getattr(self, name) > 0)
+              for name in ("gate_start_diameters", "gate_end_diameters", "robust_scale_m", "inlier_distance_m")],
+        ])
 
 
 @dataclass(frozen=True)

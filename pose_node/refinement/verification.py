@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pose_node.core.errors import InvalidInputError
+from pose_node.core.errors import InvalidInputError, check_fields
 
 
 @dataclass(frozen=True)
@@ -81,23 +81,14 @@ class VerificationConfig:
     associated_margin: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.associated_margin < 0:
-            raise InvalidInputError(f"VerificationConfig.associated_margin: expected >= 0, got {self.associated_margin}")
-        if not 0 <= self.keep_within <= 1:
-            raise InvalidInputError(f"VerificationConfig.keep_within: expected [0, 1], got {self.keep_within}")
-        if self.max_render_faces < 0:
-            raise InvalidInputError(f"VerificationConfig.max_render_faces: expected >= 0 (0: full mesh), got {self.max_render_faces}")
-        if self.render_size_px < 16:
-            raise InvalidInputError(f"VerificationConfig.render_size_px: expected >= 16, got {self.render_size_px}")
-        if not (self.depth_tolerance_m > 0 and self.depth_tolerance_diameters >= 0 and self.segment_radius_diameters > 0):
-            raise InvalidInputError("VerificationConfig: need depth_tolerance_m > 0, depth_tolerance_diameters >= 0 and "
-                                    f"segment_radius_diameters > 0, got {self.depth_tolerance_m}, {self.depth_tolerance_diameters}, "
-                                    f"{self.segment_radius_diameters}")
-        if not 0 <= self.appearance_floor <= 1:
-            raise InvalidInputError(f"VerificationConfig.appearance_floor: expected [0, 1], got {self.appearance_floor}")
-        for name in ("feature_exponent", "depth_exponent", "silhouette_exponent", "appearance_exponent"):
-            if getattr(self, name) < 0:
-                raise InvalidInputError(f"VerificationConfig.{name}: expected >= 0, got {getattr(self, name)}")
+        check_fields(self, [
+            ("associated_margin", self.associated_margin >= 0), ("keep_within", 0 <= self.keep_within <= 1),
+            ("max_render_faces", self.max_render_faces >= 0), ("render_size_px", self.render_size_px >= 16),
+            ("depth_tolerance_m", self.depth_tolerance_m > 0), ("depth_tolerance_diameters", self.depth_tolerance_diameters >= 0),
+            ("segment_radius_diameters", self.segment_radius_diameters > 0), ("appearance_floor", 0 <= self.appearance_floor <= 1),
+            *[(name, getattr(self, name) >= 0)
+              for name in ("feature_exponent", "depth_exponent", "silhouette_exponent", "appearance_exponent")],
+        ])
 
 
 @dataclass
