@@ -10,7 +10,7 @@ JPEG). This module renders rasterized images with all of these drawn at random, 
 to generate a few hundred images in minutes on one CPU core.
 
 What counts as foreground: every object resting on the table, *distractor primitives included*
-(``DomainRandomizationConfig.distractors_are_foreground``). The head is class-agnostic and runs
+(``DrWorkcellConfig.distractors_are_foreground``). The head is class-agnostic and runs
 before matching; an untextured box distractor cannot be told apart from an untextured procedural
 box object by its look, so teaching "plain primitive = background" would teach the head to miss
 the plain objects (procedural shapes, geometry-only YCB meshes). Rejecting distractors is the job
@@ -73,7 +73,7 @@ STRONG_LIGHTING = AppearanceConfig(ambient_range=(0.05, 0.6), diffuse_range=(0.2
 
 
 @dataclass(frozen=True)
-class DomainRandomizationConfig:
+class DrWorkcellConfig:
     """One domain-randomized image set: ``num_workcells`` workcells with seeds ``first_seed + i``.
 
     Attributes:
@@ -159,7 +159,7 @@ class DrImage:
     name: str
 
 
-def training_ycb_sources(config: DomainRandomizationConfig) -> list[tuple[Path, tuple[int, ...]]]:
+def training_ycb_sources(config: DrWorkcellConfig) -> list[tuple[Path, tuple[int, ...]]]:
     """(models folder, training-split ids) of every YCB folder with at least one training object."""
     dirs = [Path(d) for d in config.ycb_models_dirs] if config.ycb_models_dirs is not None else default_ycb_models_dirs()
     sources = []
@@ -182,7 +182,7 @@ def check_training_objects(object_ids: Sequence[int]) -> None:
         raise InvalidInputError(f"cannot train on validation-split objects {held} (pose_node.datasets.splits)")
 
 
-def _load_objects(config: DomainRandomizationConfig, index: int, rng: np.random.Generator,
+def _load_objects(config: DrWorkcellConfig, index: int, rng: np.random.Generator,
                   sources: list[tuple[Path, tuple[int, ...]]]) -> list[ObjectModel]:
     from pose_node.onboarding.mesh_loading import load_bop_models
     from pose_node.onboarding.procedural import make_procedural_objects
@@ -221,7 +221,7 @@ def light_pool_gain(rng: np.random.Generator, height: int, width: int, strength:
     return (1.0 - strength + 3.0 * strength * field_ ** 2).astype(np.float32)
 
 
-def finish_image(rgb_raster: np.ndarray, config: DomainRandomizationConfig, rng: np.random.Generator) -> np.ndarray:
+def finish_image(rgb_raster: np.ndarray, config: DrWorkcellConfig, rng: np.random.Generator) -> np.ndarray:
     """The delivered image of one raster view: light pool and colour camera, or plain noise.
 
     Args:
@@ -237,7 +237,7 @@ def finish_image(rgb_raster: np.ndarray, config: DomainRandomizationConfig, rng:
     return apply_camera_model(linear * gain[..., None], sample_camera_params(rng, config.camera), rng)
 
 
-def generate_workcell_images(config: DomainRandomizationConfig, index: int,
+def generate_workcell_images(config: DrWorkcellConfig, index: int,
                              sources: list[tuple[Path, tuple[int, ...]]] | None = None) -> list[DrImage]:
     """Images of workcell ``index`` (seed ``first_seed + index``), scenes x cameras.
 
@@ -310,7 +310,7 @@ def generate_workcell_images(config: DomainRandomizationConfig, index: int,
     return images
 
 
-def generate_dr_split(config: DomainRandomizationConfig, cache_dir: Path) -> Path:
+def generate_dr_split(config: DrWorkcellConfig, cache_dir: Path) -> Path:
     """Generate (or reuse) a domain-randomized set under ``cache_dir/<name>-<key>``: per image
     ``<i>.png`` (RGB) and ``<i>_labels.png`` (16-bit instance labels). Returns that folder."""
     root = cache_dir / f"{config.name}-{config.key()}"

@@ -57,7 +57,7 @@ from pose_node.detection.proposals_rgb import (
 from pose_node.datasets.splits import check_no_test_objects, default_ycb_models_dirs
 from pose_node.features.backbones import Backbone, BackboneConfig, stride_key
 from pose_node.scene.clutter import ClutterConfig
-from pose_node.training.rgb_proposal_dr import DomainRandomizationConfig, generate_dr_split
+from pose_node.training.rgb_proposal_dr import DrWorkcellConfig, generate_dr_split
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ VAL_SPLIT = SplitConfig("val", first_seed=200_000, num_workcells=8, duplicate_ev
 TEST_SPLIT = SplitConfig("test", first_seed=300_000, num_workcells=12, duplicate_every=0)
 HELDOUT_SPLIT = SplitConfig("heldout", first_seed=400_000, num_workcells=12, duplicate_every=0)
 
-# --dr-ablate NAME: the DomainRandomizationConfig fields that leave one randomization out.
+# --dr-ablate NAME: the DrWorkcellConfig fields that leave one randomization out.
 DR_ABLATIONS: dict[str, dict] = {
     "camera": {"camera": None, "light_pool_strength_range": (0.0, 0.0)},
     "ycb": {"ycb_share": 0.0},
@@ -574,7 +574,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="plain: the procedural raster split (the original head); dr: domain-randomized images "
                         "(pose_node.training.rgb_proposal_dr: training-split YCB meshes and procedural shapes, room, "
                         "distractors, strong lighting, colour camera model)")
-    p.add_argument("--dr-workcells", type=int, default=DomainRandomizationConfig.num_workcells,
+    p.add_argument("--dr-workcells", type=int, default=DrWorkcellConfig.num_workcells,
                    help="workcells of the domain-randomized set (--train-data dr)")
     p.add_argument("--dr-ablate", choices=tuple(DR_ABLATIONS), action="append", default=[],
                    help="leave one randomization out of --train-data dr (ablation runs; repeatable)")
@@ -621,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                     else default_ycb_models_dirs()))
         if not ycb_dirs:
             logger.warning("--train-data dr: no YCB models folder found; procedural training objects only")
-        splits["train"] = DomainRandomizationConfig(num_workcells=args.dr_workcells, ycb_models_dirs=ycb_dirs)
+        splits["train"] = DrWorkcellConfig(num_workcells=args.dr_workcells, ycb_models_dirs=ycb_dirs)
         for name in args.dr_ablate:
             splits["train"] = replace(splits["train"], name=f"{splits['train'].name}-no_{name}", **DR_ABLATIONS[name])
     if args.heldout_bop_models is not None:
@@ -631,7 +631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     roots, generation_s = {}, {}
     for name, split in splits.items():
         t0 = time.perf_counter()
-        roots[name] = (generate_dr_split(split, args.cache_dir) if isinstance(split, DomainRandomizationConfig)
+        roots[name] = (generate_dr_split(split, args.cache_dir) if isinstance(split, DrWorkcellConfig)
                        else generate_split(split, args.cache_dir))
         generation_s[name] = json.loads((roots[name] / _DONE_FILE).read_text())["seconds"]
         logger.info("split %s ready at %s (%.0f s now)", name, roots[name], time.perf_counter() - t0)

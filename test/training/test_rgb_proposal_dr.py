@@ -18,7 +18,7 @@ from pose_node.training import rgb_proposal_dr as dr
 from pose_node.training import rgb_proposals as trainer
 
 # Small images and few views keep each render well under a second.
-SMALL = dr.DomainRandomizationConfig(num_workcells=1, scenes_per_workcell=1, num_cameras=2, width_px=192, height_px=144,
+SMALL = dr.DrWorkcellConfig(num_workcells=1, scenes_per_workcell=1, num_cameras=2, width_px=192, height_px=144,
                                      objects_range=(3, 4), ycb_share=0.0, ycb_models_dirs=(), table_texture_px=64)
 REAL_YCB_DIRS = tuple(str(d) for d in default_ycb_models_dirs(Path(__file__).resolve().parents[2]))
 if not REAL_YCB_DIRS:  # a worktree beside the main checkout: the data sits next to the main checkout
@@ -201,6 +201,6 @@ def test_cli_options_for_eval_folders(tmp_path):
 @pytest.mark.parametrize("name", sorted(trainer.DR_ABLATIONS))
 def test_each_ablation_is_a_valid_config_that_differs(name):
     assert trainer._parse(["--train-data", "dr", "--dr-ablate", name]).dr_ablate == [name]
-    full = dr.DomainRandomizationConfig()
+    full = dr.DrWorkcellConfig()
     ablated = replace(full, **trainer.DR_ABLATIONS[name])
     assert ablated != full and ablated.key() != full.key()
