@@ -172,6 +172,20 @@ class ObjectModel:
         return self.vertices.min(0), self.vertices.max(0)
 
 
+#: Vertex colours spanning fewer levels than this (per channel) count as "no colour" (a grey or
+#: constant-colour export of an untextured CAD model).
+UNIFORM_COLOUR_LEVELS = 8
+
+
+def is_untextured(model: ObjectModel) -> bool:
+    """Neither a usable texture nor varying vertex colours: the mesh does not say what the object
+    looks like (a plain CAD model), so its real colour is unknown."""
+    if model.texture is not None and model.uv is not None:
+        return False
+    colours = model.vertex_colors
+    return colours is None or int(np.ptp(np.asarray(colours, np.int32), axis=0).max()) < UNIFORM_COLOUR_LEVELS
+
+
 @dataclass(frozen=True)
 class Detection:
     """A 2D detection of a known object in one view.

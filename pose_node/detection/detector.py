@@ -40,7 +40,7 @@ import torch
 
 from pose_node.core.crop import crop_proposals
 from pose_node.core.errors import InvalidInputError, StageUnavailableError
-from pose_node.core.types import Detection, ObjectModel, View
+from pose_node.core.types import Detection, ObjectModel, View, is_untextured
 from pose_node.detection.matching import (
     MatchingConfig,
     TemplateBank,
@@ -51,6 +51,7 @@ from pose_node.detection.matching import (
     priors_for_matches,
     texture_levels,
     template_parts,
+    with_grey_variant,
 )
 from pose_node.detection.proposal_types import Proposal, box_from_mask
 from pose_node.detection.proposals_depth import DepthProposalConfig, depth_proposals
@@ -353,6 +354,7 @@ class Detector:
         # RGB mode nothing does (out-of-domain validation split, RGB: recall 0.22 -> 0.31 but
         # precision 0.36 -> 0.19), so it runs in RGB-D mode only.
         self._colour_search = config.mode == "rgbd"
+        self._untextured = torch.tensor([is_untextured(by_id[i]) for i in self.bank.object_ids], device=self.bank.device)
         if config.warmup:
             self._warm_up()
         logger.info("detector: %d objects (%d from cache), %d templates each, mode %s, ready in %.1f s", len(models),
@@ -447,8 +449,9 @@ class Detector:
                 plain = texture[:, None] < cfg.min_texture_ratio * torch.from_numpy(self.bank.object_texture).to(texture.device)[None]
                 feasible &= ~(plain & whole[:, None])
             allowed = feasible if allowed is None else feasible & allowed  # (O,) object masks broadcast
-        result = match(self.bank.embed(describe_crops(self.backbone, crops, crop_masks, cfg, query=self._colour_search)), self.bank,
-                       cfg.top_k, allowed)
+        parts = describe_crops(self.backbone, crops, crop_masks, cfg, query=self._colour_search)
+        parts, variant_offsets = with_grey_variant(parts, crops, crop_masks, cfg, self._untextured)
+        result = match(self.bank.embed(parts), self.bank, cfg.top_k, allowed, variant_offsets)
         accepted = result.score >= self._thresholds[result.object_index]
         return _Matched(result.score.cpu().numpy(), result.object_index.cpu().numpy(), result.top_templates.cpu().numpy(),
                         R_camera_crop, focal, accepted.cpu().numpy())

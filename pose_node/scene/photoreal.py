@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from pose_node.core.errors import InvalidInputError
-from pose_node.core.types import ObjectModel
+from pose_node.core.types import ObjectModel, is_untextured
 from pose_node.onboarding.cache import CACHE_ENV_VAR, DEFAULT_CACHE_ROOT
 from pose_node.scene.clutter import ClutterConfig
 from pose_node.scene.sensor_model import (
@@ -157,19 +157,6 @@ def sample_material(rng: np.random.Generator, finish: str | None = None) -> Surf
     if finish == DARK:
         return SurfaceMaterial(colour, float(rng.uniform(0.05, 0.2)), float(rng.uniform(0.2, 0.8)), float(rng.uniform(0.3, 0.7)), 0.0)
     raise InvalidInputError(f"sample_material: unknown finish {finish!r}, expected one of {_FINISHES}")
-
-
-#: Vertex colours spanning fewer levels than this (per channel) count as "no colour" (a grey or
-#: constant-colour export of an untextured CAD model).
-UNIFORM_COLOUR_LEVELS = 8
-
-
-def is_untextured(model: ObjectModel) -> bool:
-    """Neither a usable texture nor varying vertex colours."""
-    if model.texture is not None and model.uv is not None:
-        return False
-    colours = model.vertex_colors
-    return colours is None or int(np.ptp(np.asarray(colours, np.int32), axis=0).max()) < UNIFORM_COLOUR_LEVELS
 
 
 def procedural_vertex_colours(vertices_m: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -6,6 +6,8 @@ templates', on a grey background, at poses that are no template's.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -23,6 +25,7 @@ from pose_node.detection.matching import (
     template_parts,
     texture_levels,
     white_balance_gains,
+    with_grey_variant,
 )
 from pose_node.detection.proposal_types import Proposal, box_from_mask
 from pose_node.features import BackboneConfig, create_backbone
@@ -194,6 +197,46 @@ def test_match_with_descriptor_variants_takes_each_templates_best_variant(onboar
     assert torch.allclose(result.object_scores, torch.maximum(singles[0].object_scores, singles[1].object_scores))
     with pytest.raises(InvalidInputError):
         match(variants[..., :10], bank)
+
+
+def test_grey_variant_lets_a_painted_untextured_object_match_its_plain_templates(objects, backbone, scene_renderer, tmp_path):
+    # Object 0 onboarded as a plain CAD model (no colours: grey templates), the others with
+    # their colours; the part in the scene is painted blue.
+    plain = replace(objects[0], texture=None, uv=None, vertex_colors=None)
+    models = [plain, *objects[1:]]
+    with RendererPool() as pool:
+        templates = [load_or_onboard(m, pool, backbone, TEMPLATES, tmp_path)[0] for m in models]
+    bank = TemplateBank.build(templates, [template_parts(t, backbone, MATCHING) for t in templates], MATCHING, backbone.device)
+    untextured = torch.tensor([True, False, False])
+    painted = replace(plain, vertex_colors=np.tile(np.array([[40, 90, 230]], np.uint8), (len(objects[0].vertices), 1)))
+    poses = []
+    for k, x in enumerate((-0.13, 0.0, 0.13)):
+        pose = np.eye(4)
+        pose[:3, :3] = _rotation([1.0, 0.3 * k, 0.2], 0.7 + 0.4 * k)
+        pose[:3, 3] = [x, 0.0, 0.65]
+        poses.append(pose)
+    rgb, instance = _render(scene_renderer, [painted, *objects[1:]], poses)
+    proposals = [Proposal(instance == k + 1, box_from_mask(instance == k + 1), 1.0, "depth") for k in range(3)]
+    crops, crop_masks, _, _ = crop_proposals(rgb, K, proposals, bank.size_px, bank.crop_margin_fraction, bank.background_rgb)
+    parts = describe_crops(backbone, crops, crop_masks, MATCHING)
+    without = match(bank.embed(parts), bank, MATCHING.top_k)
+    grey_parts, offsets = with_grey_variant(parts, crops, crop_masks, MATCHING, untextured)
+    assert grey_parts.colour.shape == (3, 2, parts.colour.shape[-1]) and torch.equal(grey_parts.colour[:, 0], parts.colour)
+    assert offsets.shape == (2, 3) and torch.equal(offsets[0], torch.zeros(3))
+    assert offsets[1, 0] == -MATCHING.untextured_grey_margin and torch.isinf(offsets[1, 1:]).all()
+    result = match(bank.embed(grey_parts), bank, MATCHING.top_k, variant_offsets=offsets)
+    # Without the grey variant the painted part is taken for another object; with it, it scores
+    # far higher against its plain model and is identified; the coloured objects keep their own
+    # scores and identities.
+    assert without.object_index[0] != 0
+    assert float(result.object_scores[0, 0]) > float(without.object_scores[0, 0]) + 0.2
+    assert result.object_index.tolist() == [0, 1, 2]
+    assert torch.allclose(result.object_scores[1:, 1:], without.object_scores[1:, 1:])
+    # Nothing to add: no untextured object, or the margin off.
+    assert with_grey_variant(parts, crops, crop_masks, MATCHING, torch.zeros(3, dtype=torch.bool))[1] is None
+    assert with_grey_variant(parts, crops, crop_masks, replace(MATCHING, untextured_grey_margin=None), untextured)[1] is None
+    with pytest.raises(InvalidInputError):
+        match(bank.embed(parts), bank, variant_offsets=offsets)  # offsets need descriptor variants
 
 
 # --------------------------------------------------------------------------------------------

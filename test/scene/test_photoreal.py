@@ -167,7 +167,8 @@ def test_mitsuba_is_imported_lazily():
 
 
 def test_untextured_models_get_plain_or_procedural_colours():
-    from pose_node.scene.photoreal import appearance_model, is_untextured
+    from pose_node.core.types import is_untextured
+    from pose_node.scene.photoreal import appearance_model
 
     textured = make_procedural_objects(1, 3)[0]
     assert appearance_model(textured, np.random.default_rng(0)) is textured
