@@ -92,6 +92,10 @@ class PipelineConfig:
         time_budget_ms: milliseconds per multi-view set before the pipeline degrades (fewer
             proposals, then fewer pose hypotheses and refinement starts, then fewer refinement
             rounds; :mod:`pose_node.pipeline.budget`); 0: no budget.
+        min_supporting_views: an object detected in fewer views than this, while at least this
+            many cameras frame it, is not refined or published
+            (:class:`pose_node.refinement.refiner.RefinementConfig`); 1 where objects are often
+            hidden from all cameras but one.
     """
 
     mode: str = "rgbd"
@@ -101,6 +105,7 @@ class PipelineConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)
     max_proposals_per_view: int = 32
     time_budget_ms: float = 0.0
+    min_supporting_views: int = 2
 
     def __post_init__(self) -> None:
         for name, value, choices in (("mode", self.mode, MODES), ("backend", self.backend, BACKENDS),
@@ -115,6 +120,9 @@ class PipelineConfig:
                 or self.max_proposals_per_view < 0:
             raise InvalidInputError(f"PipelineConfig.max_proposals_per_view: expected an integer >= 0, got {self.max_proposals_per_view!r}")
         _check_range("PipelineConfig.time_budget_ms", self.time_budget_ms, 0.0, math.inf, False)
+        if isinstance(self.min_supporting_views, bool) or not isinstance(self.min_supporting_views, int) \
+                or self.min_supporting_views < 1:
+            raise InvalidInputError(f"PipelineConfig.min_supporting_views: expected an integer >= 1, got {self.min_supporting_views!r}")
 
 
 __all__ = ["BACKENDS", "DEVICE_PATTERN", "MODES", "MULTIVIEW_METHODS", "THRESHOLD_RANGES", "ObjectThresholds", "PipelineConfig",

@@ -30,7 +30,7 @@ import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -172,7 +172,9 @@ class PosePipeline:
         )
         self.detector = Detector(self.models, detector_config, cache_dir=options.cache_dir)
         self.estimator = build_estimator(stage_config, self.detector.templates, [m.object_id for m in self.models])
-        self.fusion = MultiViewFusion(self.models, FusionConfig(method=config.multiview, device=config.device))
+        fusion_config = FusionConfig(method=config.multiview, device=config.device)
+        fusion_config = replace(fusion_config, refinement=replace(fusion_config.refinement, min_supporting_views=config.min_supporting_views))
+        self.fusion = MultiViewFusion(self.models, fusion_config)
         self.tracker = InstanceTracker(options.tracking_gate_m, {m.object_id: m.symmetries for m in self.models if len(m.symmetries) > 1},
                                        name_reuse_s=options.name_reuse_s)
         self._units_checked: set[int] = set()

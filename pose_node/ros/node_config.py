@@ -393,7 +393,7 @@ def _threshold_values(value: Any, path: str) -> dict[str, float]:
 
 def _parse_pipeline(value: Any) -> PipelineConfig:
     section = _Section({} if value is None else value, "pipeline", ("mode", "device", "backend", "multiview", "thresholds",
-                                                                    "max_proposals_per_view", "time_budget_ms"))
+                                                                    "max_proposals_per_view", "time_budget_ms", "min_supporting_views"))
     defaults = PipelineConfig()
     raw_thresholds = section.raw("thresholds")
     mode = section.string("mode", defaults.mode, choices=MODES)
@@ -407,6 +407,7 @@ def _parse_pipeline(value: Any) -> PipelineConfig:
         thresholds=thresholds,
         max_proposals_per_view=section.integer("max_proposals_per_view", defaults.max_proposals_per_view, minimum=0),
         time_budget_ms=section.number("time_budget_ms", defaults.time_budget_ms, minimum=0.0),
+        min_supporting_views=section.integer("min_supporting_views", defaults.min_supporting_views, minimum=1),
     )
 
 

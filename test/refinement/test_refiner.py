@@ -33,10 +33,12 @@ def refiner_for(model, make_renderer, backbone, config: RefinementConfig = Refin
     return MultiViewRefiner([model], make_renderer(S, S), backbone, config)
 
 
-def candidate(model, T: np.ndarray, alternatives: tuple[np.ndarray, ...] = ()) -> Candidate:
+def candidate(model, T: np.ndarray, alternatives: tuple[np.ndarray, ...] = (), views: tuple[int, ...] = (0, 1, 2, 3)) -> Candidate:
+    """A candidate detected in ``views`` (the scenes' four views by default)."""
     cov = np.diag([1e-4] * 3 + [1e-2] * 3)
-    alts = tuple(PoseEstimate(model.object_id, 0, A, cov, 0.5, (0,)) for A in alternatives)
-    return Candidate(model.object_id, T, cov, 0.9, (PoseEstimate(model.object_id, 0, T, cov, 0.9, (0,)),), alts, (0,))
+    alts = tuple(PoseEstimate(model.object_id, 0, A, cov, 0.5, views[:1]) for A in alternatives)
+    members = tuple(PoseEstimate(model.object_id, 0, T, cov, 0.9, (v,)) for v in views)
+    return Candidate(model.object_id, T, cov, 0.9, members, alts, views)
 
 
 @pytest.mark.parametrize("with_depth", [False, True], ids=["rgb", "rgbd"])
@@ -130,3 +132,24 @@ def test_covariance_is_calibrated_on_a_monte_carlo_check(make_renderer, backbone
     coverage = float(np.mean(check / scale <= chi2.ppf(0.9545, 6)))
     assert 0.75 <= coverage <= 1.0, (coverage, d2)
     assert np.isfinite(d2).all()
+
+
+def test_a_candidate_only_one_of_the_views_framing_it_detected_is_not_refined(scene, make_renderer, backbone):
+    refiner = refiner_for(scene.model, make_renderer, backbone)
+    start = perturbed(scene.T_world_object, 0.01, 5.0, 0)
+    lone, confirmed = candidate(scene.model, start, views=(2,)), candidate(scene.model, start, views=(1, 2))
+    out, _ = refiner.refine(scene.views, [lone, confirmed], True)
+    assert [e.instance_id for e in out] == [0, 1]
+    # The lone detection keeps its pose and cannot be published; the confirmed one is refined (the
+    # position: the rotation about this near-symmetric bottle's axis stays the start's, see above).
+    np.testing.assert_array_equal(out[0].T_world_object, start)
+    assert out[0].score == 0.0 and out[0].view_indices == (2,)
+    assert errors(out[1].T_world_object, scene.T_world_object)[0] < 0.002 and out[1].score > 0.1
+    # One camera framing it (a single-camera cell), or the check off: the lone one is refined too.
+    (single,), _ = refiner.refine(scene.views[2:3], [candidate(scene.model, start, views=(0,))], True)
+    assert errors(single.T_world_object, scene.T_world_object)[0] < 0.002 and single.score > 0.1
+    off = refiner_for(scene.model, make_renderer, backbone, RefinementConfig(min_supporting_views=1))
+    (refined,), _ = off.refine(scene.views, [lone], True)
+    assert errors(refined.T_world_object, scene.T_world_object)[0] < 0.002 and refined.score > 0.1
+    with pytest.raises(InvalidInputError):
+        RefinementConfig(min_supporting_views=0)

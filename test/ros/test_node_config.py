@@ -327,3 +327,11 @@ def test_pipeline_budget_keys():
         parse_node_config(_node_mapping({"max_proposals_per_view": -1}), base_dir=".")
     with pytest.raises(InvalidInputError, match="pipeline.time_budget_ms"):
         parse_node_config(_node_mapping({"time_budget_ms": "fast"}), base_dir=".")
+
+
+def test_pipeline_min_supporting_views():
+    assert parse_node_config(_node_mapping({}), base_dir=".").pipeline.min_supporting_views == 2
+    assert parse_node_config(_node_mapping({"min_supporting_views": 1}), base_dir=".").pipeline.min_supporting_views == 1
+    for bad in (0, 1.5, "two"):
+        with pytest.raises(InvalidInputError, match="pipeline.min_supporting_views"):
+            parse_node_config(_node_mapping({"min_supporting_views": bad}), base_dir=".")
