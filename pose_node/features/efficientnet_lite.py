@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from pose_node.features.backbones import (
     DTYPES,
@@ -146,7 +147,8 @@ def _symmetric_same_padding(module: torch.nn.Module) -> None:
     The package's dynamic "SAME" convolution calls ``F.pad`` before every convolution (a copy
     of the whole activation). For stride 1 and an odd kernel, "SAME" pads ``(k - 1) / 2`` on each
     side, which ``Conv2d(padding=(k - 1) // 2)`` does inside the convolution: the same function,
-    without the copy. Stride-2 convolutions pad asymmetrically and keep the package's layer.
+    without the copy. Stride-2 depthwise convolutions pad asymmetrically on even sizes: they become
+    :class:`_StrideTwoSameDepthwise` (the stem pads a 3-channel image, a cheap copy: it stays).
     The in-place ReLU6 only ever overwrites a convolution's fresh output (the backbone never
     needs gradients).
     """
@@ -160,7 +162,44 @@ def _symmetric_same_padding(module: torch.nn.Module) -> None:
                                    bias=child.bias is not None)
             conv.weight, conv.bias = child.weight, child.bias
             setattr(module, name, conv)
+        elif (isinstance(child, Conv2dDynamicSamePadding) and tuple(child.stride) == (2, 2) and tuple(child.dilation) == (1, 1)
+              and child.groups == child.in_channels == child.out_channels and child.kernel_size[0] == child.kernel_size[1]
+              and child.kernel_size[0] % 2):
+            setattr(module, name, _StrideTwoSameDepthwise(child))
         elif isinstance(child, torch.nn.ReLU6):
             setattr(module, name, torch.nn.ReLU6(inplace=True))
         else:
             _symmetric_same_padding(child)
+
+
+class _StrideTwoSameDepthwise(torch.nn.Module):
+    """A stride-2 TF "SAME" depthwise convolution (odd kernel k) without the padded copy.
+
+    On an even side "SAME" pads ``(k - 2) // 2`` before and ``k - 1 - (k - 2) // 2 - 1`` after: the
+    same as a (k + 1)-tap kernel whose first tap is zero, padded ``k // 2`` on both sides, which the
+    convolution does internally (exact; half the CPU time on this backbone's depthwise layers,
+    whose cost is the copy). On an odd side "SAME" pads ``(k - 1) / 2`` on both sides: a plain
+    padded convolution. Mixed parities (rare) pad as the package does.
+    """
+
+    def __init__(self, conv) -> None:
+        super().__init__()
+        k = conv.kernel_size[0]
+        self.k = k
+        self.groups = conv.groups
+        self.weight = conv.weight
+        self.bias = conv.bias
+        extended = torch.zeros(*conv.weight.shape[:2], k + 1, k + 1, dtype=conv.weight.dtype, device=conv.weight.device)
+        extended[:, :, 1:, 1:] = conv.weight.detach()
+        self.weight_even = torch.nn.Parameter(extended, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        k = self.k
+        if h % 2 == 0 and w % 2 == 0:
+            return F.conv2d(x, self.weight_even, self.bias, 2, k // 2, 1, self.groups)
+        if h % 2 and w % 2:
+            return F.conv2d(x, self.weight, self.bias, 2, (k - 1) // 2, 1, self.groups)
+        pad_h, pad_w = (k - 2 if h % 2 == 0 else k - 1), (k - 2 if w % 2 == 0 else k - 1)
+        x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return F.conv2d(x, self.weight, self.bias, 2, 0, 1, self.groups)
