@@ -53,6 +53,7 @@ from pose_node.detection.matching import (
     template_parts,
     with_grey_variant,
 )
+from pose_node.detection.multiview import MultiViewEvidenceConfig, confirm_across_views
 from pose_node.detection.proposal_types import Proposal, box_from_mask
 from pose_node.detection.proposals_depth import DepthProposalConfig, depth_proposals
 from pose_node.detection.verification import VerificationConfig, feasible_objects, object_size, proposal_geometry
@@ -105,6 +106,9 @@ class DetectorConfig:
         verification: metric-size verification of proposals with depth samples: objects a
             proposal cannot be by its size are ruled out before the best object is chosen
             (:mod:`pose_node.detection.verification`).
+        multiview: in RGB-D, detections the other cameras of the frame should confirm and do not
+            are dropped (:meth:`Detector.confirm`, :mod:`pose_node.detection.multiview`; on the
+            out-of-domain validation split recall 0.81 -> 0.80, precision 0.60 -> 0.65).
     """
 
     mode: str = "rgbd"
@@ -124,6 +128,7 @@ class DetectorConfig:
     warmup_max_batch: int = 8
     max_proposals_per_view: int = 32
     verification: VerificationConfig = field(default_factory=VerificationConfig)
+    multiview: MultiViewEvidenceConfig = field(default_factory=MultiViewEvidenceConfig)
 
     def __post_init__(self) -> None:
         if self.mode not in DETECTOR_MODES:
@@ -519,6 +524,19 @@ class Detector:
         logger.debug("view %s: merged %d proposals into %d", view.name, len(replaced), len(extra))
         keep = [i for i in range(len(proposals)) if i not in replaced]
         return [proposals[i] for i in keep] + [merged[k] for k in extra], _Matched.concatenate(matched, keep, again, extra)
+
+    def confirm(self, views: Sequence[View], detections: Sequence[Sequence[Detection]]) -> list[list[Detection]]:
+        """The detections of a multi-view frame that the other views confirm (``config.multiview``;
+        RGB-D only: RGB detections have no 3D point and are all kept).
+
+        Args:
+            views: the frame's views, calibrated. detections: per view, :meth:`detect`'s output.
+        Returns:
+            per view, the detections kept, in their order.
+        """
+        if self.config.mode != "rgbd":
+            return [list(d) for d in detections]
+        return confirm_across_views(views, detections, self._diameters, self.config.multiview)
 
     def detect(self, view: View, *, object_ids: Sequence[int] | None = None, view_index: int = 0,
                max_proposals: int | None = None) -> tuple[list[Detection], dict[str, float]]:

@@ -84,7 +84,8 @@ def detect_and_estimate(
     detector, estimator: CorrespondenceEstimator, views: Sequence[View], *, object_ids: Sequence[int] | None = None,
     keep: Callable[[Detection], bool] | None = None, budget: BudgetSession | None = None,
 ) -> tuple[list[PoseEstimate], dict[str, float], list[ViewDetections]]:
-    """Per view: detect, keep the detections ``keep`` accepts, pose each one, map it to the world.
+    """Per view: detect, keep the detections ``keep`` accepts, pose each one; then keep what the
+    other views confirm (:meth:`~pose_node.detection.detector.Detector.confirm`) and map it to the world.
 
     Shared by the evaluation's stages and :class:`pose_node.pipeline.PosePipeline`.
 
@@ -99,15 +100,17 @@ def detect_and_estimate(
         World-frame estimates, milliseconds per step summed over the views (``proposals``,
         ``matching``, ``correspondence``, ``pnp``) with the proposal counts summed over the views
         (``proposals_total``, ``proposals_matched``, ``proposals_cut``), and each view's
-        detections (all of them, before ``keep``) with their detection timings and counts.
+        detections (the confirmed ones, before ``keep``) with their detection timings and counts.
+        The pose stage runs before the confirmation (in view order, as the budget expects), so
+        the correspondence time of a detection dropped then is spent.
     """
     timings = {"proposals": 0.0, "matching": 0.0, "correspondence": 0.0, "pnp": 0.0}
-    estimates: list[PoseEstimate] = []
-    per_view: list[ViewDetections] = []
+    found: list[tuple[list[Detection], dict[str, float]]] = []
+    posed = []
     for index, view in enumerate(views):
         cap = None if budget is None else budget.view_limits(index).max_proposals_per_view
         detections, detection_ms = detector.detect(view, object_ids=object_ids, view_index=index, max_proposals=cap)
-        per_view.append(ViewDetections(tuple(detections), dict(detection_ms)))
+        found.append((detections, dict(detection_ms)))
         kept = detections if keep is None else [d for d in detections if keep(d)]
         if budget is None:
             poses, pose_ms = estimator.estimate_view(view, kept)
@@ -118,7 +121,13 @@ def detect_and_estimate(
             budget.record_pose(len(kept), hypotheses, pose_ms)
         for k, v in {**detection_ms, **pose_ms}.items():
             timings[k] = timings.get(k, 0.0) + v
-        estimates += estimator.to_world(view, poses, first_instance_id=len(estimates))
+        posed.append(poses)
+    confirmed = detector.confirm(views, [detections for detections, _ in found])
+    estimates: list[PoseEstimate] = []
+    for view, poses, kept in zip(views, posed, confirmed):
+        ids = {id(d) for d in kept}
+        estimates += estimator.to_world(view, [p for p in poses if id(p.detection) in ids], first_instance_id=len(estimates))
+    per_view = [ViewDetections(tuple(kept), ms) for kept, (_, ms) in zip(confirmed, found)]
     return estimates, timings, per_view
 
 

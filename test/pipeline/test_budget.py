@@ -12,7 +12,7 @@ import pytest
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.types import Camera, Detection, PoseEstimate, View
 from pose_node.pipeline.budget import COUNT_KEYS, Degradation, StageLimits, TimeBudget, TimeBudgetConfig, latency_items
-from pose_node.pipeline.estimate import estimate_set, nominal_limits
+from pose_node.pipeline.estimate import detect_and_estimate, estimate_set, nominal_limits
 
 NUM_VIEWS = 3
 PROPOSALS_FOUND = 40  # per view; the nominal cap is 32, the degraded one 16
@@ -67,6 +67,9 @@ class StubDetector:
         return detections, {"proposals": PROPOSALS_MS, "matching": matched * per_proposal, "proposals_total": float(PROPOSALS_FOUND),
                              "proposals_matched": float(matched), "proposals_cut": float(PROPOSALS_FOUND - matched)}
 
+    def confirm(self, views, detections):
+        return [list(d) for d in detections]  # the multi-view check costs nothing here
+
 
 class StubEstimator:
     def __init__(self, clock: FakeClock, calls: Calls) -> None:
@@ -79,11 +82,12 @@ class StubEstimator:
                    "pnp": len(detections) * H * PNP_MS_PER_HYPOTHESIS}
         self.clock.spend(sum(timings.values()))
         self.calls.hypotheses.append(H)
-        return [(d, H) for d in detections], timings
+        return [SimpleNamespace(detection=d, hypotheses=H) for d in detections], timings
 
     def to_world(self, view, poses, first_instance_id=0):
         out = []
-        for k, (d, H) in enumerate(poses):
+        for k, pose in enumerate(poses):
+            d, H = pose.detection, pose.hypotheses
             T = np.eye(4)
             T[:3, 3] = [d.object_id * 0.1, d.view_index * 0.01, H * 1e-3]
             out.append(PoseEstimate(d.object_id, first_instance_id + k, T, np.eye(6) * 1e-4, d.score, (d.view_index,)))
@@ -206,3 +210,18 @@ def test_limits_and_validation():
             TimeBudgetConfig(**bad)
     with pytest.raises(InvalidInputError, match="num_hypotheses"):
         StageLimits(4, 0, 1, 1)
+
+
+def test_detections_the_other_views_do_not_confirm_are_neither_reported_nor_fused():
+    p = _pipeline(0.0)
+    detector, estimator, _ = p.stages
+
+    def confirm(views, detections):  # view 0's object 1 is not confirmed
+        return [[d for d in dets if not (v == 0 and d.object_id == 1)] for v, dets in enumerate(detections)]
+
+    detector.confirm = confirm
+    estimates, _, per_view = detect_and_estimate(detector, estimator, _views())
+    assert [d.object_id for d in per_view[0].detections] == list(range(2, DETECTIONS + 1))
+    assert all(len(v.detections) == DETECTIONS for v in per_view[1:])
+    assert (1, (0,)) not in {(e.object_id, e.view_indices) for e in estimates}
+    assert len(estimates) == NUM_VIEWS * DETECTIONS - 1 and [e.instance_id for e in estimates] == list(range(len(estimates)))

@@ -1,7 +1,8 @@
 """The ``detection`` stage of the evaluation runner (:mod:`pose_node.evaluation.runner`).
 
 Built by the runner from :data:`pose_node.evaluation.stages.STAGE_FACTORIES`. The estimator runs the
-:class:`~pose_node.detection.detector.Detector` on every view of a frame, returns no poses (the
+:class:`~pose_node.detection.detector.Detector` on every view of a frame (then its multi-view
+confirmation, as the pipeline does), returns no poses (the
 pose stages come after it) and exposes the detections as ``last_detections`` for the runner's
 detection scores. The detector is built once, when the runner builds the pipeline: onboarding
 (or reading the onboarding cache) is not part of any frame's latency.
@@ -42,14 +43,15 @@ class DetectionEstimator:
             InvalidInputError: a view lacks depth in RGB-D mode, or an object is unknown.
         """
         object_ids = [m.object_id for m in object_models]
-        results = []
+        found = []
         totals = {"proposals": 0.0, "matching": 0.0}
         for index, view in enumerate(views):
             detections, timings = self.detector.detect(view, object_ids=object_ids, view_index=index)
-            results.append(ViewDetections(tuple(detections), dict(timings)))
+            found.append((detections, dict(timings)))
             for name in totals:
                 totals[name] += timings.get(name, 0.0)
-        self.last_detections = results
+        confirmed = self.detector.confirm(views, [detections for detections, _ in found])
+        self.last_detections = [ViewDetections(tuple(kept), timings) for kept, (_, timings) in zip(confirmed, found)]
         return [], totals
 
 
