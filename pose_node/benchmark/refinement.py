@@ -200,8 +200,10 @@ def evaluate_dataset(path: Path, name: str, mode: str, fusion_config: FusionConf
 
 
 #: Ablation rows of ``--ablation``: the refinement without the hypotheses' registration, without
-#: render-and-compare verification, and without both and the flip hypotheses (the refinement before them).
-ABLATIONS: tuple[str, ...] = ("refinement -registration", "refinement -verification", "refinement -registration -verification -flips")
+#: render-and-compare verification, without both and the flip hypotheses (the refinement before them),
+#: and refining candidates only one view detected too (``min_supporting_views`` 1).
+ABLATIONS: tuple[str, ...] = ("refinement -registration", "refinement -verification", "refinement -registration -verification -flips",
+                              "refinement -multiview-support")
 
 
 def variant_config(fusion_config: FusionConfig, method: str) -> FusionConfig:
@@ -215,6 +217,8 @@ def variant_config(fusion_config: FusionConfig, method: str) -> FusionConfig:
             refinement = replace(refinement, verification=replace(refinement.verification, enabled=False))
         elif part == "flips":
             refinement = replace(refinement, flip_hypotheses=False)
+        elif part == "multiview-support":
+            refinement = replace(refinement, min_supporting_views=1)
         else:
             raise ValueError(f"unknown ablation {part!r} in {method!r}")
     return replace(fusion_config, method=base, refinement=refinement)
@@ -455,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="extrinsic errors to test, e.g. 2/0.2 5/0.5 (procedural, refinement)")
     parser.add_argument("--crop-size", type=int, default=None, help="refinement crop side, pixels (default: CropConfig's)")
     parser.add_argument("--max-points", type=int, default=None, help="refinement points per view (default: CropConfig's)")
-    parser.add_argument("--ablation", action="store_true", help="also the refinement without registration, verification, both")
+    parser.add_argument("--ablation", action="store_true", help="also the refinement without registration, verification, both, and without multi-view support")
     parser.add_argument("--weights", type=Path, default=None,
                         help="correspondence network checkpoint to evaluate (default: the shipped models/correspondence_effl0.pt)")
     parser.add_argument("--device", default="cpu")

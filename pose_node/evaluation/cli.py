@@ -2,7 +2,7 @@
 
     pose_eval --dataset DIR [--targets FILE] [--mode rgb|rgbd] [--max-targets N]
               [--stages detection|correspondence|refinement|full ...] [--multiview refinement|association]
-              [--cache-dir DIR] --out results.json
+              [--cache-dir DIR] [--detection-without multiview untextured-grey] --out results.json
 
 Writes ``results.json`` (AR, AR_VSD / AR_MSSD / AR_MSPD, recalls, ADD-S recall, latency,
 covariance coverage, per-object scores, stage status, config, and the ``detection`` block:
@@ -39,6 +39,9 @@ from pose_node.evaluation.runner import (
 )
 from pose_node.pipeline.budget import TimeBudgetConfig
 
+#: Detection parts ``--detection-without`` can switch off (ablation rows).
+DETECTION_ABLATIONS: tuple[str, ...] = ("multiview", "untextured-grey")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pose_eval", description=__doc__.split("\n\n")[0])
@@ -70,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "pipeline.max_proposals_per_view, default 32)")
     p.add_argument("--time-budget-ms", type=float, default=0.0, metavar="MS",
                    help="per-set time budget of the refinement stage, milliseconds (0: off; the node's pipeline.time_budget_ms)")
+    p.add_argument("--detection-without", nargs="+", default=[], choices=DETECTION_ABLATIONS, metavar="PART",
+                   help="ablation: switch detection parts off (multiview: the other views' confirmation of RGB-D "
+                        "detections; untextured-grey: the grey colour variant for untextured objects)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -180,7 +186,13 @@ def _detector_config(args: argparse.Namespace):
     def build():
         from pose_node.detection.detector import DetectorConfig
 
-        return DetectorConfig(max_proposals_per_view=args.max_proposals_per_view)
+        from pose_node.detection.matching import MatchingConfig
+        from pose_node.detection.multiview import MultiViewEvidenceConfig
+
+        off = set(args.detection_without)
+        return DetectorConfig(max_proposals_per_view=args.max_proposals_per_view,
+                              multiview=MultiViewEvidenceConfig(min_views=1) if "multiview" in off else MultiViewEvidenceConfig(),
+                              matching=MatchingConfig(untextured_grey_margin=None) if "untextured-grey" in off else MatchingConfig())
     return _stage_config(args, "detection", build)
 
 

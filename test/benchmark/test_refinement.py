@@ -41,6 +41,7 @@ def test_ablation_rows_switch_off_what_they_name():
     assert not r[0].registration.enabled and r[0].verification.enabled and r[0].flip_hypotheses
     assert r[1].registration.enabled and not r[1].verification.enabled
     assert not r[2].registration.enabled and not r[2].verification.enabled and not r[2].flip_hypotheses
+    assert base.refinement.min_supporting_views == 2 and r[3].min_supporting_views == 1 and r[3].verification.enabled
     assert all(variant_config(base, name).method == "refinement" for name in ABLATIONS)
     with pytest.raises(ValueError, match="calibration"):
         variant_config(base, "refinement -calibration")

@@ -390,3 +390,14 @@ def test_unavailable_detection_stage_is_reported_missing(dataset_dir, tmp_path, 
                    depth_renderer=BoxDepthRenderer(MODELS))
     assert r["stages"] == {"detection": "missing"} and r["detection"] is None
     assert "RGB proposals not available" in r["stage_errors"]["detection"]
+
+
+def test_detection_ablation_flags_switch_the_parts_off():
+    base = ["--dataset", "d", "--out", "o.json", "--stages", "detection"]
+    shipped = cli._detector_config(cli.build_parser().parse_args(base))
+    assert shipped.multiview.min_views == 2 and shipped.matching.untextured_grey_margin == 0.25
+    args = cli.build_parser().parse_args([*base, "--detection-without", "multiview", "untextured-grey"])
+    ablated = cli._detector_config(args)
+    assert ablated.multiview.min_views == 1 and ablated.matching.untextured_grey_margin is None
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args([*base, "--detection-without", "verification"])
