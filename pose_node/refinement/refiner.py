@@ -2,6 +2,8 @@
 
 Per frame (everything batched over objects, starts and views):
 
+0. **Support.** A candidate fewer views detected than ``min_supporting_views`` while at least
+   that many frame it is left as associated, with score 0 (most are look-alikes; see the config).
 1. **Observe** each candidate in every view that sees it (crop, features, depth), once.
 2. **Hypotheses.** The candidate's associated pose; in RGB-D its model registered to the
    observed depth segment of all views (:mod:`~pose_node.refinement.registration`, from the pose
