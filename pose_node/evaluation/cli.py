@@ -185,7 +185,6 @@ def _correspondence_config(args: argparse.Namespace):
 def _detector_config(args: argparse.Namespace):
     def build():
         from pose_node.detection.detector import DetectorConfig
-
         from pose_node.detection.matching import MatchingConfig
         from pose_node.detection.multiview import MultiViewEvidenceConfig
 

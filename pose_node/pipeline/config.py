@@ -92,10 +92,11 @@ class PipelineConfig:
         time_budget_ms: milliseconds per multi-view set before the pipeline degrades (fewer
             proposals, then fewer pose hypotheses and refinement starts, then fewer refinement
             rounds; :mod:`pose_node.pipeline.budget`); 0: no budget.
-        min_supporting_views: an object detected in fewer views than this, while at least this
-            many cameras frame it, is not refined or published
-            (:class:`pose_node.refinement.refiner.RefinementConfig`); 1 where objects are often
-            hidden from all cameras but one.
+        min_supporting_views: in RGB-D a detection is dropped when fewer views than this (it
+            included) detect the object where at least this many frame it
+            (:mod:`pose_node.detection.multiview`), and in both modes an object detected in fewer
+            views is not refined or published (:class:`pose_node.refinement.refiner.RefinementConfig`);
+            1 where objects are often hidden from all cameras but one.
     """
 
     mode: str = "rgbd"

@@ -150,6 +150,7 @@ class PosePipeline:
         from pose_node.pipeline.estimate import CorrespondenceStageConfig, build_estimator, check_weights
         from pose_node.detection.detector import Detector, DetectorConfig
         from pose_node.detection.matching import MatchingConfig
+        from pose_node.detection.multiview import MultiViewEvidenceConfig
         from pose_node.refinement.fusion import FusionConfig, MultiViewFusion
 
         self.models = list(models)
@@ -169,6 +170,7 @@ class PosePipeline:
             matching=MatchingConfig(score_threshold=config.thresholds.detection_score),
             max_proposals_per_view=config.max_proposals_per_view,
             object_score_thresholds=tuple((i, t.detection_score) for i, t in self._thresholds.items()),
+            multiview=MultiViewEvidenceConfig(min_views=config.min_supporting_views),
         )
         self.detector = Detector(self.models, detector_config, cache_dir=options.cache_dir)
         self.estimator = build_estimator(stage_config, self.detector.templates, [m.object_id for m in self.models])

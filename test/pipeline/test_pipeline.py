@@ -113,3 +113,35 @@ def test_detection_units_from_the_depth_a_detection_covers():
 def test_pipeline_imports_without_rclpy():
     code = "import sys; sys.modules['rclpy'] = None; from pose_node.pipeline import PosePipeline"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_min_supporting_views_sets_both_multi_view_checks(monkeypatch):
+    """``pipeline.min_supporting_views`` reaches the detector's confirmation and the refinement."""
+    from types import SimpleNamespace
+
+    import pose_node.detection.detector as detector_module
+    import pose_node.pipeline.estimate as estimate_module
+    import pose_node.refinement.fusion as fusion_module
+    from pose_node.onboarding.procedural import make_procedural_objects
+    from pose_node.pipeline import PosePipeline
+    from pose_node.pipeline.config import PipelineConfig
+
+    built = {}
+
+    def stage(name):
+        def make(*args, **kwargs):
+            config = args[1] if len(args) > 1 else kwargs.get("config")
+            built[name] = config
+            return SimpleNamespace(config=config, templates={})
+        return make
+
+    monkeypatch.setattr(estimate_module, "check_weights", lambda config: None)
+    monkeypatch.setattr(estimate_module, "build_estimator",
+                        lambda *a, **k: SimpleNamespace(config=SimpleNamespace(num_hypotheses=3)))
+    monkeypatch.setattr(detector_module, "Detector", stage("detector"))
+    monkeypatch.setattr(fusion_module, "MultiViewFusion", stage("fusion"))
+    models = make_procedural_objects(1, seed=3, target_faces=300)
+    for views in (1, 3):
+        PosePipeline(models, PipelineConfig(min_supporting_views=views))
+        assert built["detector"].multiview.min_views == views
+        assert built["fusion"].refinement.min_supporting_views == views
