@@ -77,15 +77,16 @@ def detection_points(view: View, detections: Sequence[Detection]) -> list[np.nda
 
 
 def _frames(view: View, point: np.ndarray, diameter_m: float, config: MultiViewEvidenceConfig) -> bool:
-    """Should ``view`` see ``point`` (inside the image, in front, not behind nearer depth)?"""
+    """Should ``view`` see ``point`` (inside the image, in front, not behind nearer depth)? A view
+    without depth cannot tell (and cannot place its own detections): no."""
+    if view.depth is None:
+        return False
     cam = view.camera
     uv, z = cam.project(point[None])
     u, v, z = float(uv[0, 0]), float(uv[0, 1]), float(z[0])
     m = config.image_margin_px
     if z <= 0.01 or not (m <= u < cam.width - m and m <= v < cam.height - m):
         return False
-    if view.depth is None:
-        return True
     observed = float(view.depth[int(v), int(u)])
     if not np.isfinite(observed) or observed <= 0:
         return True  # a hole: nothing says it is hidden

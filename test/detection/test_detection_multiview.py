@@ -72,9 +72,11 @@ def test_a_detection_no_other_view_can_see_is_kept():
     uv, _ = holed.camera.project(POINT[None])
     holed.depth[int(uv[0, 1]) - 3:int(uv[0, 1]) + 4, int(uv[0, 0]) - 3:int(uv[0, 0]) + 4] = np.nan
     assert confirm_across_views([a, holed], [[da], []], DIAMETERS) == [[], []]
-    # RGB views (no depth): no point, nothing to confirm.
+    # RGB views (no depth): no point, nothing to confirm; a view without depth next to one with
+    # depth neither needs confirming nor vetoes the other's detections.
     rgb = [View(v.camera, v.rgb, None) for v in (a, _view(0.2))]
     assert confirm_across_views(rgb, [[da], []], DIAMETERS) == [[da], []]
+    assert confirm_across_views([a, rgb[1]], [[da], []], DIAMETERS) == [[da], []]
 
 
 def test_config_is_validated():
