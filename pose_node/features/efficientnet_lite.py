@@ -175,8 +175,8 @@ def _symmetric_same_padding(module: torch.nn.Module) -> None:
 class _StrideTwoSameDepthwise(torch.nn.Module):
     """A stride-2 TF "SAME" depthwise convolution (odd kernel k) without the padded copy.
 
-    On an even side "SAME" pads ``(k - 2) // 2`` before and ``k - 1 - (k - 2) // 2 - 1`` after: the
-    same as a (k + 1)-tap kernel whose first tap is zero, padded ``k // 2`` on both sides, which the
+    On an even side "SAME" pads ``(k - 2) // 2`` before and ``k - 2 - (k - 2) // 2`` after: the same
+    as a (k + 1)-tap kernel whose first tap is zero, padded ``k // 2`` on both sides, which the
     convolution does internally (exact; half the CPU time on this backbone's depthwise layers,
     whose cost is the copy). On an odd side "SAME" pads ``(k - 1) / 2`` on both sides: a plain
     padded convolution. Mixed parities (rare) pad as the package does.
