@@ -89,6 +89,18 @@ def check_no_test_objects(object_ids, purpose: str) -> None:
                                 "use a validation-split set, e.g. pose_ood_set --split validation")
 
 
+def check_training_objects(object_ids) -> None:
+    """Refuse to train on objects of the validation or test split (the caller is about to).
+
+    Raises:
+        InvalidInputError: naming the offending ids.
+    """
+    check_no_test_objects(object_ids, "train")
+    held = sorted(int(o) for o in object_ids if split_of_object_id(int(o)) == "validation")
+    if held:
+        raise InvalidInputError(f"cannot train on validation-split objects {held} (pose_node.datasets.splits)")
+
+
 def not_for_training() -> tuple[int, ...]:
     """YCB ids a training run must never load (test and validation)."""
     return tuple(sorted(TEST_YCB_IDS + VALIDATION_YCB_IDS))
@@ -107,6 +119,28 @@ def ycb_ids_in(models_dir: str | Path, split: str) -> YcbSplitModels:
         raise InvalidInputError(f"{models_dir} is not a BOP models directory (no models_info.json)")
     ids = tuple(sorted(int(k) for k in json.loads(info_path.read_text()) if split_of_ycb_id(int(k)) == split))
     return YcbSplitModels(models_dir, ids)
+
+
+def training_ycb_models(models_dirs, holdout=()) -> list[YcbSplitModels]:
+    """The training-split objects of each BOP models directory, minus ``holdout``.
+
+    Args:
+        models_dirs: BOP ``models`` directories. holdout: ids never to load, on top of the
+            validation and test splits.
+    Returns:
+        one :class:`YcbSplitModels` per directory (possibly with no ids).
+    Raises:
+        InvalidInputError: a directory without ``models_info.json``, or a selected id outside the
+            training split (:func:`check_training_objects`: a guard against an edit of this
+            function or of the split that would leak evaluation objects).
+    """
+    selected = []
+    for models_dir in models_dirs:
+        found = ycb_ids_in(models_dir, "train")
+        ids = tuple(i for i in found.object_ids if i not in holdout)
+        check_training_objects(ids)
+        selected.append(YcbSplitModels(found.models_dir, ids))
+    return selected
 
 
 def default_ycb_models_dirs(repo_root: str | Path | None = None) -> list[Path]:

@@ -3,7 +3,7 @@
 Objects: procedural shapes of the training split (:data:`pose_node.datasets.splits.PROCEDURAL_SEEDS`)
 and the *training-split* objects of the BOP models directories (``--bop-models``; default: the
 YCB folders beside the repository, ``../shared/data/ycb_dev`` and ``ycb_train``, when present),
-chosen by :func:`pose_node.datasets.splits.ycb_ids_in` so that validation and test objects are
+chosen by :func:`pose_node.datasets.splits.training_ycb_models` so that validation and test objects are
 never loaded; ``--holdout`` removes more ids.
 
 Appearance: ``--appearance randomized`` (default) relights every sample in linear light and passes
@@ -42,7 +42,6 @@ import torch
 import torch.nn.functional as F
 
 from pose_node.correspondence.network import CorrespondenceNet, CorrespondenceNetConfig, cell_centres_px
-from pose_node.core.errors import InvalidInputError
 from pose_node.datasets.splits import (
     PROCEDURAL_FIRST_IDS,
     PROCEDURAL_SEEDS,
@@ -50,7 +49,7 @@ from pose_node.datasets.splits import (
     default_ycb_models_dirs,
     not_for_training,
     split_of_object_id,
-    ycb_ids_in,
+    training_ycb_models,
 )
 from pose_node.training.correspondence_data import SHIPPED_EFFL0_SAMPLE_CONFIG, SampleConfig, TrainingBatch, TrainingSampler
 
@@ -137,21 +136,16 @@ def training_bop_objects(bop_models_dirs, holdout: tuple[int, ...] = ()) -> list
     Returns:
         one :class:`YcbSplitModels` per existing directory (possibly with no ids).
     Raises:
-        InvalidInputError: a selected id is not in the training split (a guard against an edit
-            of this function or of the split that would leak evaluation objects).
+        InvalidInputError: a selected id is not in the training split
+            (:func:`pose_node.datasets.splits.training_ycb_models`).
     """
-    selected = []
+    existing = []
     for models_dir in bop_models_dirs:
-        if not (Path(models_dir) / "models_info.json").is_file():
+        if (Path(models_dir) / "models_info.json").is_file():
+            existing.append(models_dir)
+        else:
             logger.warning("no BOP models in %s: skipped", models_dir)
-            continue
-        found = ycb_ids_in(models_dir, "train")
-        ids = tuple(i for i in found.object_ids if i not in holdout)
-        leaked = [i for i in ids if split_of_object_id(i) != "train"]
-        if leaked:
-            raise InvalidInputError(f"training objects {leaked} of {models_dir} are not in the training split")
-        selected.append(YcbSplitModels(found.models_dir, ids))
-    return selected
+    return training_ycb_models(existing, holdout)
 
 
 def training_objects(num_procedural: int, bop_models_dirs, holdout: tuple[int, ...] = ()):

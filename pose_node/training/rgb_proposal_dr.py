@@ -18,7 +18,7 @@ of matching and verification, which know the object meshes. The room (floor, wal
 table and everything beyond are background.
 
 Objects never include validation or test objects: real meshes come only from
-:func:`pose_node.datasets.splits.ycb_ids_in` (``"train"``) and are checked again after loading;
+:func:`pose_node.datasets.splits.training_ycb_models` and are checked again after loading;
 procedural shapes use the training split's seed block (:data:`pose_node.datasets.splits.PROCEDURAL_SEEDS`).
 
 Randomness: each workcell seed spawns two streams, one for the scene (objects, cameras,
@@ -32,17 +32,17 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from pose_node.core.errors import InvalidInputError, check_fields
+from pose_node.core.errors import check_fields
 from pose_node.core.types import ObjectModel
 from pose_node.datasets.splits import (
-    PROCEDURAL_FIRST_IDS, PROCEDURAL_SEEDS, check_no_test_objects, default_ycb_models_dirs, split_of_object_id, ycb_ids_in,
+    PROCEDURAL_FIRST_IDS, PROCEDURAL_SEEDS, check_training_objects, default_ycb_models_dirs, training_ycb_models,
 )
 from pose_node.scene.appearance import AppearanceConfig, add_rgb_noise, background_image, procedural_texture, sample_lighting
 from pose_node.scene.clutter import ClutterConfig, clutter_model, place_distractors, sample_room
@@ -162,24 +162,7 @@ class DrImage:
 def training_ycb_sources(config: DrWorkcellConfig) -> list[tuple[Path, tuple[int, ...]]]:
     """(models folder, training-split ids) of every YCB folder with at least one training object."""
     dirs = [Path(d) for d in config.ycb_models_dirs] if config.ycb_models_dirs is not None else default_ycb_models_dirs()
-    sources = []
-    for d in dirs:
-        found = ycb_ids_in(d, "train")
-        if found.object_ids:
-            sources.append((found.models_dir, found.object_ids))
-    return sources
-
-
-def check_training_objects(object_ids: Sequence[int]) -> None:
-    """Refuse objects of the validation or test split (the caller is about to train on them).
-
-    Raises:
-        InvalidInputError: naming the offending ids.
-    """
-    check_no_test_objects(object_ids, "train")
-    held = sorted(int(o) for o in object_ids if split_of_object_id(int(o)) == "validation")
-    if held:
-        raise InvalidInputError(f"cannot train on validation-split objects {held} (pose_node.datasets.splits)")
+    return [(found.models_dir, found.object_ids) for found in training_ycb_models(dirs) if found.object_ids]
 
 
 def _load_objects(config: DrWorkcellConfig, index: int, rng: np.random.Generator,

@@ -9,8 +9,8 @@ import pytest
 from pose_node.core.errors import InvalidInputError
 from pose_node.datasets.bop import write_bop_models
 from pose_node.datasets.splits import (
-    PROCEDURAL_FIRST_IDS, PROCEDURAL_SEEDS, TEST_YCB_IDS, VALIDATION_YCB_IDS, not_for_training, split_of_ycb_id,
-    ycb_ids_in,
+    PROCEDURAL_FIRST_IDS, PROCEDURAL_SEEDS, TEST_YCB_IDS, VALIDATION_YCB_IDS, check_training_objects, not_for_training,
+    split_of_ycb_id, ycb_ids_in,
 )
 from pose_node.onboarding.procedural import make_procedural_object
 
@@ -42,6 +42,13 @@ def test_ycb_ids_in_reads_the_split_from_a_models_folder(tmp_path):
         ycb_ids_in(models, "tuning")
     with pytest.raises(InvalidInputError, match="models_info"):
         ycb_ids_in(tmp_path / "nowhere", "test")
+
+
+@pytest.mark.parametrize("object_id", [TEST_YCB_IDS[0], VALIDATION_YCB_IDS[0], 3000, 2000])
+def test_check_training_objects_refuses_held_out_objects(object_id):
+    with pytest.raises(InvalidInputError, match=str(object_id)):
+        check_training_objects([1, object_id])
+    check_training_objects([1, 16, 1000])  # training YCB and training procedural ids pass
 
 
 def test_training_never_loads_test_or_validation_objects(tmp_path):
