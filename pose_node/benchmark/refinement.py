@@ -52,9 +52,8 @@ import torch
 from pose_node.benchmark.correspondence import (
     TEST_SEED_PROCEDURAL, TEST_SEED_YCB, VALIDATION_SEED, ensure_workcell, holdout_models_dir,
 )
-from pose_node.core.errors import InvalidInputError
 from pose_node.core.geometry import so3_exp
-from pose_node.datasets.splits import check_no_test_objects, ycb_ids_in
+from pose_node.datasets.splits import check_not_test_set, ycb_ids_in
 from pose_node.evaluation.calibration import (
     COVERAGE_LEVELS, POSE_DOF, coverage_by_bin, coverage_from_mahalanobis, score_threshold_for_precision,
 )
@@ -320,30 +319,6 @@ class Calibration:
     datasets: dict[str, str] = field(default_factory=dict)
 
 
-def check_calibration_set(name: str, path: Path) -> None:
-    """Refuse a calibration set that holds test-split objects.
-
-    A ``pose_ood_set`` output says its split and objects in ``ood_set.json``: a test split or a
-    test-split object is refused. Any other BOP dataset is checked by the obj_ids of its
-    ``models_info.json`` (:func:`pose_node.datasets.splits.split_of_object_id`).
-
-    Raises:
-        InvalidInputError: the set holds test-split objects, or is not a BOP dataset.
-    """
-    meta = Path(path) / "ood_set.json"
-    if meta.is_file():
-        info = json.loads(meta.read_text())
-        if info.get("split") == "test":
-            raise InvalidInputError(f"cannot calibrate on {name}: {meta} says it is the test split")
-        ids = [int(o["obj_id"]) for o in info.get("objects", [])]
-    else:
-        models_info = Path(path) / "models" / "models_info.json"
-        if not models_info.is_file():
-            raise InvalidInputError(f"calibrate on {name}: {models_info} not found (not a BOP dataset)")
-        ids = [int(k) for k in json.loads(models_info.read_text())]
-    check_no_test_objects(ids, f"calibrate on {name}")
-
-
 def _score_terciles(d2: np.ndarray, scores: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """``d2`` and ``scores`` split into three groups by score (one group under 9 estimates)."""
     if len(d2) < 9:
@@ -368,7 +343,7 @@ def calibrate(vals: dict[str, Path], modes: list[str], fusion_config: FusionConf
     inflate them until every hypothesis links.
 
     Args:
-        vals: name -> validation dataset (never test-split objects: :func:`check_calibration_set`).
+        vals: name -> validation dataset (never test-split objects: :func:`pose_node.datasets.splits.check_not_test_set`).
         single_view_scales: the single-view covariance factors the runs use (the weights' metadata).
         weights_path: the correspondence network (None: the shipped one).
     """
@@ -501,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
             name, sep, path = spec.partition("=")
             if not sep or not (Path(path) / TARGETS).is_file():
                 parser.error(f"--calibrate-dataset {spec!r}: expected NAME=DIR with DIR/{TARGETS}")
-            check_calibration_set(name, Path(path))
+            check_not_test_set(path, f"calibrate on {name}")
             vals[name] = Path(path)
         if args.calibrate or not vals:  # the in-domain validation workcells: validation seeds, training-split YCB objects
             vals["val_proc"] = ensure_workcell(out / "val_proc", "procedural", 4, VALIDATION_SEED, scenes)

@@ -89,6 +89,30 @@ def check_no_test_objects(object_ids, purpose: str) -> None:
                                 "use a validation-split set, e.g. pose_ood_set --split validation")
 
 
+def check_not_test_set(path: str | Path, purpose: str) -> None:
+    """Refuse to ``purpose`` (calibrate, select thresholds) on a BOP dataset of test-split data.
+
+    A ``pose_ood_set`` output says its split and objects in ``ood_set.json``: a test split or a
+    test-split object is refused. Any other BOP dataset is checked by the obj_ids of its
+    ``models/models_info.json``.
+
+    Raises:
+        InvalidInputError: the set is a test split or holds test-split objects, or is not a BOP dataset.
+    """
+    meta = Path(path) / "ood_set.json"
+    if meta.is_file():
+        info = json.loads(meta.read_text())
+        if info.get("split") == "test":
+            raise InvalidInputError(f"cannot {purpose}: {meta} says it is the test split")
+        ids = [int(o["obj_id"]) for o in info.get("objects", [])]
+    else:
+        models_info = Path(path) / "models" / "models_info.json"
+        if not models_info.is_file():
+            raise InvalidInputError(f"cannot {purpose}: {models_info} not found (not a BOP dataset)")
+        ids = [int(k) for k in json.loads(models_info.read_text())]
+    check_no_test_objects(ids, purpose)
+
+
 def check_training_objects(object_ids) -> None:
     """Refuse to train on objects of the validation or test split (the caller is about to).
 

@@ -54,7 +54,7 @@ from pose_node.detection.proposals_rgb import (
     proposals_from_maps,
     save_checkpoint,
 )
-from pose_node.datasets.splits import check_no_test_objects, default_ycb_models_dirs
+from pose_node.datasets.splits import check_not_test_set, default_ycb_models_dirs
 from pose_node.features.backbones import Backbone, BackboneConfig, stride_key
 from pose_node.scene.clutter import ClutterConfig
 from pose_node.training.rgb_proposal_dr import DrWorkcellConfig, generate_dr_split
@@ -547,21 +547,6 @@ def select_thresholds(images: Sequence[PredictedImage], base: RgbProposalConfig)
 # --------------------------------------------------------------------------------------------
 
 
-def check_selection_set(folder: Path) -> None:
-    """Refuse to pick thresholds on a BOP folder that is a test split or holds test-split objects.
-
-    Raises:
-        InvalidInputError: naming the folder and why.
-    """
-    meta = folder / "ood_set.json"
-    if meta.is_file() and json.loads(meta.read_text()).get("split") == "test":
-        raise InvalidInputError(f"cannot select thresholds on {folder}: {meta} says it is the test split")
-    info = folder / "models" / "models_info.json"
-    if not info.is_file():
-        raise InvalidInputError(f"cannot select thresholds on {folder}: no models/models_info.json")
-    check_no_test_objects([int(k) for k in json.loads(info.read_text())], f"select thresholds on {folder}")
-
-
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="pose_train_rgb_proposals", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -646,7 +631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, folder in args.eval_bop.items():
         roots[name] = folder
     if args.select_on != "val":
-        check_selection_set(args.eval_bop[args.select_on])
+        check_not_test_set(args.eval_bop[args.select_on], f"select thresholds on {args.eval_bop[args.select_on]}")
     predicted = {args.select_on: predict_split(roots[args.select_on], model, backbone)}
     config, grid = select_thresholds(predicted[args.select_on][0], RgbProposalConfig())
     logger.info("thresholds from %s: %s", args.select_on, {k: getattr(config, k) for k in THRESHOLD_GRID})

@@ -83,8 +83,10 @@ def test_every_object_id_has_its_split():
 
 def test_out_of_domain_calibration_refuses_test_split_objects(tmp_path):
     """pose_refinement_bench --calibrate-dataset refuses a set with test-split objects before any evaluation."""
-    from pose_node.benchmark.refinement import check_calibration_set
-    from pose_node.datasets.splits import check_no_test_objects
+    from pose_node.datasets.splits import check_no_test_objects, check_not_test_set
+
+    def check_calibration_set(name, path):  # as pose_refinement_bench --calibrate-dataset calls it
+        check_not_test_set(path, f"calibrate on {name}")
 
     check_no_test_objects([1, 14, PROCEDURAL_FIRST_IDS["validation"]], "calibrate")  # train + validation: fine
     with pytest.raises(InvalidInputError, match=r"test-split objects \[2, 3000\]"):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pose_node.core.errors import InvalidInputError
-from pose_node.datasets.splits import TEST_YCB_IDS, default_ycb_models_dirs, split_of_object_id
+from pose_node.datasets.splits import TEST_YCB_IDS, check_not_test_set, default_ycb_models_dirs, split_of_object_id
 from pose_node.onboarding.procedural import make_procedural_objects
 from pose_node.scene.clutter import ClutterConfig
 from pose_node.training import rgb_proposal_dr as dr
@@ -170,15 +170,18 @@ def test_generated_set_round_trips_into_training_targets(tmp_path):
 
 
 def test_threshold_selection_set_refuses_the_test_split(tmp_path):
+    def check_selection_set(folder):  # as pose_train_rgb_proposals --select-on calls it
+        check_not_test_set(folder, f"select thresholds on {folder}")
+
     models = _fake_models_dir(tmp_path, [14, 2000])
-    trainer.check_selection_set(tmp_path)  # validation objects: allowed
+    check_selection_set(tmp_path)  # validation objects: allowed
     (tmp_path / "ood_set.json").write_text(json.dumps({"split": "test"}))
     with pytest.raises(InvalidInputError, match="test split"):
-        trainer.check_selection_set(tmp_path)
+        check_selection_set(tmp_path)
     (tmp_path / "ood_set.json").unlink()
     (models / "models_info.json").write_text(json.dumps({"14": {}, str(TEST_YCB_IDS[0]): {}}))
     with pytest.raises(InvalidInputError, match=str(TEST_YCB_IDS[0])):
-        trainer.check_selection_set(tmp_path)
+        check_selection_set(tmp_path)
 
 
 def test_cli_options_for_eval_folders(tmp_path):
