@@ -76,6 +76,28 @@ def detection_points(view: View, detections: Sequence[Detection]) -> list[np.nda
     return out
 
 
+def hidden_by_nearer_depth(view: View, point: np.ndarray, diameter_m: float, occlusion_margin_m: float) -> bool:
+    """Does ``view``'s depth show something nearer than ``point`` at its pixel, by more than half
+    the object's diameter plus ``occlusion_margin_m``? The one occlusion test of both multi-view
+    checks (the detector's here, the refinement's support). False without depth, behind the
+    camera, outside the image or on a depth hole: nothing says the point is hidden.
+
+    Args:
+        point: (3,) metres in the world frame.
+    """
+    if view.depth is None:
+        return False
+    cam = view.camera
+    uv, z = cam.project(np.asarray(point, dtype=np.float64)[None])
+    u, v, z = float(uv[0, 0]), float(uv[0, 1]), float(z[0])
+    if z <= 0.01 or not (0 <= u < cam.width and 0 <= v < cam.height):
+        return False
+    observed = float(view.depth[int(v), int(u)])
+    if not np.isfinite(observed) or observed <= 0:
+        return False
+    return observed < z - 0.5 * diameter_m - occlusion_margin_m
+
+
 def _frames(view: View, point: np.ndarray, diameter_m: float, config: MultiViewEvidenceConfig) -> bool:
     """Should ``view`` see ``point`` (inside the image, in front, not behind nearer depth)? A view
     without depth cannot tell (and cannot place its own detections): no."""
@@ -87,10 +109,7 @@ def _frames(view: View, point: np.ndarray, diameter_m: float, config: MultiViewE
     m = config.image_margin_px
     if z <= 0.01 or not (m <= u < cam.width - m and m <= v < cam.height - m):
         return False
-    observed = float(view.depth[int(v), int(u)])
-    if not np.isfinite(observed) or observed <= 0:
-        return True  # a hole: nothing says it is hidden
-    return observed >= z - 0.5 * diameter_m - config.occlusion_margin_m
+    return not hidden_by_nearer_depth(view, point, diameter_m, config.occlusion_margin_m)
 
 
 def confirm_across_views(views: Sequence[View], detections: Sequence[Sequence[Detection]], diameters_m: Mapping[int, float],
@@ -130,4 +149,4 @@ def confirm_across_views(views: Sequence[View], detections: Sequence[Sequence[De
     return out
 
 
-__all__ = ["MultiViewEvidenceConfig", "confirm_across_views", "detection_points"]
+__all__ = ["MultiViewEvidenceConfig", "confirm_across_views", "detection_points", "hidden_by_nearer_depth"]

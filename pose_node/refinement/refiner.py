@@ -50,6 +50,7 @@ import torch
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.geometry import Pose, pose_difference
 from pose_node.core.types import ObjectModel, PoseEstimate, View
+from pose_node.detection.multiview import hidden_by_nearer_depth
 from pose_node.refinement.alignment import AlignmentConfig, align
 from pose_node.refinement.association import Candidate, closest_equivalent, equivalent_with_covariance
 from pose_node.refinement.problem import CropConfig, ProblemBuilder
@@ -95,7 +96,10 @@ class RefinementConfig:
             associated pose with score 0 (multi-view detection evidence: on the out-of-domain
             validation split, 16 of the 29 candidates that were no object at all had one view,
             and no candidate that became a correct pose; its alignment costs what a real
-            object's does). 1: every candidate is refined.
+            object's does). 1: every candidate is refined. A view frames the candidate when its
+            box is mostly in the image and, with depth, its centre is not behind nearer depth by
+            more than half the diameter plus ``support_occlusion_margin_m``
+            (:func:`~pose_node.detection.multiview.hidden_by_nearer_depth`, as the detector's check).
     """
 
     crops: CropConfig = field(default_factory=CropConfig)
@@ -116,6 +120,7 @@ class RefinementConfig:
     duplicate_translation_diameters: float = 0.05
     mixture_min_weight: float = 0.01
     min_supporting_views: int = 2
+    support_occlusion_margin_m: float = 0.02
 
     def __post_init__(self) -> None:
         if self.min_supporting_views < 1:
@@ -267,8 +272,19 @@ class MultiViewRefiner:
         need = self.config.min_supporting_views
         if need <= 1:
             return set()
-        return {c for c, cand in enumerate(candidates) if len(set(cand.view_indices)) < need
-                and len(self.builder.visible_views(cand.object_id, np.asarray(cand.T_world_object, dtype=np.float64), views)) >= need}
+        out = set()
+        for c, cand in enumerate(candidates):
+            if len(set(cand.view_indices)) >= need:
+                continue
+            # Framing: the box mostly in the image and, where the view has depth, the centre not
+            # behind nearer depth (the detector's occlusion test), so a part other cameras cannot
+            # see is not held against the one that detected it.
+            centre, diameter = self._centre(cand), float(self.models[cand.object_id].diameter_m)
+            framing = [v for v, _, _ in self.builder.visible_views(cand.object_id, np.asarray(cand.T_world_object, dtype=np.float64), views)
+                       if not hidden_by_nearer_depth(views[v], centre, diameter, self.config.support_occlusion_margin_m)]
+            if len(framing) >= need:
+                out.add(c)
+        return out
 
     def verify(self, views: Sequence[View], candidate: Candidate, poses: Sequence[np.ndarray], with_depth: bool) -> VerificationScores:
         """Render-and-compare scores of ``poses`` (B, each (4, 4)) of one candidate against the views

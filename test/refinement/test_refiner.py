@@ -41,6 +41,16 @@ def candidate(model, T: np.ndarray, alternatives: tuple[np.ndarray, ...] = (), v
     return Candidate(model.object_id, T, cov, 0.9, members, alts, views)
 
 
+def in_front_of(view, points_world: np.ndarray, depth_m: float = 0.1):
+    """``view`` with an occluder ``depth_m`` from the camera over the image box of ``points_world``
+    (N, 3), plus 5 px."""
+    uv, _ = view.camera.project(points_world)
+    (u0, v0), (u1, v1) = np.floor(uv.min(0)).astype(int) - 5, np.ceil(uv.max(0)).astype(int) + 5
+    depth = view.depth.copy()
+    depth[max(v0, 0):v1 + 1, max(u0, 0):u1 + 1] = depth_m
+    return replace(view, depth=depth)
+
+
 @pytest.mark.parametrize("with_depth", [False, True], ids=["rgb", "rgbd"])
 def test_converges_from_2cm_10deg_to_2mm_half_degree(scene, make_renderer, backbone, with_depth):
     refiner = refiner_for(scene.model, make_renderer, backbone, RefinementConfig(rounds=3))
@@ -148,6 +158,11 @@ def test_a_candidate_only_one_of_the_views_framing_it_detected_is_not_refined(sc
     # One camera framing it (a single-camera cell), or the check off: the lone one is refined too.
     (single,), _ = refiner.refine(scene.views[2:3], [candidate(scene.model, start, views=(0,))], True)
     assert errors(single.T_world_object, scene.T_world_object)[0] < 0.002 and single.score > 0.1
+    # The other cameras' depth shows something nearer in front of it (a part only one camera can
+    # see): they do not frame it, so the lone detection is refined.
+    points = np.asarray(scene.model.vertices) @ scene.T_world_object[:3, :3].T + scene.T_world_object[:3, 3]
+    (hidden,), _ = refiner.refine([v if i == 2 else in_front_of(v, points) for i, v in enumerate(scene.views)], [lone], True)
+    assert errors(hidden.T_world_object, scene.T_world_object)[0] < 0.002 and hidden.score > 0.1
     off = refiner_for(scene.model, make_renderer, backbone, RefinementConfig(min_supporting_views=1))
     (refined,), _ = off.refine(scene.views, [lone], True)
     assert errors(refined.T_world_object, scene.T_world_object)[0] < 0.002 and refined.score > 0.1
