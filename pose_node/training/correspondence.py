@@ -272,7 +272,9 @@ def _describe_training_objects(checkpoint: dict) -> dict | str:
 
 #: Metadata that describes one particular set of weights (how it was trained and measured): moved
 #: under ``previous_weights`` when other weights are shipped over them, so it never describes the new ones.
-PER_WEIGHTS_METADATA: tuple[str, ...] = ("training_runs", "hardware", "evaluation", "covariance_calibration", "ood_val")
+PER_WEIGHTS_METADATA: tuple[str, ...] = ("training_runs", "hardware", "evaluation", "covariance_calibration", "ood_val", "fine_tune",
+                                         "fine_tuned_from", "weights_selection", "validation_ar", "ood_test_reported_only",
+                                         "in_domain_check")
 
 
 def ship(checkpoint: Path, out: Path, notes: dict | None = None) -> None:
