@@ -125,6 +125,8 @@ class RefinementConfig:
     def __post_init__(self) -> None:
         if self.min_supporting_views < 1:
             raise InvalidInputError(f"RefinementConfig.min_supporting_views: must be >= 1, got {self.min_supporting_views}")
+        if not self.support_occlusion_margin_m >= 0:
+            raise InvalidInputError(f"RefinementConfig.support_occlusion_margin_m: must be >= 0, got {self.support_occlusion_margin_m}")
         if self.max_starts < 1 or self.rounds < 1:
             raise InvalidInputError(f"RefinementConfig: need max_starts >= 1 and rounds >= 1, got {self.max_starts}, {self.rounds}")
         if not 0 <= self.min_view_inlier_share < 1 or self.hypothesis_sharpness < 0:

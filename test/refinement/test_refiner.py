@@ -168,3 +168,5 @@ def test_a_candidate_only_one_of_the_views_framing_it_detected_is_not_refined(sc
     assert errors(refined.T_world_object, scene.T_world_object)[0] < 0.002 and refined.score > 0.1
     with pytest.raises(InvalidInputError):
         RefinementConfig(min_supporting_views=0)
+    with pytest.raises(InvalidInputError):
+        RefinementConfig(support_occlusion_margin_m=-0.01)
