@@ -50,7 +50,7 @@ import torch
 from pose_node.core.errors import InvalidInputError
 from pose_node.core.geometry import Pose, pose_difference
 from pose_node.core.types import ObjectModel, PoseEstimate, View
-from pose_node.detection.multiview import hidden_by_nearer_depth
+from pose_node.detection.multiview import MultiViewEvidenceConfig, hidden_by_nearer_depth
 from pose_node.refinement.alignment import AlignmentConfig, align
 from pose_node.refinement.association import Candidate, closest_equivalent, equivalent_with_covariance
 from pose_node.refinement.problem import CropConfig, ProblemBuilder
@@ -120,7 +120,7 @@ class RefinementConfig:
     duplicate_translation_diameters: float = 0.05
     mixture_min_weight: float = 0.01
     min_supporting_views: int = 2
-    support_occlusion_margin_m: float = 0.02
+    support_occlusion_margin_m: float = MultiViewEvidenceConfig.occlusion_margin_m  # the detector's default, one place
 
     def __post_init__(self) -> None:
         if self.min_supporting_views < 1:
